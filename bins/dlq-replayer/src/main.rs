@@ -1,0 +1,2 @@
+//! dlq-replayer
+fn main() {}

@@ -1,0 +1,2 @@
+//! retry-forwarder
+fn main() {}

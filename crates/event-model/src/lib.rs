@@ -1,0 +1,47 @@
+//! The Segment Tracking API event model: parsing, validation, enrichment and serialisation.
+//!
+//! This crate does no I/O. It turns request bytes into [`Accepted`] events (with the record
+//! key and the ingest-topic value) or [`Rejection`]s (a [`Reason`] from a closed set and the
+//! offending field as a JSON Pointer), and it serialises the DLQ envelope.
+//!
+//! The flow used by the HTTP front:
+//!
+//! 1. [`parse_body`] parses the body of one endpoint into [`Parsed`] items
+//!    (batch-level `context`, `integrations` and `sentAt` already applied to each item);
+//! 2. the caller authenticates the write key ([`Parsed::write_key`] or HTTP Basic auth);
+//! 3. [`normalize`] validates and enriches each item with a [`Received`] context.
+
+mod dlq;
+mod normalize;
+mod parse;
+mod reject;
+mod time;
+
+pub use dlq::DlqEnvelope;
+pub use normalize::{normalize, Accepted, EventType, Received};
+pub use parse::{message_id_of, parse_body, Endpoint, Parsed};
+pub use reject::{Reason, Rejection};
+
+/// The JSON Schema of the ingest-topic record value, for downstream teams.
+pub const INGEST_EVENT_SCHEMA: &str = include_str!("../schema/ingest-event.schema.json");
+
+/// Size and count limits applied while parsing and validating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest serialised event, in bytes.
+    pub max_event_bytes: usize,
+    /// Most events in one batch.
+    pub max_batch_events: usize,
+    /// Deepest nesting of JSON objects and arrays.
+    pub max_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_event_bytes: 32 * 1024,
+            max_batch_events: 2_500,
+            max_depth: 64,
+        }
+    }
+}

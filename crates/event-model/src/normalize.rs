@@ -1,0 +1,388 @@
+//! Validation and enrichment of one event item into the ingest-topic record.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
+use simd_json::owned::Object;
+use simd_json::{OwnedValue, StaticNode};
+
+use crate::{time, Limits, Reason, Rejection};
+
+/// The Segment event types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    /// `track`: a user action; needs `event`.
+    Track,
+    /// `identify`: who the user is.
+    Identify,
+    /// `page`: a web page view.
+    Page,
+    /// `screen`: a mobile screen view.
+    Screen,
+    /// `group`: the user joins a group; needs `groupId`.
+    Group,
+    /// `alias`: merges two identities; needs `userId` and `previousId`.
+    Alias,
+}
+
+impl EventType {
+    /// Every type, for routing and metric pre-registration.
+    pub const ALL: [EventType; 6] = [
+        EventType::Track,
+        EventType::Identify,
+        EventType::Page,
+        EventType::Screen,
+        EventType::Group,
+        EventType::Alias,
+    ];
+
+    /// The lowercase name used in `type`, in URL paths and in the `type` record header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Track => "track",
+            EventType::Identify => "identify",
+            EventType::Page => "page",
+            EventType::Screen => "screen",
+            EventType::Group => "group",
+            EventType::Alias => "alias",
+        }
+    }
+
+    /// Parses a type name.
+    pub fn from_name(name: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+}
+
+/// What the server knows about the request an event arrived in.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Server time at receipt.
+    pub at: DateTime<Utc>,
+    /// The authenticated source's workspace.
+    pub workspace_id: String,
+    /// The authenticated source.
+    pub source_id: String,
+    /// The client's address, set as `context.ip` unless the event has one.
+    pub client_ip: Option<IpAddr>,
+}
+
+/// A valid, enriched event, ready to produce to the ingest topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The event's `messageId`, or a generated UUID.
+    pub message_id: String,
+    /// The event type (the `type` header).
+    pub event_type: EventType,
+    /// The record key: `anonymous_id`, falling back to `user_id`.
+    pub key: String,
+    /// The record value: the normalised event as JSON.
+    pub value: Vec<u8>,
+}
+
+/// Longest accepted `messageId`.
+const MAX_MESSAGE_ID_CHARS: usize = 256;
+
+/// Validates one event item and enriches it into the ingest-topic record.
+///
+/// `fixed_type` is the type set by a single-event endpoint's path; batch items carry their own.
+pub fn normalize(
+    item: &OwnedValue,
+    fixed_type: Option<EventType>,
+    received: &Received,
+    limits: &Limits,
+) -> Result<Accepted, Rejection> {
+    let OwnedValue::Object(obj) = item else {
+        return Err(Rejection::new(
+            Reason::NotAnObject,
+            "",
+            "an event must be a JSON object",
+        ));
+    };
+    let event_type = match fixed_type {
+        Some(t) => t,
+        None => {
+            let name = required_str(obj, "type")?;
+            EventType::from_name(name).ok_or_else(|| {
+                Rejection::new(
+                    Reason::UnknownType,
+                    "/type",
+                    format!("unknown event type {name:?}"),
+                )
+            })?
+        }
+    };
+    let message_id = match optional_str(obj, "messageId")? {
+        Some("") => {
+            return Err(Rejection::new(
+                Reason::InvalidValue,
+                "/messageId",
+                "messageId is empty",
+            ))
+        }
+        Some(id) if id.chars().count() > MAX_MESSAGE_ID_CHARS => {
+            return Err(Rejection::new(
+                Reason::InvalidValue,
+                "/messageId",
+                format!("messageId is longer than {MAX_MESSAGE_ID_CHARS} characters"),
+            ))
+        }
+        Some(id) => Cow::Borrowed(id),
+        None => Cow::Owned(uuid::Uuid::new_v4().to_string()),
+    };
+
+    let anonymous_id = optional_id(obj, "anonymousId")?;
+    let user_id = optional_id(obj, "userId")?;
+    if anonymous_id.is_none() && user_id.is_none() {
+        return Err(Rejection::new(
+            Reason::MissingIdentity,
+            "/anonymousId",
+            "an event needs a userId or an anonymousId",
+        ));
+    }
+
+    let mut out = Normalized {
+        message_id: &message_id,
+        event_type: event_type.as_str(),
+        workspace_id: &received.workspace_id,
+        source_id: &received.source_id,
+        anonymous_id: anonymous_id.as_deref(),
+        user_id: user_id.as_deref(),
+        event: None,
+        name: optional_str(obj, "name")?,
+        category: None,
+        group_id: None,
+        previous_id: None,
+        properties: optional_object(obj, "properties")?,
+        traits: optional_object(obj, "traits")?,
+        context: ContextWithIp {
+            context: optional_object(obj, "context")?,
+            ip: None,
+        },
+        integrations: optional_object(obj, "integrations")?,
+        timestamp: String::new(),
+        original_timestamp: None,
+        sent_at: None,
+        received_at: time::format(received.at),
+    };
+    let group_id;
+    let previous_id;
+    match event_type {
+        EventType::Track => {
+            let event = required_str(obj, "event")?;
+            if event.is_empty() {
+                return Err(Rejection::new(
+                    Reason::InvalidValue,
+                    "/event",
+                    "event name is empty",
+                ));
+            }
+            out.event = Some(event);
+        }
+        EventType::Page => out.category = optional_str(obj, "category")?,
+        EventType::Group => {
+            group_id = required_id(obj, "groupId")?;
+            out.group_id = Some(&group_id);
+        }
+        EventType::Alias => {
+            if user_id.is_none() {
+                return Err(Rejection::new(
+                    Reason::MissingField,
+                    "/userId",
+                    "alias needs a userId",
+                ));
+            }
+            previous_id = required_id(obj, "previousId")?;
+            out.previous_id = Some(&previous_id);
+        }
+        EventType::Identify | EventType::Screen => {}
+    }
+
+    let has_ip = out.context.context.is_some_and(|c| {
+        c.get("ip")
+            .is_some_and(|ip| !matches!(ip, OwnedValue::Static(StaticNode::Null)))
+    });
+    if !has_ip {
+        out.context.ip = received.client_ip;
+    }
+
+    let sent_at = optional_time(obj, "sentAt")?;
+    let original = match optional_time(obj, "timestamp")? {
+        Some(t) => Some(t),
+        None => optional_time(obj, "originalTimestamp")?,
+    };
+    let timestamp = time::corrected(received.at, sent_at, original).ok_or_else(|| {
+        Rejection::new(
+            Reason::InvalidValue,
+            "/sentAt",
+            "sentAt and timestamp are too far apart to correct",
+        )
+    })?;
+    out.timestamp = time::format(timestamp);
+    out.original_timestamp = original.map(time::format);
+    out.sent_at = sent_at.map(time::format);
+
+    let value = simd_json::to_vec(&out)
+        .map_err(|e| Rejection::new(Reason::InvalidValue, "", format!("cannot serialise event: {e}")))?;
+    if value.len() > limits.max_event_bytes {
+        return Err(Rejection::new(
+            Reason::TooLarge,
+            "",
+            format!(
+                "event is {} bytes, the limit is {}",
+                value.len(),
+                limits.max_event_bytes
+            ),
+        ));
+    }
+    let key = anonymous_id.or(user_id).unwrap_or_default().into_owned();
+    Ok(Accepted {
+        message_id: message_id.into_owned(),
+        event_type,
+        key,
+        value,
+    })
+}
+
+/// The ingest-topic value. Field names and presence rules are in `schema/ingest-event.schema.json`.
+#[derive(Serialize)]
+struct Normalized<'a> {
+    message_id: &'a str,
+    #[serde(rename = "type")]
+    event_type: &'static str,
+    workspace_id: &'a str,
+    source_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    anonymous_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    category: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    properties: Option<&'a Object>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traits: Option<&'a Object>,
+    #[serde(skip_serializing_if = "ContextWithIp::is_empty")]
+    context: ContextWithIp<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    integrations: Option<&'a Object>,
+    timestamp: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    original_timestamp: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sent_at: Option<String>,
+    received_at: String,
+}
+
+/// The event's `context`, serialised with `ip` added, without copying the object.
+struct ContextWithIp<'a> {
+    context: Option<&'a Object>,
+    ip: Option<IpAddr>,
+}
+
+impl ContextWithIp<'_> {
+    fn is_empty(&self) -> bool {
+        self.context.is_none() && self.ip.is_none()
+    }
+}
+
+impl Serialize for ContextWithIp<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let len = self.context.map_or(0, |c| c.len()) + usize::from(self.ip.is_some());
+        let mut map = serializer.serialize_map(Some(len))?;
+        for (k, v) in self.context.into_iter().flat_map(|c| c.iter()) {
+            if self.ip.is_some() && k == "ip" {
+                continue; // a null ip, replaced below
+            }
+            map.serialize_entry(k, v)?;
+        }
+        if let Some(ip) = self.ip {
+            map.serialize_entry("ip", &ip.to_string())?;
+        }
+        map.end()
+    }
+}
+
+fn pointer(name: &str) -> String {
+    format!("/{name}")
+}
+
+fn present<'a>(obj: &'a Object, name: &str) -> Option<&'a OwnedValue> {
+    obj.get(name)
+        .filter(|v| !matches!(v, OwnedValue::Static(StaticNode::Null)))
+}
+
+fn optional_str<'a>(obj: &'a Object, name: &str) -> Result<Option<&'a str>, Rejection> {
+    match present(obj, name) {
+        None => Ok(None),
+        Some(OwnedValue::String(s)) => Ok(Some(s)),
+        Some(_) => Err(Rejection::new(
+            Reason::InvalidType,
+            pointer(name),
+            format!("{name} must be a string"),
+        )),
+    }
+}
+
+fn required_str<'a>(obj: &'a Object, name: &str) -> Result<&'a str, Rejection> {
+    optional_str(obj, name)?
+        .ok_or_else(|| Rejection::new(Reason::MissingField, pointer(name), format!("{name} is required")))
+}
+
+/// An identifier: a string, or a number (stringified). Empty strings count as absent.
+fn optional_id<'a>(obj: &'a Object, name: &str) -> Result<Option<Cow<'a, str>>, Rejection> {
+    match present(obj, name) {
+        None => Ok(None),
+        Some(OwnedValue::String(s)) if s.is_empty() => Ok(None),
+        Some(OwnedValue::String(s)) => Ok(Some(Cow::Borrowed(s))),
+        Some(OwnedValue::Static(StaticNode::I64(n))) => Ok(Some(Cow::Owned(n.to_string()))),
+        Some(OwnedValue::Static(StaticNode::U64(n))) => Ok(Some(Cow::Owned(n.to_string()))),
+        Some(OwnedValue::Static(StaticNode::F64(n))) if n.is_finite() => Ok(Some(Cow::Owned(n.to_string()))),
+        Some(_) => Err(Rejection::new(
+            Reason::InvalidType,
+            pointer(name),
+            format!("{name} must be a string or a number"),
+        )),
+    }
+}
+
+fn required_id<'a>(obj: &'a Object, name: &str) -> Result<Cow<'a, str>, Rejection> {
+    optional_id(obj, name)?
+        .ok_or_else(|| Rejection::new(Reason::MissingField, pointer(name), format!("{name} is required")))
+}
+
+fn optional_object<'a>(obj: &'a Object, name: &str) -> Result<Option<&'a Object>, Rejection> {
+    match present(obj, name) {
+        None => Ok(None),
+        Some(OwnedValue::Object(o)) => Ok(Some(o)),
+        Some(_) => Err(Rejection::new(
+            Reason::InvalidType,
+            pointer(name),
+            format!("{name} must be an object"),
+        )),
+    }
+}
+
+fn optional_time(obj: &Object, name: &str) -> Result<Option<DateTime<Utc>>, Rejection> {
+    match optional_str(obj, name)? {
+        None => Ok(None),
+        Some(s) => time::parse(s).map(Some).ok_or_else(|| {
+            Rejection::new(
+                Reason::InvalidValue,
+                pointer(name),
+                format!("{name} is not an ISO 8601 timestamp with an offset: {s:?}"),
+            )
+        }),
+    }
+}

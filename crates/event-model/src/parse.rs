@@ -1,0 +1,202 @@
+//! Request bodies to event items: JSON parsing (simd-json) and batch unwrapping.
+
+use simd_json::{OwnedValue, StaticNode};
+
+use crate::normalize::EventType;
+use crate::{Limits, Reason, Rejection};
+
+/// What a request body holds, fixed by the endpoint it was posted to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/v1/track`, `/v1/identify`, ...: one event, whose type the path sets.
+    Single(EventType),
+    /// `/v1/batch` and `/v1/import`: `{"batch": [...]}`, each item carrying its own `type`.
+    Batch,
+}
+
+/// A parsed body: the write key found in it, and its event items (not yet validated).
+#[derive(Debug)]
+pub struct Parsed {
+    /// The body's `writeKey`, when it has one (used when there is no Basic auth).
+    pub write_key: Option<String>,
+    /// The events, in request order. Batch items already carry the batch-level `context`,
+    /// `integrations` and `sentAt`.
+    pub items: Vec<OwnedValue>,
+}
+
+/// Parses a request body. `body` is used as scratch space by simd-json and is left changed.
+///
+/// An `Err` rejects the whole body (not JSON, not an object, no `batch` array, too many
+/// events); per-event problems are left to [`crate::normalize`].
+pub fn parse_body(body: &mut [u8], endpoint: Endpoint, limits: &Limits) -> Result<Parsed, Rejection> {
+    check_depth(body, limits.max_depth)?;
+    let value = simd_json::to_owned_value(body)
+        .map_err(|e| Rejection::new(Reason::InvalidJson, "", format!("body is not valid JSON: {e}")))?;
+    let OwnedValue::Object(mut obj) = value else {
+        return Err(Rejection::new(
+            Reason::NotAnObject,
+            "",
+            "body must be a JSON object",
+        ));
+    };
+    let write_key = match obj.get("writeKey") {
+        Some(OwnedValue::String(s)) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    };
+    match endpoint {
+        Endpoint::Single(_) => Ok(Parsed {
+            write_key,
+            items: vec![OwnedValue::Object(obj)],
+        }),
+        Endpoint::Batch => {
+            let items = match obj.remove("batch") {
+                None | Some(OwnedValue::Static(StaticNode::Null)) => {
+                    return Err(Rejection::new(
+                        Reason::MissingField,
+                        "/batch",
+                        "a batch body needs a \"batch\" array",
+                    ))
+                }
+                Some(OwnedValue::Array(items)) => *items,
+                Some(_) => {
+                    return Err(Rejection::new(
+                        Reason::InvalidType,
+                        "/batch",
+                        "\"batch\" must be an array",
+                    ))
+                }
+            };
+            if items.len() > limits.max_batch_events {
+                return Err(Rejection::new(
+                    Reason::TooLarge,
+                    "/batch",
+                    format!(
+                        "{} events in one batch, the limit is {}",
+                        items.len(),
+                        limits.max_batch_events
+                    ),
+                ));
+            }
+            let shared = BatchFields::take(&mut obj)?;
+            let items = items.into_iter().map(|item| shared.apply(item)).collect();
+            Ok(Parsed { write_key, items })
+        }
+    }
+}
+
+/// The `messageId` of an item, if it has a usable one (for naming rejected events).
+pub fn message_id_of(item: &OwnedValue) -> Option<&str> {
+    match item {
+        OwnedValue::Object(obj) => match obj.get("messageId") {
+            Some(OwnedValue::String(s)) if !s.is_empty() => Some(s),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Batch-level fields that apply to every item.
+struct BatchFields {
+    context: Option<OwnedValue>,
+    integrations: Option<OwnedValue>,
+    sent_at: Option<OwnedValue>,
+}
+
+impl BatchFields {
+    fn take(obj: &mut simd_json::owned::Object) -> Result<Self, Rejection> {
+        let mut object_field = |name: &str| match obj.remove(name) {
+            None | Some(OwnedValue::Static(StaticNode::Null)) => Ok(None),
+            Some(v @ OwnedValue::Object(_)) => Ok(Some(v)),
+            Some(_) => Err(Rejection::new(
+                Reason::InvalidType,
+                format!("/{name}"),
+                format!("\"{name}\" must be an object"),
+            )),
+        };
+        let context = object_field("context")?;
+        let integrations = object_field("integrations")?;
+        let sent_at = match obj.remove("sentAt") {
+            None | Some(OwnedValue::Static(StaticNode::Null)) => None,
+            Some(v @ OwnedValue::String(_)) => Some(v),
+            Some(_) => {
+                return Err(Rejection::new(
+                    Reason::InvalidType,
+                    "/sentAt",
+                    "\"sentAt\" must be an ISO 8601 string",
+                ))
+            }
+        };
+        Ok(BatchFields {
+            context,
+            integrations,
+            sent_at,
+        })
+    }
+
+    /// Applies the batch fields to one item; the item's own keys win.
+    fn apply(&self, mut item: OwnedValue) -> OwnedValue {
+        let OwnedValue::Object(obj) = &mut item else {
+            return item;
+        };
+        for (name, shared) in [("context", &self.context), ("integrations", &self.integrations)] {
+            let Some(OwnedValue::Object(shared)) = shared else {
+                continue;
+            };
+            match obj.get_mut(name) {
+                None | Some(OwnedValue::Static(StaticNode::Null)) => {
+                    obj.insert(name.to_string(), OwnedValue::Object(shared.clone()));
+                }
+                Some(OwnedValue::Object(own)) => {
+                    for (k, v) in shared.iter() {
+                        if !own.contains_key(k.as_str()) {
+                            own.insert(k.clone(), v.clone());
+                        }
+                    }
+                }
+                Some(_) => {} // left for validation to reject
+            }
+        }
+        if let Some(sent_at) = &self.sent_at {
+            if matches!(
+                obj.get("sentAt"),
+                None | Some(OwnedValue::Static(StaticNode::Null))
+            ) {
+                obj.insert("sentAt".to_string(), sent_at.clone());
+            }
+        }
+        item
+    }
+}
+
+/// Refuses JSON nested deeper than `max` before parsing, so that no later recursive walk
+/// (serialisation, drop) can exhaust the stack.
+fn check_depth(bytes: &[u8], max: usize) -> Result<(), Rejection> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return Err(Rejection::new(
+                        Reason::TooDeep,
+                        "",
+                        format!("JSON nested deeper than {max} levels"),
+                    ));
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}

@@ -1,2 +1,20 @@
-//! ingest
-fn main() {}
+//! `ingest`: the Segment-compatible HTTP edge. Everything is in the `http-front` crate.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = http_front::Config::parse();
+    ops::init_logging(&config.log);
+    let metrics = ops::bind(config.metrics_listen, "metrics").await?;
+    let listener = ops::bind(config.listen, "events").await?;
+    tokio::spawn(ops::serve_metrics(
+        metrics,
+        ops::install_metrics(),
+        std::future::pending(),
+    ));
+    http_front::run(config, listener, ops::shutdown_signal())
+        .await
+        .inspect_err(|error| tracing::error!(%error, "ingest stopped"))?;
+    Ok(())
+}

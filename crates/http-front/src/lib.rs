@@ -1,1 +1,24 @@
-//! http-front
+//! The ingest HTTP edge: Segment-compatible endpoints in front of the Kafka producer.
+//!
+//! [`run`] is the whole service: it connects the producer (start-up ping, S3), serves HTTP on
+//! the given listener until `shutdown` resolves, then drains requests and flushes the producer.
+//!
+//! - [`config`]: every flag, with its `CDP_*` variable;
+//! - [`sources`]: the sources file, write key to workspace and source;
+//! - `body`: reading bodies with limits, timeouts and gzip;
+//! - `handler`: routing, auth, validation, DLQ and produce, CORS;
+//! - `error`: the crate's error type and its one mapping to HTTP status;
+//! - `server`: the accept loop and graceful shutdown.
+
+pub mod config;
+pub mod sources;
+
+mod body;
+mod error;
+mod handler;
+mod metrics;
+mod server;
+
+pub use config::Config;
+pub use error::Error;
+pub use server::run;

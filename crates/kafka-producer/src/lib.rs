@@ -1,1 +1,15 @@
-//! kafka-producer
+//! The Kafka side of cdp-ingest: the event producer and topic administration.
+//!
+//! [`EventProducer`] carries the Go service's producer behaviour (brief S1-S9): one
+//! librdkafka producer with a background polling thread, a non-blocking enqueue for ingest
+//! records, awaited writes for DLQ records, and a delivery callback that logs and counts
+//! every failure.
+
+mod admin;
+mod error;
+mod metrics;
+mod producer;
+
+pub use admin::{ensure_topics, fetch_topics};
+pub use error::Error;
+pub use producer::{DlqAck, EventProducer, ProducerConfig, Topics};

@@ -1,1 +1,161 @@
-//! ops
+//! What every cdp-ingest binary shares: the Kafka and logging flags of the brief's interface
+//! table, log set-up, the Prometheus metrics listener and the shutdown signal.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use kafka_producer::Topics;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+
+/// Kafka flags shared by all binaries.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers, comma-separated `host:port` (use IPv4 addresses, not `localhost`).
+    #[arg(long, env = "CDP_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// Topic for valid events, keyed by anonymous_id (else user_id).
+    #[arg(long, env = "CDP_TOPIC_INGEST", default_value = "cdp.ingest")]
+    pub topic_ingest: String,
+    /// Topic for rejected events (the DLQ envelope).
+    #[arg(long, env = "CDP_TOPIC_DLQ", default_value = "cdp.dlq")]
+    pub topic_dlq: String,
+    /// Topic for records whose delivery failed transiently.
+    #[arg(long, env = "CDP_TOPIC_RETRY", default_value = "cdp.retry")]
+    pub topic_retry: String,
+}
+
+impl KafkaArgs {
+    /// The three topics.
+    pub fn topics(&self) -> Topics {
+        Topics {
+            ingest: self.topic_ingest.clone(),
+            dlq: self.topic_dlq.clone(),
+            retry: self.topic_retry.clone(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line, for log pipelines.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// Logging flag shared by all binaries.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// Log format. The level is set with `RUST_LOG` (default `info`).
+    #[arg(long, env = "CDP_LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+}
+
+/// Parses a duration flag such as `10s` or `500ms`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// Installs the global tracing subscriber. Call once, first thing in `main`.
+pub fn init_logging(args: &LogArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Installs the global Prometheus recorder (once per process; later calls return the same
+/// handle) and returns the handle that renders the metrics text.
+pub fn install_metrics() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ])
+                .expect("static, non-empty bucket list")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first; then metrics go there.
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; Prometheus output may be empty");
+            }
+            handle
+        })
+        .clone()
+}
+
+/// Serves `GET /metrics` (Prometheus text format) on `listener` until `shutdown` resolves.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    shutdown: impl Future<Output = ()>,
+) {
+    let accept = async {
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(conn) => conn,
+                Err(error) => {
+                    tracing::warn!(%error, "metrics listener accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let response = match (req.method(), req.uri().path()) {
+                        (&Method::GET, "/metrics") => Response::builder()
+                            .header("content-type", "text/plain; version=0.0.4")
+                            .body(Full::new(Bytes::from(handle.render()))),
+                        _ => Response::builder()
+                            .status(StatusCode::NOT_FOUND)
+                            .body(Full::new(Bytes::from_static(b"not found; try /metrics\n"))),
+                    };
+                    std::future::ready(response)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    };
+    tokio::select! {
+        () = accept => {}
+        () = shutdown => {}
+    }
+}
+
+/// Binds `addr`, with the address in the error message.
+pub async fn bind(addr: SocketAddr, what: &str) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr} for {what}: {e}")))
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
+    }
+}

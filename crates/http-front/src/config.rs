@@ -1,0 +1,81 @@
+//! `ingest` configuration: every setting is a flag with a `CDP_*` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use ops::{parse_duration, KafkaArgs, LogArgs};
+
+/// The Segment-compatible ingestion edge: validates events and writes them to Kafka.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "ingest", version)]
+pub struct Config {
+    /// Address for the event HTTP API.
+    #[arg(long, env = "CDP_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// The sources file (TOML): write keys to workspace_id and source_id.
+    #[arg(long = "sources", env = "CDP_SOURCES_FILE", default_value = "sources.toml")]
+    pub sources_file: PathBuf,
+    /// Address for the Prometheus metrics listener (`GET /metrics`).
+    #[arg(long, env = "CDP_METRICS_LISTEN", default_value = "0.0.0.0:9464")]
+    pub metrics_listen: SocketAddr,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub log: LogArgs,
+    /// Largest event, in bytes, as normalised.
+    #[arg(long, env = "CDP_MAX_EVENT_BYTES", default_value_t = 32 * 1024)]
+    pub max_event_bytes: usize,
+    /// Largest request body, in bytes, after gzip decompression (and before it).
+    #[arg(long, env = "CDP_MAX_REQUEST_BYTES", default_value_t = 500 * 1024)]
+    pub max_request_bytes: usize,
+    /// Most events in one batch.
+    #[arg(long, env = "CDP_MAX_BATCH_EVENTS", default_value_t = 2_500)]
+    pub max_batch_events: usize,
+    /// Time allowed for a client to send the request headers.
+    #[arg(long, env = "CDP_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Time allowed for a client to send the request body.
+    #[arg(long, env = "CDP_BODY_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
+    /// Time allowed for a DLQ write to be acknowledged before the client gets a 503.
+    #[arg(long, env = "CDP_DLQ_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub dlq_timeout: Duration,
+    /// Most records buffered in the producer; beyond it requests get 503.
+    #[arg(long, env = "CDP_KAFKA_QUEUE_MAX_MESSAGES", default_value_t = 100_000)]
+    pub kafka_queue_max_messages: u32,
+    /// On shutdown: time allowed for in-flight requests to finish.
+    #[arg(long, env = "CDP_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// On shutdown: time allowed for the producer to deliver what it holds.
+    #[arg(long, env = "CDP_FLUSH_GRACE", default_value = "15s", value_parser = parse_duration)]
+    pub flush_grace: Duration,
+    /// Seconds sent in `Retry-After` with a 503.
+    #[arg(long, env = "CDP_RETRY_AFTER_SECS", default_value_t = 5)]
+    pub retry_after_secs: u32,
+    /// Proxies (IPs or CIDRs, comma-separated) whose `X-Forwarded-For` is trusted for the client IP.
+    #[arg(long, env = "CDP_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl Config {
+    /// The event-model limits from the flags.
+    pub fn limits(&self) -> event_model::Limits {
+        event_model::Limits {
+            max_event_bytes: self.max_event_bytes,
+            max_batch_events: self.max_batch_events,
+            ..event_model::Limits::default()
+        }
+    }
+
+    /// The producer settings from the flags (S2 defaults otherwise).
+    pub fn producer(&self) -> kafka_producer::ProducerConfig {
+        let mut producer = kafka_producer::ProducerConfig::new(&self.kafka.brokers, self.kafka.topics());
+        producer.queue_max_messages = self.kafka_queue_max_messages;
+        producer.dlq_timeout = self.dlq_timeout;
+        producer
+    }
+}

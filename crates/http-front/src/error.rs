@@ -1,0 +1,197 @@
+//! The crate's one error type, and its one mapping to HTTP status and body.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use event_model::{Reason, Rejection};
+use http_body_util::Full;
+use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Response, StatusCode};
+use serde::Serialize;
+
+use crate::sources::SourcesError;
+
+/// Everything that can go wrong in `ingest`: at start-up, or with one request.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The sources file cannot be used (start-up).
+    #[error(transparent)]
+    Sources(#[from] SourcesError),
+    /// Kafka is unreachable or misconfigured (start-up).
+    #[error(transparent)]
+    Kafka(#[from] kafka_producer::Error),
+    /// No such endpoint.
+    #[error("no endpoint {0}")]
+    NotFound(String),
+    /// The endpoint exists but not for this method.
+    #[error("method {0} not allowed here")]
+    MethodNotAllowed(String),
+    /// A `Content-Type` other than JSON or plain text.
+    #[error("unsupported content type {0:?}: send application/json or text/plain")]
+    UnsupportedContentType(String),
+    /// A `Content-Encoding` other than gzip.
+    #[error("unsupported content encoding {0:?}: send gzip or no encoding")]
+    UnsupportedEncoding(String),
+    /// The body is over the request limit (before or after decompression).
+    #[error("request body over the limit of {0} bytes")]
+    BodyTooLarge(usize),
+    /// The client did not send the body in time.
+    #[error("request body not received within {0:?}")]
+    BodyTimeout(Duration),
+    /// The body could not be read (connection error, truncated body).
+    #[error("cannot read the request body: {0}")]
+    BodyRead(String),
+    /// The body claims gzip but is not.
+    #[error("request body is not valid gzip: {0}")]
+    BadGzip(String),
+    /// Missing, malformed, unknown or disabled write key.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// The whole body was rejected (not JSON, no batch array, too many events).
+    #[error("{}", .rejection)]
+    Rejected {
+        /// The id given to the body in logs and the DLQ.
+        message_id: String,
+        /// Why.
+        rejection: Rejection,
+    },
+    /// The events cannot be taken now (queue full, cluster unreachable, DLQ write failed).
+    #[error("cannot take events now: {source}")]
+    Unavailable {
+        /// Events of the request accepted before the failure.
+        accepted: usize,
+        /// The producer's error.
+        #[source]
+        source: kafka_producer::Error,
+    },
+    /// A bug: a handler task failed.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The HTTP status of a request error. The one place errors become status codes.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Error::UnsupportedContentType(_) | Error::UnsupportedEncoding(_) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
+            Error::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Rejected { rejection, .. } if rejection.reason == Reason::TooLarge => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            Error::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Error::BodyRead(_) | Error::BadGzip(_) | Error::Rejected { .. } => StatusCode::BAD_REQUEST,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Unavailable { .. } | Error::Kafka(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Sources(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The response for a request error: `{"success":false,"error":...}`, plus the rejected
+    /// body or the accepted count where there is one, and `Retry-After` with a 503.
+    pub(crate) fn into_response(self, retry_after_secs: u32) -> Response<Full<Bytes>> {
+        let status = self.status();
+        let mut reply = Reply::failure(self.to_string());
+        match &self {
+            Error::Rejected {
+                message_id,
+                rejection,
+            } => {
+                reply.accepted = Some(0);
+                reply.rejected = vec![RejectedItem::new(0, message_id, rejection)];
+            }
+            Error::Unavailable { accepted, .. } => reply.accepted = Some(*accepted),
+            _ => {}
+        }
+        let mut response = json_response(status, &reply);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        response
+    }
+}
+
+/// The JSON body of every event-endpoint response.
+#[derive(Debug, Serialize)]
+pub(crate) struct Reply {
+    pub success: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accepted: Option<usize>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rejected: Vec<RejectedItem>,
+}
+
+impl Reply {
+    pub(crate) fn success() -> Self {
+        Reply {
+            success: true,
+            error: None,
+            accepted: None,
+            rejected: Vec::new(),
+        }
+    }
+
+    pub(crate) fn failure_text(error: &str) -> Self {
+        Reply::failure(error.to_string())
+    }
+
+    fn failure(error: String) -> Self {
+        Reply {
+            success: false,
+            error: Some(error),
+            accepted: None,
+            rejected: Vec::new(),
+        }
+    }
+
+    /// Some events rejected: HTTP 400 naming them.
+    pub(crate) fn partial(accepted: usize, rejected: Vec<RejectedItem>) -> Self {
+        let error = format!("{} event(s) rejected", rejected.len());
+        Reply {
+            success: false,
+            error: Some(error),
+            accepted: Some(accepted),
+            rejected,
+        }
+    }
+}
+
+/// One rejected event in a 400 body.
+#[derive(Debug, Serialize)]
+pub(crate) struct RejectedItem {
+    pub index: usize,
+    pub message_id: String,
+    pub reason: &'static str,
+    pub field: String,
+    pub detail: String,
+}
+
+impl RejectedItem {
+    pub(crate) fn new(index: usize, message_id: &str, rejection: &Rejection) -> Self {
+        RejectedItem {
+            index,
+            message_id: message_id.to_string(),
+            reason: rejection.reason.as_str(),
+            field: rejection.field.clone(),
+            detail: rejection.detail.clone(),
+        }
+    }
+}
+
+/// A JSON response.
+pub(crate) fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {
+    let bytes = simd_json::to_vec(body).unwrap_or_else(|_| b"{\"success\":false}".to_vec());
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

@@ -1,0 +1,451 @@
+//! One request: routing, CORS, auth, validation, DLQ writes and produce.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use base64::Engine;
+use bytes::Bytes;
+use event_model::{
+    message_id_of, normalize, parse_body, Accepted, DlqEnvelope, Endpoint, EventType, Limits, Received,
+    Rejection,
+};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use ipnet::IpNet;
+use kafka_producer::EventProducer;
+use simd_json::OwnedValue;
+
+use crate::body::{self, BodyLimits};
+use crate::error::{json_response, RejectedItem, Reply};
+use crate::metrics::{self, Outcome};
+use crate::sources::{Source, Sources};
+use crate::Error;
+
+/// What every request needs, shared by all connections.
+pub(crate) struct State {
+    pub producer: EventProducer,
+    pub sources: Sources,
+    pub limits: Limits,
+    pub body_limits: BodyLimits,
+    pub trusted_proxies: Vec<IpNet>,
+    pub retry_after_secs: u32,
+    /// Set at shutdown: `/readyz` answers 503.
+    pub shutting_down: AtomicBool,
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    Events(Endpoint, &'static str),
+    Preflight,
+    Healthz,
+    Readyz,
+    Unknown,
+}
+
+impl Route {
+    fn of(method: &Method, path: &str) -> Result<Route, Error> {
+        let endpoint = match path {
+            "/v1/batch" => Some((Endpoint::Batch, "batch")),
+            "/v1/import" => Some((Endpoint::Batch, "import")),
+            _ => path
+                .strip_prefix("/v1/")
+                .and_then(EventType::from_name)
+                .map(|t| (Endpoint::Single(t), t.as_str())),
+        };
+        match (method, endpoint, path) {
+            (&Method::POST, Some((endpoint, label)), _) => Ok(Route::Events(endpoint, label)),
+            (&Method::OPTIONS, Some(_), _) => Ok(Route::Preflight),
+            (&Method::GET | &Method::HEAD, None, "/healthz") => Ok(Route::Healthz),
+            (&Method::GET | &Method::HEAD, None, "/readyz") => Ok(Route::Readyz),
+            (_, None, "/healthz" | "/readyz") | (_, Some(_), _) => {
+                Err(Error::MethodNotAllowed(method.to_string()))
+            }
+            _ => Err(Error::NotFound(path.to_string())),
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Route::Events(_, label) => label,
+            Route::Preflight => "preflight",
+            Route::Healthz => "healthz",
+            Route::Readyz => "readyz",
+            Route::Unknown => "unknown",
+        }
+    }
+}
+
+/// Handles one request. Runs in its own task, so a client that goes away cannot cancel it.
+pub(crate) async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
+    let started = Instant::now();
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let route = Route::of(req.method(), req.uri().path());
+    let label = route.as_ref().map_or(Route::Unknown, |r| *r).label();
+    let result = match route {
+        Ok(Route::Events(endpoint, _)) => ingest(&state, req, endpoint, peer.ip()).await,
+        Ok(Route::Preflight) => Ok(preflight(req.headers())),
+        Ok(Route::Healthz) => Ok(json_response(StatusCode::OK, &Reply::success())),
+        Ok(Route::Readyz) => Ok(readiness(&state)),
+        Ok(Route::Unknown) => Err(Error::NotFound(req.uri().path().to_string())),
+        Err(e) => Err(e),
+    };
+    let mut response = result.unwrap_or_else(|e| e.into_response(state.retry_after_secs));
+    if let Some(origin) = origin {
+        let headers = response.headers_mut();
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("Retry-After"),
+        );
+    }
+    metrics::request(label, response.status(), started.elapsed());
+    response
+}
+
+fn readiness(state: &State) -> Response<Full<Bytes>> {
+    if state.shutting_down.load(Ordering::Relaxed) {
+        let reply = Reply::failure_text("shutting down");
+        json_response(StatusCode::SERVICE_UNAVAILABLE, &reply)
+    } else if !state.producer.is_healthy() {
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &Reply::failure_text("no Kafka broker reachable"),
+        )
+    } else {
+        json_response(StatusCode::OK, &Reply::success())
+    }
+}
+
+/// CORS preflight: any origin may POST events with the headers the SDKs send.
+fn preflight(request_headers: &HeaderMap) -> Response<Full<Bytes>> {
+    let allow_headers = request_headers
+        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static("Content-Type, Content-Encoding, Authorization"));
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("POST, OPTIONS"),
+    );
+    headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allow_headers);
+    headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+    response
+}
+
+/// An event the validator rejected.
+struct RejectedEvent {
+    index: usize,
+    message_id: String,
+    event_type: &'static str,
+    rejection: Rejection,
+    raw: String,
+}
+
+/// `POST /v1/...`: authenticate, validate, write rejections to the DLQ, enqueue the rest.
+async fn ingest(
+    state: &State,
+    req: Request<Incoming>,
+    endpoint: Endpoint,
+    peer: IpAddr,
+) -> Result<Response<Full<Bytes>>, Error> {
+    let header_source = match basic_auth_key(req.headers())? {
+        Some(key) => Some(authenticate(&state.sources, &key)?),
+        None => None,
+    };
+    let (parts, body) = body::read(req, state.body_limits).await?;
+    let received_at = chrono::Utc::now();
+    let mut scratch = body.to_vec();
+    let parsed = match parse_body(&mut scratch, endpoint, &state.limits) {
+        Ok(parsed) => parsed,
+        Err(rejection) => return Err(reject_body(state, header_source.as_deref(), rejection, &body).await),
+    };
+    let source = match header_source {
+        Some(source) => source,
+        None => match parsed.write_key.as_deref() {
+            Some(key) => authenticate(&state.sources, key)?,
+            None => {
+                return Err(Error::Unauthorized(
+                    "missing write key: send it as the Basic auth username or as writeKey",
+                ))
+            }
+        },
+    };
+    let received = Received {
+        at: received_at,
+        workspace_id: source.workspace_id.clone(),
+        source_id: source.source_id.clone(),
+        client_ip: Some(client_ip(&parts.headers, peer, &state.trusted_proxies)),
+    };
+    let fixed_type = match endpoint {
+        Endpoint::Single(t) => Some(t),
+        Endpoint::Batch => None,
+    };
+    let mut accepted = Vec::with_capacity(parsed.items.len());
+    let mut rejected = Vec::new();
+    for (index, item) in parsed.items.iter().enumerate() {
+        match normalize(item, fixed_type, &received, &state.limits) {
+            Ok(event) => accepted.push(event),
+            Err(rejection) => rejected.push(RejectedEvent {
+                index,
+                message_id: message_id_of(item).map_or_else(new_message_id, str::to_string),
+                event_type: fixed_type
+                    .or_else(|| type_of(item))
+                    .map_or("unknown", EventType::as_str),
+                rejection,
+                raw: match endpoint {
+                    Endpoint::Single(_) => String::from_utf8_lossy(&body).into_owned(),
+                    Endpoint::Batch => simd_json::to_string(item).unwrap_or_default(),
+                },
+            }),
+        }
+    }
+
+    write_dlq(state, &source, &rejected)
+        .await
+        .inspect_err(|_| refuse(&accepted, "DLQ write failed"))?;
+    enqueue(state, &source, &accepted)?;
+    if rejected.is_empty() {
+        return Ok(json_response(StatusCode::OK, &Reply::success()));
+    }
+    let items = rejected
+        .iter()
+        .map(|r| RejectedItem::new(r.index, &r.message_id, &r.rejection))
+        .collect();
+    Ok(json_response(
+        StatusCode::BAD_REQUEST,
+        &Reply::partial(accepted.len(), items),
+    ))
+}
+
+/// A body rejected whole. Written to the DLQ when the source is known from the header;
+/// without a source there is no workspace to file it under, so it is only refused and logged.
+async fn reject_body(state: &State, source: Option<&Source>, rejection: Rejection, body: &[u8]) -> Error {
+    let message_id = new_message_id();
+    if let Some(source) = source {
+        let rejected = RejectedEvent {
+            index: 0,
+            message_id: message_id.clone(),
+            event_type: "unknown",
+            rejection,
+            raw: String::from_utf8_lossy(body).into_owned(),
+        };
+        if let Err(e) = write_dlq(state, source, std::slice::from_ref(&rejected)).await {
+            return e;
+        }
+        return Error::Rejected {
+            message_id,
+            rejection: rejected.rejection,
+        };
+    }
+    tracing::warn!(message_id, reason = %rejection.reason, field = rejection.field, "unauthenticated body rejected, not written to the DLQ");
+    metrics::events("unknown", Outcome::Rejected, 1);
+    Error::Rejected {
+        message_id,
+        rejection,
+    }
+}
+
+/// Writes rejected events to the DLQ and waits for every acknowledgement (S8).
+async fn write_dlq(state: &State, source: &Source, rejected: &[RejectedEvent]) -> Result<(), Error> {
+    let mut acks = Vec::with_capacity(rejected.len());
+    for r in rejected {
+        let envelope = DlqEnvelope::new(
+            &source.workspace_id,
+            &source.source_id,
+            &r.message_id,
+            &r.rejection,
+            r.raw.clone(),
+        );
+        acks.push(state.producer.send_dlq(&envelope));
+    }
+    let mut failure = None;
+    for (r, ack) in rejected.iter().zip(acks) {
+        let result = match ack {
+            Ok(ack) => ack.wait().await,
+            Err(e) => Err(e),
+        };
+        let reason = r.rejection.reason.as_str();
+        metrics::dlq_write(reason, result.is_ok());
+        match result {
+            Ok(()) => {
+                metrics::events(r.event_type, Outcome::Rejected, 1);
+                tracing::info!(
+                    message_id = r.message_id,
+                    reason,
+                    field = r.rejection.field,
+                    "event rejected, written to the DLQ"
+                );
+            }
+            Err(error) => {
+                metrics::events(r.event_type, Outcome::Refused, 1);
+                tracing::error!(message_id = r.message_id, reason, %error, "DLQ write failed, client gets 503");
+                failure.get_or_insert(error);
+            }
+        }
+    }
+    match failure {
+        None => Ok(()),
+        Some(source) => Err(Error::Unavailable { accepted: 0, source }),
+    }
+}
+
+/// Enqueues valid events without waiting for the broker (S1). On a full queue or an
+/// unreachable cluster the rest of the request is refused with 503.
+fn enqueue(state: &State, source: &Source, accepted: &[Accepted]) -> Result<(), Error> {
+    let mut counts = [0u64; EventType::ALL.len()];
+    let mut result = Ok(());
+    for (i, event) in accepted.iter().enumerate() {
+        if let Err(source_error) = state
+            .producer
+            .send_event(event, &source.workspace_id, &source.source_id)
+        {
+            refuse(&accepted[i..], &source_error.to_string());
+            result = Err(Error::Unavailable {
+                accepted: i,
+                source: source_error,
+            });
+            break;
+        }
+        counts[event.event_type as usize] += 1;
+    }
+    for (t, n) in EventType::ALL.iter().zip(counts) {
+        if n > 0 {
+            metrics::events(t.as_str(), Outcome::Accepted, n);
+        }
+    }
+    result
+}
+
+/// Counts and logs valid events that the client must send again.
+fn refuse(events: &[Accepted], why: &str) {
+    if events.is_empty() {
+        return;
+    }
+    for event in events {
+        metrics::events(event.event_type.as_str(), Outcome::Refused, 1);
+    }
+    let message_ids: Vec<&str> = events.iter().map(|e| e.message_id.as_str()).collect();
+    tracing::warn!(
+        count = events.len(),
+        message_id = message_ids.join(","),
+        why,
+        "events refused, client gets 503"
+    );
+}
+
+fn authenticate(sources: &Sources, key: &str) -> Result<Arc<Source>, Error> {
+    match sources.lookup(key) {
+        Some(source) if source.enabled => Ok(source.clone()),
+        Some(_) => Err(Error::Unauthorized("this write key's source is disabled")),
+        None => Err(Error::Unauthorized("unknown write key")),
+    }
+}
+
+/// The write key from `Authorization: Basic base64(key:)`, if the request has Basic auth.
+fn basic_auth_key(headers: &HeaderMap) -> Result<Option<String>, Error> {
+    const MALFORMED: Error = Error::Unauthorized("malformed Basic authorization header");
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value.to_str().map_err(|_| MALFORMED)?;
+    let Some((scheme, credentials)) = value.split_once(' ') else {
+        return Err(MALFORMED);
+    };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Ok(None);
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(credentials.trim())
+        .map_err(|_| MALFORMED)?;
+    let text = String::from_utf8(decoded).map_err(|_| MALFORMED)?;
+    let key = text.split_once(':').map_or(text.as_str(), |(user, _)| user);
+    if key.is_empty() {
+        return Err(MALFORMED);
+    }
+    Ok(Some(key.to_string()))
+}
+
+/// The client address: the peer, or behind trusted proxies the last untrusted
+/// `X-Forwarded-For` address.
+fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let forwarded: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    let mut ip = peer;
+    for hop in forwarded.iter().rev() {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(addr) if is_trusted(&addr) => ip = addr,
+            Ok(addr) => return addr,
+            Err(_) => break,
+        }
+    }
+    ip
+}
+
+fn type_of(item: &OwnedValue) -> Option<EventType> {
+    match item {
+        OwnedValue::Object(obj) => match obj.get("type") {
+            Some(OwnedValue::String(name)) => EventType::from_name(name),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn new_message_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_auth_takes_the_username() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(basic_auth_key(&headers).unwrap(), None);
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic a2V5Og==")); // "key:"
+        assert_eq!(basic_auth_key(&headers).unwrap().as_deref(), Some("key"));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic !!!"));
+        assert!(matches!(basic_auth_key(&headers), Err(Error::Unauthorized(_))));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
+        assert_eq!(basic_auth_key(&headers).unwrap(), None);
+    }
+
+    #[test]
+    fn forwarded_for_is_trusted_only_from_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("1.1.1.1, 203.0.113.9, 10.0.0.2"),
+        );
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let stranger: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(
+            client_ip(&headers, proxy, &trusted),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_ip(&headers, stranger, &trusted), stranger);
+        assert_eq!(client_ip(&HeaderMap::new(), proxy, &trusted), proxy);
+    }
+}

@@ -1,0 +1,42 @@
+//! `ingest`'s metrics, all defined here. Labels are bounded: routes, status codes, event
+//! types, outcomes and rejection reasons come from closed sets.
+
+use std::time::Duration;
+
+use hyper::StatusCode;
+use metrics::{counter, histogram};
+
+/// One HTTP request: `cdp_ingest_http_requests_total{route,status}` and
+/// `cdp_ingest_http_request_duration_seconds{route}`.
+pub(crate) fn request(route: &'static str, status: StatusCode, elapsed: Duration) {
+    counter!("cdp_ingest_http_requests_total", "route" => route, "status" => status.as_u16().to_string())
+        .increment(1);
+    histogram!("cdp_ingest_http_request_duration_seconds", "route" => route).record(elapsed.as_secs_f64());
+}
+
+/// What became of events.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Outcome {
+    /// Buffered for the ingest topic.
+    Accepted,
+    /// Invalid, written to the DLQ, named in a 400.
+    Rejected,
+    /// Not taken (503 or 5xx): the client must retry.
+    Refused,
+}
+
+/// `cdp_ingest_events_total{type,outcome}`.
+pub(crate) fn events(event_type: &'static str, outcome: Outcome, n: u64) {
+    let outcome = match outcome {
+        Outcome::Accepted => "accepted",
+        Outcome::Rejected => "rejected",
+        Outcome::Refused => "refused",
+    };
+    counter!("cdp_ingest_events_total", "type" => event_type, "outcome" => outcome).increment(n);
+}
+
+/// `cdp_ingest_dlq_writes_total{reason,result}`, result `ok` or `failed`.
+pub(crate) fn dlq_write(reason: &'static str, ok: bool) {
+    let result = if ok { "ok" } else { "failed" };
+    counter!("cdp_ingest_dlq_writes_total", "reason" => reason, "result" => result).increment(1);
+}

@@ -1,0 +1,136 @@
+//! The accept loop, connection settings and graceful shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::Request;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use kafka_producer::EventProducer;
+use tokio::net::TcpListener;
+
+use crate::body::BodyLimits;
+use crate::error::Error;
+use crate::handler::{self, State};
+use crate::sources::Sources;
+use crate::Config;
+
+/// Runs `ingest`: loads the sources file, connects the producer (failing fast when Kafka does
+/// not answer, S3), serves `listener` until `shutdown` resolves, then stops accepting, lets
+/// in-flight requests finish (up to the drain timeout) and flushes the producer (up to the
+/// flush grace), logging how many records were left undelivered.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let sources = Sources::load(&config.sources_file)?;
+    if sources.is_empty() {
+        tracing::warn!(file = %config.sources_file.display(), "the sources file lists no source: every request will get 401");
+    }
+    let producer_config = config.producer();
+    let producer = tokio::task::spawn_blocking(move || EventProducer::connect(producer_config))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+    tracing::info!(
+        brokers = config.kafka.brokers,
+        sources = sources.len(),
+        "connected to Kafka"
+    );
+
+    let state = Arc::new(State {
+        producer,
+        sources,
+        limits: config.limits(),
+        body_limits: BodyLimits {
+            max_bytes: config.max_request_bytes,
+            timeout: config.body_read_timeout,
+        },
+        trusted_proxies: config.trusted_proxies.clone(),
+        retry_after_secs: config.retry_after_secs,
+        shutting_down: AtomicBool::new(false),
+    });
+    serve(&state, &config, listener, shutdown).await;
+
+    let grace = config.flush_grace;
+    let flushing = state.clone();
+    let unflushed = tokio::task::spawn_blocking(move || flushing.producer.flush(grace))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    if unflushed == 0 {
+        tracing::info!("shutdown complete: every record delivered");
+    } else {
+        tracing::error!(
+            unflushed,
+            ?grace,
+            "shutdown: records still undelivered after the flush grace"
+        );
+    }
+    Ok(())
+}
+
+async fn serve(
+    state: &Arc<State>,
+    config: &Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving events");
+    }
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .keep_alive(true)
+        // A client that half-closes after sending its request still gets it processed.
+        .half_close(true);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let state = state.clone();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            // Each request runs in its own task: the connection going away cannot cancel it (S6).
+            let task = tokio::spawn(handler::handle(state.clone(), req, peer));
+            async move {
+                Ok::<_, Infallible>(task.await.unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "request handler failed");
+                    Error::Internal("request handler failed".into()).into_response(0)
+                }))
+            }
+        });
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(error) = conn.await {
+                tracing::debug!(%error, %peer, "connection ended with an error");
+            }
+        });
+    }
+
+    state.shutting_down.store(true, Ordering::Relaxed);
+    drop(listener);
+    tracing::info!("shutting down: listener closed, draining in-flight requests");
+    if tokio::time::timeout(config.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(timeout = ?config.drain_timeout, "in-flight requests did not finish in time");
+    }
+}

@@ -1,0 +1,188 @@
+//! The sources file: which write keys exist, and the workspace and source each belongs to.
+//!
+//! ```toml
+//! [[source]]
+//! workspace_id = "ws_1"
+//! source_id = "web"
+//! write_key = "dev-write-key"          # plain, for development
+//!
+//! [[source]]
+//! workspace_id = "ws_1"
+//! source_id = "ios"
+//! write_key_sha256 = "5e884898da28..."  # hex SHA-256 of the key, for production
+//! enabled = false
+//! ```
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// One source: where its events belong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// The workspace.
+    pub workspace_id: String,
+    /// The source within it.
+    pub source_id: String,
+    /// Disabled sources are refused (401).
+    pub enabled: bool,
+}
+
+/// Why a sources file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SourcesError {
+    /// The file cannot be read.
+    #[error("cannot read sources file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid.
+    #[error("invalid sources file {path}: {detail}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    source: Vec<Entry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    workspace_id: String,
+    source_id: String,
+    #[serde(default = "yes")]
+    enabled: bool,
+    write_key: Option<String>,
+    write_key_sha256: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Write-key lookup over the sources file.
+#[derive(Debug, Default)]
+pub struct Sources {
+    by_digest: HashMap<[u8; 32], Arc<Source>>,
+}
+
+impl Sources {
+    /// Reads and checks a sources file.
+    pub fn load(path: &Path) -> Result<Self, SourcesError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SourcesError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Sources::parse(&text).map_err(|detail| SourcesError::Invalid {
+            path: path.display().to_string(),
+            detail,
+        })
+    }
+
+    /// Parses sources-file text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut sources = Sources::default();
+        for (i, entry) in file.source.into_iter().enumerate() {
+            let at = format!(
+                "[[source]] #{} ({}/{})",
+                i + 1,
+                entry.workspace_id,
+                entry.source_id
+            );
+            let digest = match (&entry.write_key, &entry.write_key_sha256) {
+                (Some(key), None) if !key.is_empty() => digest(key),
+                (None, Some(hex_digest)) => {
+                    let bytes =
+                        hex::decode(hex_digest.trim()).map_err(|e| format!("{at}: write_key_sha256: {e}"))?;
+                    bytes
+                        .try_into()
+                        .map_err(|_| format!("{at}: write_key_sha256 must be 64 hex digits"))?
+                }
+                _ => return Err(format!("{at}: set exactly one of write_key and write_key_sha256")),
+            };
+            let source = Arc::new(Source {
+                workspace_id: entry.workspace_id,
+                source_id: entry.source_id,
+                enabled: entry.enabled,
+            });
+            if sources.by_digest.insert(digest, source).is_some() {
+                return Err(format!("{at}: the same write key is listed twice"));
+            }
+        }
+        Ok(sources)
+    }
+
+    /// The source of a write key, enabled or not.
+    pub fn lookup(&self, write_key: &str) -> Option<&Arc<Source>> {
+        self.by_digest.get(&digest(write_key))
+    }
+
+    /// How many sources the file lists.
+    pub fn len(&self) -> usize {
+        self.by_digest.len()
+    }
+
+    /// True when the file lists no source.
+    pub fn is_empty(&self) -> bool {
+        self.by_digest.is_empty()
+    }
+}
+
+fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_and_hashed_keys_map_to_their_source() {
+        let hashed = hex::encode(digest("prod-key"));
+        let sources = Sources::parse(&format!(
+            r#"
+            [[source]]
+            workspace_id = "ws"
+            source_id = "web"
+            write_key = "dev-key"
+            [[source]]
+            workspace_id = "ws"
+            source_id = "ios"
+            write_key_sha256 = "{hashed}"
+            enabled = false
+            "#
+        ))
+        .unwrap();
+        assert_eq!(sources.lookup("dev-key").unwrap().source_id, "web");
+        let ios = sources.lookup("prod-key").unwrap();
+        assert_eq!((ios.source_id.as_str(), ios.enabled), ("ios", false));
+        assert!(sources.lookup("nope").is_none());
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_the_entry_named() {
+        let both = "[[source]]\nworkspace_id='w'\nsource_id='s'\nwrite_key='k'\nwrite_key_sha256='00'";
+        assert!(Sources::parse(both).unwrap_err().contains("#1 (w/s)"));
+        let short = "[[source]]\nworkspace_id='w'\nsource_id='s'\nwrite_key_sha256='abcd'";
+        assert!(Sources::parse(short).unwrap_err().contains("64 hex digits"));
+        let dup = "[[source]]\nworkspace_id='w'\nsource_id='a'\nwrite_key='k'\n[[source]]\nworkspace_id='w'\nsource_id='b'\nwrite_key='k'";
+        assert!(Sources::parse(dup).unwrap_err().contains("twice"));
+        assert!(Sources::parse("[[source]]\nworkspace_id='w'").is_err());
+    }
+}

@@ -1,0 +1,65 @@
+//! The crate's one error type.
+
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+
+/// Everything that can go wrong talking to Kafka.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// librdkafka refused the configuration.
+    #[error("cannot create the Kafka client: {0}")]
+    Create(#[source] KafkaError),
+    /// The start-up metadata request failed.
+    #[error("cannot reach the Kafka cluster at {brokers}: {source}")]
+    Unreachable {
+        /// The bootstrap servers tried.
+        brokers: String,
+        /// librdkafka's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// A configured topic does not exist on the cluster.
+    #[error("topic {0:?} does not exist on the cluster: create it, or point the --topic-* flags at existing topics")]
+    MissingTopic(String),
+    /// Creating a topic failed.
+    #[error("cannot create topic {topic:?}: {reason}")]
+    CreateTopic {
+        /// The topic.
+        topic: String,
+        /// What the cluster said.
+        reason: String,
+    },
+    /// The producer's buffer is full: the caller should shed load (HTTP 503).
+    #[error("the producer queue is full")]
+    QueueFull,
+    /// No broker is reachable right now: the caller should shed load (HTTP 503).
+    #[error("no Kafka broker is reachable")]
+    Unavailable,
+    /// librdkafka refused the record at enqueue time.
+    #[error("cannot enqueue a record for {topic}: {source}")]
+    Enqueue {
+        /// The record's topic.
+        topic: String,
+        /// librdkafka's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// The broker did not acknowledge an awaited record.
+    #[error("delivery to {topic} failed: {source}")]
+    Delivery {
+        /// The record's topic.
+        topic: String,
+        /// librdkafka's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// An awaited record was not acknowledged in time.
+    #[error("delivery to {topic} not acknowledged within {timeout:?}")]
+    Timeout {
+        /// The record's topic.
+        topic: String,
+        /// How long we waited.
+        timeout: Duration,
+    },
+}

@@ -1,0 +1,54 @@
+//! The producer's metrics, all defined here. Names are `cdp_<binary>_kafka_<what>_<unit>`,
+//! the binary's name coming from [`crate::ProducerConfig::metric_prefix`].
+
+use metrics::{counter, gauge, Counter, Gauge};
+
+/// Handles to the producer's metrics, registered once so the delivery callback does no lookup.
+pub(crate) struct ProducerMetrics {
+    prefix: String,
+    /// Records librdkafka holds (queued or in flight), from its statistics.
+    pub queue_messages: Gauge,
+    /// Brokers in state UP, from librdkafka's statistics.
+    pub brokers_up: Gauge,
+    per_topic: Vec<TopicMetrics>,
+}
+
+/// Delivery outcomes of one topic.
+#[derive(Clone)]
+pub(crate) struct TopicMetrics {
+    topic: String,
+    /// Records acknowledged by the broker.
+    pub delivered: Counter,
+    /// Records whose delivery failed.
+    pub failed: Counter,
+}
+
+impl ProducerMetrics {
+    pub(crate) fn new(prefix: &str, topics: &[&str]) -> Self {
+        let mut metrics = ProducerMetrics {
+            prefix: prefix.to_string(),
+            queue_messages: gauge!(format!("{prefix}_kafka_queue_messages")),
+            brokers_up: gauge!(format!("{prefix}_kafka_brokers_up")),
+            per_topic: Vec::new(),
+        };
+        metrics.per_topic = topics.iter().map(|t| metrics.register(t)).collect();
+        metrics
+    }
+
+    fn register(&self, topic: &str) -> TopicMetrics {
+        let prefix = &self.prefix;
+        TopicMetrics {
+            topic: topic.to_string(),
+            delivered: counter!(format!("{prefix}_kafka_delivered_total"), "topic" => topic.to_string()),
+            failed: counter!(format!("{prefix}_kafka_delivery_failures_total"), "topic" => topic.to_string()),
+        }
+    }
+
+    /// The counters of `topic` (one of the configured topics, or registered on the fly).
+    pub(crate) fn topic(&self, topic: &str) -> TopicMetrics {
+        match self.per_topic.iter().find(|m| m.topic == topic) {
+            Some(m) => m.clone(),
+            None => self.register(topic),
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! [`EventProducer`]: the ingest, DLQ and retry writes of the Go service, on librdkafka.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use event_model::{Accepted, DlqEnvelope};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::statistics::Statistics;
+use rdkafka::ClientContext;
+use tokio::sync::oneshot;
+
+use crate::metrics::ProducerMetrics;
+use crate::Error;
+
+/// The three topics (S9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    /// Valid events, keyed by visitor.
+    pub ingest: String,
+    /// Rejected events, in the DLQ envelope.
+    pub dlq: String,
+    /// Records whose delivery failed transiently.
+    pub retry: String,
+}
+
+/// How to build the producer.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// Bootstrap servers, `host:port[,host:port]`.
+    pub brokers: String,
+    /// The three topics.
+    pub topics: Topics,
+    /// `client.id` (S2: `cdp-ingest`).
+    pub client_id: String,
+    /// Most records held in the producer's buffer (S2: 100 000).
+    pub queue_max_messages: u32,
+    /// `linger.ms` (S2: 5).
+    pub linger: Duration,
+    /// How long a DLQ write may take before the client gets a 5xx.
+    pub dlq_timeout: Duration,
+    /// How long the start-up metadata ping may take.
+    pub ping_timeout: Duration,
+    /// Metric name prefix, `cdp_<binary>`.
+    pub metric_prefix: String,
+}
+
+impl ProducerConfig {
+    /// The Go service's settings (S2) for `brokers` and `topics`.
+    pub fn new(brokers: impl Into<String>, topics: Topics) -> Self {
+        ProducerConfig {
+            brokers: brokers.into(),
+            topics,
+            client_id: "cdp-ingest".into(),
+            queue_max_messages: 100_000,
+            linger: Duration::from_millis(5),
+            dlq_timeout: Duration::from_secs(5),
+            ping_timeout: Duration::from_secs(10),
+            metric_prefix: "cdp_ingest".into(),
+        }
+    }
+
+    fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("client.id", &self.client_id)
+            .set("linger.ms", self.linger.as_millis().to_string())
+            .set("compression.type", "zstd")
+            .set(
+                "queue.buffering.max.messages",
+                self.queue_max_messages.to_string(),
+            )
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("statistics.interval.ms", "1000");
+        config
+    }
+}
+
+/// What the delivery callback does with a record's outcome.
+enum Delivery {
+    /// Fire-and-forget (S1): log and count a failure (S7).
+    Logged { message_id: String },
+    /// Awaited (S8): hand the outcome to the waiting request.
+    Awaited(oneshot::Sender<Result<(), KafkaError>>),
+}
+
+/// librdkafka callbacks: delivery reports, statistics and errors.
+struct Callbacks {
+    metrics: ProducerMetrics,
+    healthy: Arc<AtomicBool>,
+}
+
+impl ClientContext for Callbacks {
+    fn stats(&self, stats: Statistics) {
+        let up = stats.brokers.values().filter(|b| b.state == "UP").count();
+        self.metrics.brokers_up.set(up as f64);
+        self.metrics.queue_messages.set(stats.msg_cnt as f64);
+        self.healthy.store(up > 0, Ordering::Relaxed);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.healthy.store(false, Ordering::Relaxed);
+        }
+        tracing::error!(%error, reason, "kafka client error");
+    }
+}
+
+impl ProducerContext for Callbacks {
+    type DeliveryOpaque = Box<Delivery>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, delivery: Box<Delivery>) {
+        let (topic, outcome) = match result {
+            Ok(message) => (message.topic(), Ok(())),
+            Err((error, message)) => (message.topic(), Err(error.clone())),
+        };
+        let metrics = self.metrics.topic(topic);
+        match &outcome {
+            Ok(()) => metrics.delivered.increment(1),
+            Err(_) => metrics.failed.increment(1),
+        }
+        match *delivery {
+            Delivery::Logged { message_id } => {
+                if let Err(error) = outcome {
+                    tracing::error!(topic, message_id, %error, "kafka delivery failed");
+                }
+            }
+            // The request may have given up waiting; then nobody listens.
+            Delivery::Awaited(tx) => drop(tx.send(outcome)),
+        }
+    }
+}
+
+/// The pending acknowledgement of a DLQ write.
+pub struct DlqAck {
+    rx: oneshot::Receiver<Result<(), KafkaError>>,
+    topic: String,
+    timeout: Duration,
+    deadline: tokio::time::Instant,
+}
+
+impl DlqAck {
+    /// Waits for the broker's acknowledgement, until the DLQ timeout after the enqueue.
+    pub async fn wait(self) -> Result<(), Error> {
+        let topic = self.topic;
+        match tokio::time::timeout_at(self.deadline, self.rx).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(source))) => Err(Error::Delivery { topic, source }),
+            // The sender is dropped only if librdkafka discarded the record without a report.
+            Ok(Err(_)) => Err(Error::Delivery {
+                topic,
+                source: KafkaError::Canceled,
+            }),
+            Err(_) => Err(Error::Timeout {
+                topic,
+                timeout: self.timeout,
+            }),
+        }
+    }
+}
+
+/// The event producer shared by all requests of a process.
+pub struct EventProducer {
+    inner: ThreadedProducer<Callbacks>,
+    config: ProducerConfig,
+    healthy: Arc<AtomicBool>,
+}
+
+impl EventProducer {
+    /// Creates the producer and pings the cluster (S3): fails when the cluster does not answer
+    /// metadata within the ping timeout, or when one of the three topics does not exist.
+    /// Blocks for up to the ping timeout.
+    pub fn connect(config: ProducerConfig) -> Result<Self, Error> {
+        let healthy = Arc::new(AtomicBool::new(false));
+        let topics = [&config.topics.ingest, &config.topics.dlq, &config.topics.retry];
+        let callbacks = Callbacks {
+            metrics: ProducerMetrics::new(&config.metric_prefix, &topics.map(String::as_str)),
+            healthy: healthy.clone(),
+        };
+        let inner: ThreadedProducer<Callbacks> = config
+            .client_config()
+            .create_with_context(callbacks)
+            .map_err(Error::Create)?;
+        let metadata = inner
+            .client()
+            .fetch_metadata(None, config.ping_timeout)
+            .map_err(|source| Error::Unreachable {
+                brokers: config.brokers.clone(),
+                source,
+            })?;
+        for topic in topics {
+            let found = metadata
+                .topics()
+                .iter()
+                .any(|t| t.name() == topic.as_str() && t.error().is_none() && !t.partitions().is_empty());
+            if !found {
+                return Err(Error::MissingTopic(topic.clone()));
+            }
+        }
+        healthy.store(true, Ordering::Relaxed);
+        Ok(EventProducer {
+            inner,
+            config,
+            healthy,
+        })
+    }
+
+    /// The configured topics.
+    pub fn topics(&self) -> &Topics {
+        &self.config.topics
+    }
+
+    /// True while at least one broker is connected (from librdkafka's statistics and errors).
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Enqueues a valid event for the ingest topic without waiting (S1, S4, S5, S6).
+    ///
+    /// Returns as soon as librdkafka holds the record; the record then lives on its own,
+    /// whatever happens to the caller. Never blocks: a full buffer is [`Error::QueueFull`].
+    pub fn send_event(&self, event: &Accepted, workspace_id: &str, source_id: &str) -> Result<(), Error> {
+        if !self.is_healthy() {
+            return Err(Error::Unavailable);
+        }
+        let headers = OwnedHeaders::new_with_capacity(3)
+            .insert(Header {
+                key: "workspace_id",
+                value: Some(workspace_id),
+            })
+            .insert(Header {
+                key: "source_id",
+                value: Some(source_id),
+            })
+            .insert(Header {
+                key: "type",
+                value: Some(event.event_type.as_str()),
+            });
+        let delivery = Box::new(Delivery::Logged {
+            message_id: event.message_id.clone(),
+        });
+        let record = BaseRecord::with_opaque_to(&self.config.topics.ingest, delivery)
+            .key(event.key.as_bytes())
+            .payload(&event.value)
+            .headers(headers);
+        self.enqueue(record)
+    }
+
+    /// Enqueues a rejected event for the DLQ (S8); await the returned [`DlqAck`] before
+    /// answering the client. Enqueue several first, then await them, to write them concurrently.
+    pub fn send_dlq(&self, envelope: &DlqEnvelope) -> Result<DlqAck, Error> {
+        let topic = &self.config.topics.dlq;
+        let (tx, rx) = oneshot::channel();
+        let payload = envelope.to_json();
+        let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
+            key: "reason",
+            value: Some(envelope.reason.as_str()),
+        });
+        let record = BaseRecord::with_opaque_to(topic, Box::new(Delivery::Awaited(tx)))
+            .key(envelope.workspace_id.as_bytes())
+            .payload(&payload)
+            .headers(headers);
+        self.enqueue(record)?;
+        Ok(DlqAck {
+            rx,
+            topic: topic.clone(),
+            timeout: self.config.dlq_timeout,
+            deadline: tokio::time::Instant::now() + self.config.dlq_timeout,
+        })
+    }
+
+    fn enqueue(&self, record: BaseRecord<'_, [u8], Vec<u8>, Box<Delivery>>) -> Result<(), Error> {
+        let topic = record.topic;
+        self.inner
+            .send(record)
+            .map_err(|(error, _)| match error.rdkafka_error_code() {
+                Some(RDKafkaErrorCode::QueueFull) => Error::QueueFull,
+                _ => Error::Enqueue {
+                    topic: topic.to_string(),
+                    source: error,
+                },
+            })
+    }
+
+    /// Records held by librdkafka and not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
+        usize::try_from(self.inner.in_flight_count()).unwrap_or(0)
+    }
+
+    /// Waits up to `grace` for every held record to be acknowledged (blocking). Returns the
+    /// number of records still unacknowledged. Call before dropping: a dropped producer
+    /// discards what it holds.
+    pub fn flush(&self, grace: Duration) -> usize {
+        if let Err(error) = self.inner.flush(grace) {
+            tracing::warn!(%error, "kafka flush did not finish");
+        }
+        self.in_flight()
+    }
+}

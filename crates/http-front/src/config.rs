@@ -47,6 +47,9 @@ pub struct Config {
     /// Most records buffered in the producer; beyond it requests get 503.
     #[arg(long, env = "CDP_KAFKA_QUEUE_MAX_MESSAGES", default_value_t = 100_000)]
     pub kafka_queue_max_messages: u32,
+    /// At start-up: time allowed for the cluster to answer the metadata ping.
+    #[arg(long, env = "CDP_KAFKA_PING_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub kafka_ping_timeout: Duration,
     /// On shutdown: time allowed for in-flight requests to finish.
     #[arg(long, env = "CDP_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -76,6 +79,7 @@ impl Config {
         let mut producer = kafka_producer::ProducerConfig::new(&self.kafka.brokers, self.kafka.topics());
         producer.queue_max_messages = self.kafka_queue_max_messages;
         producer.dlq_timeout = self.dlq_timeout;
+        producer.ping_timeout = self.kafka_ping_timeout;
         producer
     }
 }

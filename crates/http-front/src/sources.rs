@@ -176,6 +176,13 @@ mod tests {
     }
 
     #[test]
+    fn the_example_in_deploy_is_valid() {
+        let sources = Sources::parse(include_str!("../../../deploy/sources.example.toml")).unwrap();
+        assert_eq!(sources.lookup("test").unwrap().source_id, "web");
+        assert!(!sources.lookup("dev-ios-key").unwrap().enabled);
+    }
+
+    #[test]
     fn bad_files_are_refused_with_the_entry_named() {
         let both = "[[source]]\nworkspace_id='w'\nsource_id='s'\nwrite_key='k'\nwrite_key_sha256='00'";
         assert!(Sources::parse(both).unwrap_err().contains("#1 (w/s)"));

@@ -1,1 +1,208 @@
-//! test-support
+//! Integration-test helpers, against the real broker that `cargo xtask test` starts.
+//!
+//! - [`brokers`]: the broker address (`KAFKA_BROKERS`);
+//! - [`fresh_topics`]: a new ingest/DLQ/retry topic set per test;
+//! - [`consume`]: collects records (key, headers, value, partition) until a count or a timeout;
+//! - [`sources_file`]: a sources file with development keys;
+//! - [`assert_schema_valid`]: checks an ingest record against the published JSON Schema;
+//! - [`python`]: a Python with `segment-analytics-python` installed.
+
+#![allow(clippy::missing_panics_doc)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub use kafka_producer::Topics;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// The development write key in [`sources_file`], for workspace `ws_test`, source `src_test`.
+pub const WRITE_KEY: &str = "test-write-key";
+/// A write key whose source is disabled.
+pub const DISABLED_WRITE_KEY: &str = "disabled-write-key";
+
+/// The broker under test: `KAFKA_BROKERS`, which `cargo xtask test` sets after starting one.
+pub fn brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| {
+        panic!("KAFKA_BROKERS is not set: run the tests with `cargo xtask test`, which starts a broker, or set KAFKA_BROKERS=host:port")
+    })
+}
+
+/// Creates a new topic set (`<prefix>-<id>.ingest`, `.dlq`, `.retry`); the ingest topic has
+/// `partitions` partitions, the others one.
+pub async fn fresh_topics(partitions: i32) -> Topics {
+    let id = &uuid::Uuid::new_v4().simple().to_string()[..12];
+    let topics = Topics {
+        ingest: format!("t-{id}.ingest"),
+        dlq: format!("t-{id}.dlq"),
+        retry: format!("t-{id}.retry"),
+    };
+    kafka_producer::ensure_topics(
+        &brokers(),
+        &[(&topics.ingest, partitions), (&topics.dlq, 1), (&topics.retry, 1)],
+    )
+    .await
+    .expect("creating test topics");
+    topics
+}
+
+/// One consumed record.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// The partition it was on.
+    pub partition: i32,
+    /// Its offset there.
+    pub offset: i64,
+    /// The key, as text.
+    pub key: Option<String>,
+    /// Headers, as text.
+    pub headers: BTreeMap<String, String>,
+    /// The value bytes.
+    pub value: Vec<u8>,
+}
+
+impl Record {
+    /// The value parsed as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.value).expect("record value is JSON")
+    }
+
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+}
+
+/// Reads `topic` from the beginning of every partition until `count` records arrived or
+/// `timeout` passed, and returns what arrived (in partition order, then offset order).
+/// Waits for records, never for watermarks (tansu's in-memory watermarks are approximate).
+pub async fn consume(topic: &str, count: usize, timeout: Duration) -> Vec<Record> {
+    consume_from(&brokers(), topic, count, timeout).await
+}
+
+/// [`consume`] from another cluster (a mock cluster, say).
+pub async fn consume_from(brokers: &str, topic: &str, count: usize, timeout: Duration) -> Vec<Record> {
+    let (brokers, topic) = (brokers.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || consume_blocking(&brokers, &topic, count, timeout))
+        .await
+        .expect("consumer thread")
+}
+
+fn consume_blocking(brokers: &str, topic: &str, count: usize, timeout: Duration) -> Vec<Record> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("test-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .expect("creating test consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("fetching topic metadata");
+    let mut assignment = TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            assignment
+                .add_partition_offset(topic, p.id(), Offset::Beginning)
+                .expect("adding partition");
+        }
+    }
+    consumer.assign(&assignment).expect("assigning partitions");
+    let deadline = Instant::now() + timeout;
+    let mut records = Vec::new();
+    while records.len() < count && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => records.push(Record {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                headers: m
+                    .headers()
+                    .map(|hs| {
+                        hs.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                value: m.payload().unwrap_or_default().to_vec(),
+            }),
+            Some(Err(e)) => panic!("consuming {topic}: {e}"),
+            None => {}
+        }
+    }
+    records.sort_by_key(|r| (r.partition, r.offset));
+    records
+}
+
+/// A temporary sources file: [`WRITE_KEY`] (enabled, plain) and [`DISABLED_WRITE_KEY`].
+pub fn sources_file() -> tempfile::NamedTempFile {
+    let mut file = tempfile::Builder::new()
+        .suffix(".toml")
+        .tempfile()
+        .expect("temp file");
+    let text = format!(
+        "[[source]]\nworkspace_id = \"ws_test\"\nsource_id = \"src_test\"\nwrite_key = \"{WRITE_KEY}\"\n\n\
+         [[source]]\nworkspace_id = \"ws_test\"\nsource_id = \"src_off\"\nwrite_key = \"{DISABLED_WRITE_KEY}\"\nenabled = false\n"
+    );
+    std::io::Write::write_all(&mut file, text.as_bytes()).expect("writing sources file");
+    file
+}
+
+/// Asserts that an ingest-topic value validates against the published JSON Schema.
+pub fn assert_schema_valid(value: &[u8]) {
+    static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
+    let validator = VALIDATOR.get_or_init(|| {
+        let schema: serde_json::Value =
+            serde_json::from_str(event_model::INGEST_EVENT_SCHEMA).expect("schema is JSON");
+        jsonschema::validator_for(&schema).expect("schema compiles")
+    });
+    let instance: serde_json::Value = serde_json::from_slice(value).expect("value is JSON");
+    let errors: Vec<String> = validator.iter_errors(&instance).map(|e| e.to_string()).collect();
+    assert!(
+        errors.is_empty(),
+        "{instance} does not match the schema: {errors:?}"
+    );
+}
+
+/// The package installed into the test venv, pinned.
+pub const SEGMENT_SDK: &str = "segment-analytics-python==2.4.0";
+
+/// A Python interpreter with [`SEGMENT_SDK`] installed, in a venv cached outside the repo
+/// (`$XDG_CACHE_HOME` or `~/.cache`, under `cdp-ingest/`). Creates it on first use.
+pub fn python() -> PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .expect("HOME is set");
+    let venv = cache.join("cdp-ingest").join("venv-segment-2.4.0");
+    let python = venv.join("bin").join("python");
+    let ready = || {
+        Command::new(&python)
+            .args(["-c", "import segment.analytics"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !ready() {
+        let run = |cmd: &mut Command| {
+            let status = cmd.status().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+            assert!(status.success(), "{cmd:?} failed: {status}");
+        };
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
+        run(Command::new(&python).args(["-m", "pip", "install", "--quiet", SEGMENT_SDK]));
+        assert!(
+            ready(),
+            "{SEGMENT_SDK} installed but `import segment.analytics` fails"
+        );
+    }
+    python
+}

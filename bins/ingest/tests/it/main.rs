@@ -1,0 +1,93 @@
+//! The `ingest` binary as operators run it: flags, start-up failure, SIGTERM during a steady
+//! stream, and a real Segment SDK (segment-analytics-python) pointed at it.
+
+mod process;
+mod sdk;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use test_support::Topics;
+
+/// How long tests wait for records.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A running `ingest` process.
+struct Ingest {
+    child: Child,
+    url: String,
+    topics: Topics,
+    _sources: tempfile::NamedTempFile,
+}
+
+impl Ingest {
+    /// Starts `target/.../ingest` on fresh topics of the test broker, on free ports.
+    async fn start() -> Ingest {
+        let topics = test_support::fresh_topics(3).await;
+        let sources = test_support::sources_file();
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_ingest"))
+            .env("CDP_KAFKA_BROKERS", test_support::brokers())
+            .env("CDP_TOPIC_INGEST", &topics.ingest)
+            .env("CDP_TOPIC_DLQ", &topics.dlq)
+            .env("CDP_TOPIC_RETRY", &topics.retry)
+            .env("CDP_SOURCES_FILE", sources.path())
+            .env("CDP_LISTEN", format!("127.0.0.1:{port}"))
+            .env("CDP_METRICS_LISTEN", format!("127.0.0.1:{}", free_port()))
+            .env("CDP_LOG_FORMAT", "json")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let ingest = Ingest {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            topics,
+            _sources: sources,
+        };
+        let client = reqwest::Client::new();
+        for _ in 0..200 {
+            if client
+                .get(format!("{}/readyz", ingest.url))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+            {
+                return ingest;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("ingest did not become ready");
+    }
+
+    /// Sends SIGTERM.
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; returns its success and its log (stderr).
+    fn wait(mut self) -> (bool, String) {
+        let mut log = String::new();
+        std::io::Read::read_to_string(self.child.stderr.as_mut().unwrap(), &mut log).unwrap();
+        let status = self.child.wait().unwrap();
+        (status.success(), log)
+    }
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -1,0 +1,120 @@
+//! The process: documented flags, start-up failure, graceful SIGTERM.
+
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use test_support::{consume, WRITE_KEY};
+
+use super::{Ingest, WAIT};
+
+#[test]
+fn help_documents_every_flag_of_the_interface_table() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ingest"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for (flag, env, default) in [
+        ("--brokers", "CDP_KAFKA_BROKERS", "127.0.0.1:9092"),
+        ("--topic-ingest", "CDP_TOPIC_INGEST", "cdp.ingest"),
+        ("--topic-dlq", "CDP_TOPIC_DLQ", "cdp.dlq"),
+        ("--topic-retry", "CDP_TOPIC_RETRY", "cdp.retry"),
+        ("--metrics-listen", "CDP_METRICS_LISTEN", "0.0.0.0:9464"),
+        ("--log-format", "CDP_LOG_FORMAT", "json"),
+        ("--listen", "CDP_LISTEN", "0.0.0.0:8080"),
+        ("--sources", "CDP_SOURCES_FILE", "sources.toml"),
+    ] {
+        let at = help
+            .find(&format!("{flag} <"))
+            .unwrap_or_else(|| panic!("{flag} missing from --help"));
+        let section = &help[at..];
+        let section = &section[..section[2..].find("\n      --").map_or(section.len(), |i| i + 2)];
+        assert!(section.contains(&format!("[env: {env}=")), "{flag}: {section}");
+        assert!(
+            section.contains(&format!("[default: {default}]")),
+            "{flag}: {section}"
+        );
+    }
+}
+
+#[test]
+fn without_a_cluster_it_exits_non_zero_with_a_clear_error() {
+    let sources = test_support::sources_file();
+    let out = Command::new(env!("CARGO_BIN_EXE_ingest"))
+        .env("CDP_KAFKA_BROKERS", "127.0.0.1:1")
+        .env("CDP_KAFKA_PING_TIMEOUT", "2s")
+        .env("CDP_SOURCES_FILE", sources.path())
+        .env("CDP_LISTEN", "127.0.0.1:0")
+        .env("CDP_METRICS_LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot reach the Kafka cluster at 127.0.0.1:1"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_steady_stream_loses_nothing_that_got_a_200() {
+    let ingest = Ingest::start().await;
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let mut senders = Vec::new();
+    for client_no in 0..4 {
+        let (url, accepted) = (format!("{}/v1/track", ingest.url), accepted.clone());
+        senders.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            for i in 0.. {
+                let id = format!("c{client_no}-{i}");
+                let event = json!({"anonymousId": format!("v{client_no}"), "event": "tick", "messageId": id});
+                match client
+                    .post(&url)
+                    .basic_auth(WRITE_KEY, Some(""))
+                    .json(&event)
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == 200 => accepted.lock().unwrap().push(id),
+                    Ok(r) => panic!("unexpected {} during shutdown", r.status()),
+                    Err(_) => break, // connection refused or closed: the server is gone
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    ingest.terminate();
+    let topic = ingest.topics.ingest.clone();
+    let (exited_ok, log) = tokio::task::spawn_blocking(move || ingest.wait()).await.unwrap();
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    assert!(exited_ok, "ingest did not exit cleanly:\n{log}");
+    assert!(log.contains("every record delivered"), "{log}");
+    let accepted = accepted.lock().unwrap().clone();
+    assert!(
+        accepted.len() > 50,
+        "only {} events sent before SIGTERM",
+        accepted.len()
+    );
+    let records = consume(&topic, accepted.len(), WAIT).await;
+    let mut delivered: Vec<String> = records
+        .iter()
+        .map(|r| r.json()["message_id"].as_str().unwrap().to_string())
+        .collect();
+    delivered.sort();
+    delivered.dedup();
+    let missing: Vec<_> = accepted
+        .iter()
+        .filter(|id| delivered.binary_search(id).is_err())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} accepted events lost: {missing:?}",
+        missing.len(),
+        accepted.len()
+    );
+}

@@ -1,0 +1,235 @@
+//! Faults: a full producer queue (real broker), a failing DLQ and an unreachable cluster
+//! (librdkafka's mock cluster, the only fault injector allowed), and start-up failures.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use http_front::Error;
+use kafka_producer::Topics;
+use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use serde_json::json;
+use test_support::{brokers, consume, consume_from, fresh_topics};
+
+use super::{status_json, Server, WAIT};
+
+/// A mock cluster on its own thread (it is neither `Send` nor `Sync`), driven by commands.
+struct Mock {
+    bootstrap: String,
+    commands: mpsc::Sender<(Fault, mpsc::Sender<()>)>,
+}
+
+enum Fault {
+    ProduceErrors(RDKafkaRespErr),
+    BrokerDown,
+}
+
+impl Mock {
+    fn start(topics: &Topics) -> Mock {
+        let topics = topics.clone();
+        let (bootstrap_tx, bootstrap_rx) = mpsc::channel();
+        let (commands, received) = mpsc::channel::<(Fault, mpsc::Sender<()>)>();
+        std::thread::spawn(move || {
+            let cluster = MockCluster::new(1).unwrap();
+            for topic in [&topics.ingest, &topics.dlq, &topics.retry] {
+                cluster.create_topic(topic, 1, 1).unwrap();
+            }
+            bootstrap_tx.send(cluster.bootstrap_servers()).unwrap();
+            // Runs until the test drops its `Mock`.
+            for (fault, done) in received {
+                match fault {
+                    Fault::ProduceErrors(error) => {
+                        cluster.request_errors(RDKafkaApiKey::Produce, &[error; 50])
+                    }
+                    Fault::BrokerDown => cluster.broker_down(1).unwrap(),
+                }
+                let _ = done.send(());
+            }
+        });
+        Mock {
+            bootstrap: bootstrap_rx.recv().unwrap(),
+            commands,
+        }
+    }
+
+    fn inject(&self, fault: Fault) {
+        let (done, wait) = mpsc::channel();
+        self.commands.send((fault, done)).unwrap();
+        wait.recv().unwrap();
+    }
+}
+
+fn mock_topics() -> Topics {
+    Topics {
+        ingest: "m.ingest".into(),
+        dlq: "m.dlq".into(),
+        retry: "m.retry".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_dlq_write_gives_503_and_the_valid_events_are_not_produced() {
+    let topics = mock_topics();
+    let mock = Mock::start(&topics);
+    let server = Server::start_with(&mock.bootstrap, topics.clone(), |c| {
+        c.dlq_timeout = Duration::from_secs(3)
+    })
+    .await;
+    mock.inject(Fault::ProduceErrors(
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+    ));
+    let batch = json!({"batch": [
+        {"type":"track","anonymousId":"a","event":"e","messageId":"valid"},
+        {"type":"track","anonymousId":"a","messageId":"invalid"},
+    ]});
+    let response = server.post("/v1/batch", &batch).await;
+    assert_eq!(response.headers()["retry-after"], "5");
+    let (status, reply) = status_json(response).await;
+    assert_eq!(status, 503, "{reply}");
+    assert_eq!(reply["accepted"], 0);
+    assert!(reply["error"].as_str().unwrap().contains(&topics.dlq), "{reply}");
+    assert!(
+        consume_from(&mock.bootstrap, &topics.ingest, 1, Duration::from_secs(3))
+            .await
+            .is_empty()
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_cluster_turns_readiness_off_and_requests_get_503() {
+    let topics = mock_topics();
+    let mock = Mock::start(&topics);
+    let server = Server::start_with(&mock.bootstrap, topics.clone(), |c| {
+        c.flush_grace = Duration::from_secs(1)
+    })
+    .await;
+    let event = json!({"anonymousId": "a", "event": "e"});
+    assert_eq!(server.post("/v1/track", &event).await.status(), 200);
+    assert_eq!(
+        consume_from(&mock.bootstrap, &topics.ingest, 1, WAIT).await.len(),
+        1
+    );
+
+    mock.inject(Fault::BrokerDown);
+    let mut ready = 200;
+    for _ in 0..100 {
+        ready = server
+            .client
+            .get(server.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        if ready == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready, 503, "readiness stayed up with the broker down");
+    let response = server.post("/v1/track", &event).await;
+    assert_eq!(response.headers()["retry-after"], "5");
+    let (status, reply) = status_json(response).await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        reply["error"],
+        "cannot take events now: no Kafka broker is reachable"
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_producer_queue_refuses_the_rest_with_503_and_reports_what_was_taken() {
+    let server = Server::start_with(&brokers(), fresh_topics(1).await, |c| {
+        c.kafka_queue_max_messages = 5
+    })
+    .await;
+    let batch: Vec<_> = (0..200)
+        .map(|i| json!({"type":"track","anonymousId":"q","event":"e","messageId":format!("q-{i}")}))
+        .collect();
+    let response = server.post("/v1/batch", &json!({ "batch": batch })).await;
+    assert_eq!(response.headers()["retry-after"], "5");
+    let (status, reply) = status_json(response).await;
+    assert_eq!(status, 503, "{reply}");
+    assert_eq!(
+        reply["error"],
+        "cannot take events now: the producer queue is full"
+    );
+    let taken = reply["accepted"].as_u64().unwrap() as usize;
+    assert!((1..200).contains(&taken), "accepted {taken}");
+    let records = consume(&server.topics.ingest, 200, Duration::from_secs(5)).await;
+    let ids: Vec<_> = records
+        .iter()
+        .map(|r| r.json()["message_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ids,
+        (0..taken).map(|i| format!("q-{i}")).collect::<Vec<_>>(),
+        "exactly the accepted prefix is delivered"
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_fails_clearly_without_a_cluster_or_a_topic() {
+    use clap::Parser;
+    let sources = test_support::sources_file();
+    let config = |brokers: &str, ingest: &str| {
+        http_front::Config::parse_from([
+            "ingest",
+            "--brokers",
+            brokers,
+            "--topic-ingest",
+            ingest,
+            "--kafka-ping-timeout",
+            "2s",
+            "--sources",
+            sources.path().to_str().unwrap(),
+        ])
+    };
+    let listener = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
+
+    let nobody = http_front::run(
+        config("127.0.0.1:1", "cdp.ingest"),
+        listener().await,
+        std::future::pending(),
+    )
+    .await;
+    let error = nobody.unwrap_err();
+    assert!(
+        matches!(error, Error::Kafka(kafka_producer::Error::Unreachable { .. })),
+        "{error:?}"
+    );
+    assert!(
+        error
+            .to_string()
+            .starts_with("cannot reach the Kafka cluster at 127.0.0.1:1"),
+        "{error}"
+    );
+
+    let missing = http_front::run(
+        config(&brokers(), "no-such-topic"),
+        listener().await,
+        std::future::pending(),
+    )
+    .await;
+    let error = missing.unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("topic \"no-such-topic\" does not exist"),
+        "{error}"
+    );
+
+    let no_sources = http_front::Config::parse_from(["ingest", "--sources", "/nonexistent/sources.toml"]);
+    let error = http_front::run(no_sources, listener().await, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .starts_with("cannot read sources file /nonexistent/sources.toml"),
+        "{error}"
+    );
+}

@@ -1,0 +1,148 @@
+//! The test and local-stack broker: tansu 0.6.0, in memory, on 127.0.0.1 and a free port.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tokio::process::{Child, Command};
+
+/// tansu's version, and the features that give the in-memory engine without the heavy ones.
+const TANSU_VERSION: &str = "0.6.0";
+const TANSU_FEATURES: &str = "dynostore,libsql";
+
+/// A running broker: ours (stopped on drop) or an existing cluster from `KAFKA_BROKERS`.
+pub struct Broker {
+    address: String,
+    child: Option<Child>,
+}
+
+impl Broker {
+    /// Uses `KAFKA_BROKERS` when set; otherwise installs tansu if needed and starts it.
+    pub async fn start_or_existing(root: &Path) -> Result<Broker> {
+        if let Ok(address) = std::env::var("KAFKA_BROKERS") {
+            println!("using the existing Kafka cluster at {address} (KAFKA_BROKERS)");
+            let broker = Broker { address, child: None };
+            broker.wait_ready(Duration::from_secs(30)).await?;
+            return Ok(broker);
+        }
+        let tansu = install().await?;
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log_dir = root.join("target").join("xtask");
+        std::fs::create_dir_all(&log_dir)?;
+        let log_path = log_dir.join("tansu.log");
+        let log = std::fs::File::create(&log_path)?;
+        let child = Command::new(&tansu)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", tansu.display()))?;
+        let broker = Broker {
+            address: format!("127.0.0.1:{port}"),
+            child: Some(child),
+        };
+        broker
+            .wait_ready(Duration::from_secs(30))
+            .await
+            .with_context(|| format!("tansu did not start; its log is {}", log_path.display()))?;
+        println!(
+            "tansu {TANSU_VERSION} broker at {} (log: {})",
+            broker.address,
+            log_path.display()
+        );
+        Ok(broker)
+    }
+
+    /// The bootstrap address, `host:port`.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Creates the topics that do not exist yet.
+    pub async fn create_topics(&self, topics: &[(&str, i32)]) -> Result<()> {
+        kafka_producer::ensure_topics(&self.address, topics).await?;
+        Ok(())
+    }
+
+    async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let address = self.address.clone();
+            let answer = tokio::task::spawn_blocking(move || {
+                kafka_producer::fetch_topics(&address, Duration::from_secs(2))
+            })
+            .await?;
+            match answer {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() > deadline => {
+                    bail!("broker at {} does not answer metadata: {e}", self.address)
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.start_kill();
+        }
+    }
+}
+
+/// Where tansu is cached: `$CDP_TOOLS_DIR`, else `$XDG_CACHE_HOME/cdp-ingest` or `~/.cache/cdp-ingest`.
+fn tools_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("CDP_TOOLS_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .context("neither CDP_TOOLS_DIR, XDG_CACHE_HOME nor HOME is set")?;
+    Ok(cache.join("cdp-ingest"))
+}
+
+/// The tansu binary, built with `cargo install` the first time.
+async fn install() -> Result<PathBuf> {
+    let root = tools_dir()?.join(format!("tansu-{TANSU_VERSION}"));
+    let binary = root.join("bin").join("tansu");
+    if binary.exists() {
+        return Ok(binary);
+    }
+    println!(
+        "tansu {TANSU_VERSION} is not cached at {}: building it with cargo install.\n\
+         This takes 15-20 minutes on 2 cores, once; later runs reuse it.",
+        binary.display()
+    );
+    let status = Command::new("cargo")
+        .args([
+            "install",
+            "tansu",
+            "--version",
+            TANSU_VERSION,
+            "--locked",
+            "--no-default-features",
+        ])
+        .args(["--features", TANSU_FEATURES, "--root"])
+        .arg(&root)
+        .status()
+        .await
+        .context("running cargo install tansu")?;
+    if !status.success() || !binary.exists() {
+        bail!("building tansu failed ({status})");
+    }
+    Ok(binary)
+}

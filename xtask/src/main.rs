@@ -12,6 +12,7 @@ mod broker;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -80,6 +81,10 @@ async fn up(root: &Path, port: u16, metrics_port: u16) -> Result<()> {
         .env("CDP_LOG_FORMAT", "text")
         .spawn()
         .context("starting ingest")?;
+    tokio::select! {
+        ready = wait_ready(port) => ready?,
+        status = ingest.wait() => bail!("ingest exited during start-up: {}", status?),
+    }
     println!(
         "\ncdp-ingest stack is up (Ctrl-C stops it)\n\
          \n  events:     http://127.0.0.1:{port}/v1/track  (and /v1/identify, page, screen, group, alias, batch, import)\
@@ -102,6 +107,25 @@ async fn up(root: &Path, port: u16, metrics_port: u16) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Waits until `GET /readyz` on the local port answers 200.
+async fn wait_ready(port: u16) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for _ in 0..600 {
+        if let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            let request = "GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+            let mut response = String::new();
+            if stream.write_all(request.as_bytes()).await.is_ok()
+                && stream.read_to_string(&mut response).await.is_ok()
+                && response.starts_with("HTTP/1.1 200")
+            {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("ingest did not become ready on port {port} within 60 s")
 }
 
 async fn test(root: &Path, args: &[String]) -> Result<()> {

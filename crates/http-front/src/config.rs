@@ -47,6 +47,9 @@ pub struct Config {
     /// Most records buffered in the producer; beyond it requests get 503.
     #[arg(long, env = "CDP_KAFKA_QUEUE_MAX_MESSAGES", default_value_t = 100_000)]
     pub kafka_queue_max_messages: u32,
+    /// How long the producer waits to fill a batch (`linger.ms`).
+    #[arg(long, env = "CDP_KAFKA_LINGER", default_value = "5ms", value_parser = parse_duration)]
+    pub kafka_linger: Duration,
     /// At start-up: time allowed for the cluster to answer the metadata ping.
     #[arg(long, env = "CDP_KAFKA_PING_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub kafka_ping_timeout: Duration,
@@ -80,6 +83,7 @@ impl Config {
         producer.queue_max_messages = self.kafka_queue_max_messages;
         producer.dlq_timeout = self.dlq_timeout;
         producer.ping_timeout = self.kafka_ping_timeout;
+        producer.linger = self.kafka_linger;
         producer
     }
 }

@@ -24,6 +24,11 @@ struct Ingest {
 impl Ingest {
     /// Starts `target/.../ingest` on fresh topics of the test broker, on free ports.
     async fn start() -> Ingest {
+        Ingest::start_with(&[]).await
+    }
+
+    /// [`Ingest::start`] with extra environment variables.
+    async fn start_with(env: &[(&str, &str)]) -> Ingest {
         let topics = test_support::fresh_topics(3).await;
         let sources = test_support::sources_file();
         let port = free_port();
@@ -36,6 +41,7 @@ impl Ingest {
             .env("CDP_LISTEN", format!("127.0.0.1:{port}"))
             .env("CDP_METRICS_LISTEN", format!("127.0.0.1:{}", free_port()))
             .env("CDP_LOG_FORMAT", "json")
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();

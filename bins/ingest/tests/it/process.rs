@@ -61,7 +61,8 @@ fn without_a_cluster_it_exits_non_zero_with_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_steady_stream_loses_nothing_that_got_a_200() {
-    let ingest = Ingest::start().await;
+    // A long linger keeps records in the producer's queue at SIGTERM: only the flush sends them.
+    let ingest = Ingest::start_with(&[("CDP_KAFKA_LINGER", "1s")]).await;
     let accepted = Arc::new(Mutex::new(Vec::new()));
     let mut senders = Vec::new();
     for client_no in 0..4 {

@@ -146,8 +146,14 @@ async fn a_client_that_disconnects_right_after_sending_does_not_lose_its_event()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_turns_readiness_off_and_delivers_what_was_accepted() {
-    let server = Server::start().await;
+async fn stopping_closes_the_listener_and_flushes_what_was_accepted() {
+    // A long linger keeps the records queued until the shutdown flush sends them.
+    let server = Server::start_with(
+        &test_support::brokers(),
+        test_support::fresh_topics(3).await,
+        |c| c.kafka_linger = Duration::from_secs(2),
+    )
+    .await;
     let mut accepted = 0;
     for i in 0..200 {
         let event =
@@ -166,5 +172,4 @@ async fn shutdown_turns_readiness_off_and_delivers_what_was_accepted() {
     assert_eq!(accepted, 200);
     let records = consume(&topic, 200, WAIT).await;
     assert_eq!(records.len(), 200);
-    let _ = Duration::ZERO;
 }

@@ -46,6 +46,9 @@ impl Broker {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
+            // Its own process group: Ctrl-C reaches ingest first, and xtask stops the broker
+            // only after ingest has flushed.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", tansu.display()))?;

@@ -145,13 +145,16 @@ async fn test(root: &Path, args: &[String]) -> Result<()> {
         println!("cargo-nextest not found; running cargo test");
         command.args(["test", "--workspace", "--no-fail-fast"]);
     }
-    let status = command
+    let mut tests = command
         .args(args)
         .current_dir(root)
         .env("KAFKA_BROKERS", broker.address())
-        .status()
-        .await
+        .spawn()
         .context("running the tests")?;
+    let status = tokio::select! {
+        status = tests.wait() => status?,
+        _ = tokio::signal::ctrl_c() => tests.wait().await?,
+    };
     if !status.success() {
         bail!("tests failed ({status})");
     }

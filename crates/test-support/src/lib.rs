@@ -72,6 +72,13 @@ impl Record {
         serde_json::from_slice(&self.value).expect("record value is JSON")
     }
 
+    /// The value of an ingest-topic record: checked against the published JSON Schema, then
+    /// parsed.
+    pub fn event(&self) -> serde_json::Value {
+        assert_schema_valid(&self.value);
+        self.json()
+    }
+
     /// A header's value.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).map(String::as_str)

@@ -104,7 +104,7 @@ async fn sigterm_during_a_steady_stream_loses_nothing_that_got_a_200() {
     let records = consume(&topic, accepted.len(), WAIT).await;
     let mut delivered: Vec<String> = records
         .iter()
-        .map(|r| r.json()["message_id"].as_str().unwrap().to_string())
+        .map(|r| r.event()["message_id"].as_str().unwrap().to_string())
         .collect();
     delivered.sort();
     delivered.dedup();

@@ -47,7 +47,7 @@ async fn segment_analytics_python_calls_land_normalised_and_keyed() {
         assert_schema_valid(&r.value);
         assert_eq!(r.key.as_deref(), Some("py-user"));
         assert_eq!(r.header("workspace_id"), Some("ws_test"));
-        let value = r.json();
+        let value = r.event();
         assert_eq!(value["context"]["library"]["name"], "analytics-python", "{value}");
         assert!(
             value["sent_at"].is_string() && value["original_timestamp"].is_string(),

@@ -68,7 +68,7 @@ async fn a_gzip_body_round_trips() {
     let records = consume(&server.topics.ingest, 50, WAIT).await;
     let ids: Vec<_> = records
         .iter()
-        .map(|r| r.json()["message_id"].as_str().unwrap().to_string())
+        .map(|r| r.event()["message_id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(ids, (0..50).map(|i| format!("gz-{i}")).collect::<Vec<_>>());
     server.stop().await.unwrap();
@@ -126,5 +126,38 @@ async fn unsupported_types_and_encodings_get_415() {
             .unwrap();
         assert_eq!(response.status(), 415, "{header}: {value}");
     }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_by_the_header_and_body_timeouts() {
+    let server = Server::start_with(
+        &test_support::brokers(),
+        test_support::fresh_topics(1).await,
+        |c| {
+            c.header_read_timeout = std::time::Duration::from_secs(1);
+            c.body_read_timeout = std::time::Duration::from_secs(1);
+        },
+    )
+    .await;
+    let started = std::time::Instant::now();
+    // Headers never finished: the connection is closed.
+    let response = super::raw_request(server.addr, b"POST /v1/track HTTP/1.1\r\nHost: x\r\n").await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "header timeout not applied"
+    );
+    assert!(
+        response.is_empty() || response.starts_with("HTTP/1.1 408"),
+        "{response}"
+    );
+
+    // A body that stops half-way: 408.
+    let request = format!(
+        "POST /v1/track HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {}\r\nContent-Length: 100\r\n\r\n{{\"anonymousId\"",
+        super::basic(WRITE_KEY)
+    );
+    let response = super::raw_request(server.addr, request.as_bytes()).await;
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
     server.stop().await.unwrap();
 }

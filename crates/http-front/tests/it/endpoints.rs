@@ -40,10 +40,10 @@ async fn each_single_event_endpoint_produces_a_keyed_record() {
     }
     let mut records = consume(&server.topics.ingest, cases.len(), WAIT).await;
     assert_eq!(records.len(), cases.len());
-    records.sort_by_key(|r| r.json()["message_id"].as_str().unwrap().to_string());
+    records.sort_by_key(|r| r.event()["message_id"].as_str().unwrap().to_string());
     for (i, ((path, body), record)) in cases.iter().zip(&records).enumerate() {
         assert_schema_valid(&record.value);
-        let value = record.json();
+        let value = record.event();
         let expected_key = body.get("anonymousId").or(body.get("userId")).unwrap();
         assert_eq!(record.key.as_deref(), expected_key.as_str(), "key of {path}");
         assert_eq!(record.header("workspace_id"), Some("ws_test"));
@@ -53,9 +53,9 @@ async fn each_single_event_endpoint_produces_a_keyed_record() {
         assert_eq!(value["message_id"], format!("m-{i}"));
         assert_eq!(value["context"]["ip"], "127.0.0.1");
     }
-    assert_eq!(records[0].json()["properties"], json!({"plan": "pro"}));
-    assert_eq!(records[4].json()["group_id"], "g-1");
-    assert_eq!(records[5].json()["previous_id"], "v-alias");
+    assert_eq!(records[0].event()["properties"], json!({"plan": "pro"}));
+    assert_eq!(records[4].event()["group_id"], "g-1");
+    assert_eq!(records[5].event()["previous_id"], "v-alias");
     server.stop().await.unwrap();
 }
 
@@ -103,13 +103,13 @@ async fn a_mixed_batch_sends_valid_items_to_ingest_and_invalid_ones_to_the_dlq()
     let ingest = consume(&server.topics.ingest, 4, WAIT).await;
     let mut ids: Vec<_> = ingest
         .iter()
-        .map(|r| r.json()["message_id"].as_str().unwrap().to_string())
+        .map(|r| r.event()["message_id"].as_str().unwrap().to_string())
         .collect();
     ids.sort();
     assert_eq!(ids, ["ok-1", "ok-1", "ok-2", "ok-2"]);
     for record in &ingest {
         assert_schema_valid(&record.value);
-        let value = record.json();
+        let value = record.event();
         assert_eq!(
             value["context"]["library"]["name"], "test",
             "batch context applied"
@@ -208,6 +208,6 @@ async fn browsers_beacons_as_text_plain_with_the_key_in_the_body_are_accepted() 
     assert_eq!(response.status(), 200);
     let records = consume(&server.topics.ingest, 1, WAIT).await;
     assert_eq!(records[0].key.as_deref(), Some("beacon"));
-    assert!(records[0].json().get("writeKey").is_none());
+    assert!(records[0].event().get("writeKey").is_none());
     server.stop().await.unwrap();
 }

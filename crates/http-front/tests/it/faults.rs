@@ -161,7 +161,7 @@ async fn a_full_producer_queue_refuses_the_rest_with_503_and_reports_what_was_ta
     let records = consume(&server.topics.ingest, 200, Duration::from_secs(5)).await;
     let ids: Vec<_> = records
         .iter()
-        .map(|r| r.json()["message_id"].as_str().unwrap().to_string())
+        .map(|r| r.event()["message_id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(
         ids,

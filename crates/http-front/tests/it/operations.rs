@@ -138,7 +138,7 @@ async fn a_client_that_disconnects_right_after_sending_does_not_lose_its_event()
     let records = consume(&server.topics.ingest, 20, WAIT).await;
     let mut ids: Vec<_> = records
         .iter()
-        .map(|r| r.json()["message_id"].as_str().unwrap().to_string())
+        .map(|r| r.event()["message_id"].as_str().unwrap().to_string())
         .collect();
     ids.sort_by_key(|id| id[5..].parse::<u32>().unwrap());
     assert_eq!(ids, (0..20).map(|i| format!("gone-{i}")).collect::<Vec<_>>());

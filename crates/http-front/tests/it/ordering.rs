@@ -41,7 +41,7 @@ async fn events_of_one_anonymous_id_land_on_one_partition_in_send_order() {
         sequences
             .entry(key)
             .or_default()
-            .push(r.json()["properties"]["seq"].as_i64().unwrap());
+            .push(r.event()["properties"]["seq"].as_i64().unwrap());
     }
     for v in visitors {
         assert_eq!(

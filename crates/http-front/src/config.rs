@@ -50,6 +50,14 @@ pub struct Config {
     /// How long the producer waits to fill a batch (`linger.ms`).
     #[arg(long, env = "CDP_KAFKA_LINGER", default_value = "5ms", value_parser = parse_duration)]
     pub kafka_linger: Duration,
+    /// How long librdkafka retries a record before it counts as failed and goes to the retry
+    /// topic (transient errors) or the DLQ (permanent ones): `message.timeout.ms`.
+    #[arg(long, env = "CDP_KAFKA_MESSAGE_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
+    pub kafka_message_timeout: Duration,
+    /// How long a record that failed delivery waits on the retry topic before retry-forwarder
+    /// sends it back.
+    #[arg(long, env = "CDP_RETRY_DELAY", default_value = "10s", value_parser = parse_duration)]
+    pub retry_delay: Duration,
     /// At start-up: time allowed for the cluster to answer the metadata ping.
     #[arg(long, env = "CDP_KAFKA_PING_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub kafka_ping_timeout: Duration,
@@ -84,6 +92,8 @@ impl Config {
         producer.dlq_timeout = self.dlq_timeout;
         producer.ping_timeout = self.kafka_ping_timeout;
         producer.linger = self.kafka_linger;
+        producer.message_timeout = self.kafka_message_timeout;
+        producer.retry_delay = self.retry_delay;
         producer
     }
 }

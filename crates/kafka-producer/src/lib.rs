@@ -9,7 +9,8 @@ mod admin;
 mod error;
 mod metrics;
 mod producer;
+pub mod retry;
 
 pub use admin::{ensure_topics, fetch_topics};
 pub use error::Error;
-pub use producer::{DlqAck, EventProducer, ProducerConfig, Topics};
+pub use producer::{DlqAck, EventProducer, ProducerConfig, Topics, DELIVERY_REJECTED};

@@ -10,6 +10,8 @@ pub(crate) struct ProducerMetrics {
     pub queue_messages: Gauge,
     /// Brokers in state UP, from librdkafka's statistics.
     pub brokers_up: Gauge,
+    /// Records lost: delivery failed and neither the retry topic nor the DLQ took them.
+    pub lost: Counter,
     per_topic: Vec<TopicMetrics>,
 }
 
@@ -29,6 +31,7 @@ impl ProducerMetrics {
             prefix: prefix.to_string(),
             queue_messages: gauge!(format!("{prefix}_kafka_queue_messages")),
             brokers_up: gauge!(format!("{prefix}_kafka_brokers_up")),
+            lost: counter!(format!("{prefix}_kafka_records_lost_total")),
             per_topic: Vec::new(),
         };
         metrics.per_topic = topics.iter().map(|t| metrics.register(t)).collect();
@@ -42,6 +45,11 @@ impl ProducerMetrics {
             delivered: counter!(format!("{prefix}_kafka_delivered_total"), "topic" => topic.to_string()),
             failed: counter!(format!("{prefix}_kafka_delivery_failures_total"), "topic" => topic.to_string()),
         }
+    }
+
+    /// Failed records written to the retry topic (`to="retry"`) or the DLQ (`to="dlq"`).
+    pub(crate) fn rescued(&self, to: &'static str) -> Counter {
+        counter!(format!("{}_kafka_rescued_total", self.prefix), "to" => to)
     }
 
     /// The counters of `topic` (one of the configured topics, or registered on the fly).

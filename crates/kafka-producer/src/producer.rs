@@ -1,19 +1,20 @@
 //! [`EventProducer`]: the ingest, DLQ and retry writes of the Go service, on librdkafka.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{mpsc, Arc, Weak};
+use std::time::{Duration, Instant};
 
 use event_model::{Accepted, DlqEnvelope};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
 use tokio::sync::oneshot;
 
 use crate::metrics::ProducerMetrics;
+use crate::retry::{header_text, unix_ms_after, RetryInfo};
 use crate::Error;
 
 /// The three topics (S9).
@@ -44,6 +45,10 @@ pub struct ProducerConfig {
     pub dlq_timeout: Duration,
     /// How long the start-up metadata ping may take.
     pub ping_timeout: Duration,
+    /// `message.timeout.ms`: how long librdkafka retries a record before reporting it failed.
+    pub message_timeout: Duration,
+    /// How long a record that failed delivery waits on the retry topic before it is forwarded.
+    pub retry_delay: Duration,
     /// Metric name prefix, `cdp_<binary>`.
     pub metric_prefix: String,
 }
@@ -59,6 +64,8 @@ impl ProducerConfig {
             linger: Duration::from_millis(5),
             dlq_timeout: Duration::from_secs(5),
             ping_timeout: Duration::from_secs(10),
+            message_timeout: Duration::from_secs(300),
+            retry_delay: Duration::from_secs(10),
             metric_prefix: "cdp_ingest".into(),
         }
     }
@@ -76,6 +83,7 @@ impl ProducerConfig {
             )
             .set("acks", "all")
             .set("enable.idempotence", "true")
+            .set("message.timeout.ms", self.message_timeout.as_millis().to_string())
             .set("statistics.interval.ms", "1000");
         config
     }
@@ -87,12 +95,22 @@ enum Delivery {
     Logged { message_id: String },
     /// Awaited (S8): hand the outcome to the waiting request.
     Awaited(oneshot::Sender<Result<(), KafkaError>>),
+    /// The retry or DLQ copy of a record whose delivery failed: a failure now is a loss.
+    Rescue { message_id: String },
+}
+
+/// An ingest record whose delivery failed, on its way to the rescue thread.
+struct Failed {
+    message: OwnedMessage,
+    message_id: String,
+    error: KafkaError,
 }
 
 /// librdkafka callbacks: delivery reports, statistics and errors.
 struct Callbacks {
-    metrics: ProducerMetrics,
+    metrics: Arc<ProducerMetrics>,
     healthy: Arc<AtomicBool>,
+    rescue: mpsc::Sender<Failed>,
 }
 
 impl ClientContext for Callbacks {
@@ -126,8 +144,19 @@ impl ProducerContext for Callbacks {
         }
         match *delivery {
             Delivery::Logged { message_id } => {
+                if let (Err(error), Err((_, message))) = (outcome, result) {
+                    tracing::warn!(topic, message_id, %error, "kafka delivery failed, rescuing the record");
+                    let failed = Failed { message: message.detach(), message_id, error };
+                    if let Err(mpsc::SendError(failed)) = self.rescue.send(failed) {
+                        self.metrics.lost.increment(1);
+                        tracing::error!(topic, message_id = failed.message_id, "record lost: the producer is shutting down");
+                    }
+                }
+            }
+            Delivery::Rescue { message_id } => {
                 if let Err(error) = outcome {
-                    tracing::error!(topic, message_id, %error, "kafka delivery failed");
+                    self.metrics.lost.increment(1);
+                    tracing::error!(topic, message_id, %error, "record lost: its retry/DLQ copy failed too");
                 }
             }
             // The request may have given up waiting; then nobody listens.
@@ -166,7 +195,7 @@ impl DlqAck {
 
 /// The event producer shared by all requests of a process.
 pub struct EventProducer {
-    inner: ThreadedProducer<Callbacks>,
+    inner: Arc<ThreadedProducer<Callbacks>>,
     config: ProducerConfig,
     healthy: Arc<AtomicBool>,
 }
@@ -178,14 +207,11 @@ impl EventProducer {
     pub fn connect(config: ProducerConfig) -> Result<Self, Error> {
         let healthy = Arc::new(AtomicBool::new(false));
         let topics = [&config.topics.ingest, &config.topics.dlq, &config.topics.retry];
-        let callbacks = Callbacks {
-            metrics: ProducerMetrics::new(&config.metric_prefix, &topics.map(String::as_str)),
-            healthy: healthy.clone(),
-        };
-        let inner: ThreadedProducer<Callbacks> = config
-            .client_config()
-            .create_with_context(callbacks)
-            .map_err(Error::Create)?;
+        let metrics = Arc::new(ProducerMetrics::new(&config.metric_prefix, &topics.map(String::as_str)));
+        let (rescue, failed) = mpsc::channel();
+        let callbacks = Callbacks { metrics: metrics.clone(), healthy: healthy.clone(), rescue };
+        let inner: Arc<ThreadedProducer<Callbacks>> =
+            Arc::new(config.client_config().create_with_context(callbacks).map_err(Error::Create)?);
         let metadata = inner
             .client()
             .fetch_metadata(None, config.ping_timeout)
@@ -203,6 +229,16 @@ impl EventProducer {
             }
         }
         healthy.store(true, Ordering::Relaxed);
+        let rescuer = Rescuer {
+            producer: Arc::downgrade(&inner),
+            topics: config.topics.clone(),
+            retry_delay: config.retry_delay,
+            metrics,
+        };
+        std::thread::Builder::new()
+            .name("kafka-rescue".into())
+            .spawn(move || rescuer.run(failed))
+            .map_err(|e| Error::Create(KafkaError::ClientCreation(e.to_string())))?;
         Ok(EventProducer {
             inner,
             config,
@@ -275,16 +311,7 @@ impl EventProducer {
     }
 
     fn enqueue(&self, record: BaseRecord<'_, [u8], Vec<u8>, Box<Delivery>>) -> Result<(), Error> {
-        let topic = record.topic;
-        self.inner
-            .send(record)
-            .map_err(|(error, _)| match error.rdkafka_error_code() {
-                Some(RDKafkaErrorCode::QueueFull) => Error::QueueFull,
-                _ => Error::Enqueue {
-                    topic: topic.to_string(),
-                    source: error,
-                },
-            })
+        enqueue(&self.inner, record)
     }
 
     /// Records held by librdkafka and not yet acknowledged.
@@ -300,5 +327,108 @@ impl EventProducer {
             tracing::warn!(%error, "kafka flush did not finish");
         }
         self.in_flight()
+    }
+}
+
+fn enqueue(
+    producer: &ThreadedProducer<Callbacks>,
+    record: BaseRecord<'_, [u8], Vec<u8>, Box<Delivery>>,
+) -> Result<(), Error> {
+    let topic = record.topic;
+    producer.send(record).map_err(|(error, _)| match error.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::QueueFull) => Error::QueueFull,
+        _ => Error::Enqueue { topic: topic.to_string(), source: error },
+    })
+}
+
+/// Delivery errors that no retry can fix: the record goes to the DLQ instead.
+fn is_permanent(error: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            MessageSizeTooLarge
+                | InvalidMessage
+                | InvalidMessageSize
+                | InvalidRecord
+                | InvalidTopic
+                | InvalidRequiredAcks
+                | UnsupportedForMessageFormat
+                | TopicAuthorizationFailed
+                | ClusterAuthorizationFailed
+                | BadMessage
+        )
+    )
+}
+
+/// The DLQ reason of records whose delivery failed permanently.
+pub const DELIVERY_REJECTED: &str = "delivery_rejected";
+
+/// Writes failed ingest records to the retry topic (transient errors) or the DLQ (permanent
+/// ones), on its own thread: the delivery callback must not block.
+struct Rescuer {
+    producer: Weak<ThreadedProducer<Callbacks>>,
+    topics: Topics,
+    retry_delay: Duration,
+    metrics: Arc<ProducerMetrics>,
+}
+
+impl Rescuer {
+    fn run(self, failed: mpsc::Receiver<Failed>) {
+        for f in failed {
+            let Some(producer) = self.producer.upgrade() else {
+                self.lost(&f, "the producer is shut down");
+                continue;
+            };
+            let to = if is_permanent(&f.error) { "dlq" } else { "retry" };
+            match self.write(&producer, &f, to) {
+                Ok(()) => {
+                    self.metrics.rescued(to).increment(1);
+                    tracing::info!(message_id = f.message_id, to, error = %f.error, "failed record re-routed");
+                }
+                Err(error) => self.lost(&f, &error.to_string()),
+            }
+        }
+    }
+
+    fn write(&self, producer: &ThreadedProducer<Callbacks>, f: &Failed, to: &str) -> Result<(), Error> {
+        let key = f.message.key().unwrap_or_default().to_vec();
+        let value = f.message.payload().unwrap_or_default().to_vec();
+        let (topic, headers, key, value) = if to == "retry" {
+            let info = RetryInfo {
+                attempt: 1,
+                target: f.message.topic().to_string(),
+                not_before_ms: unix_ms_after(self.retry_delay),
+                last_error: f.error.to_string(),
+            };
+            (&self.topics.retry, info.to_headers(f.message.headers()), key, value)
+        } else {
+            let text = |name| header_text(f.message.headers(), name).unwrap_or_default();
+            let envelope = DlqEnvelope {
+                workspace_id: text("workspace_id"),
+                source_id: text("source_id"),
+                message_id: f.message_id.clone(),
+                reason: DELIVERY_REJECTED.to_string(),
+                field: String::new(),
+                raw_payload: String::from_utf8_lossy(&value).into_owned(),
+            };
+            let headers = OwnedHeaders::new().insert(Header { key: "reason", value: Some(DELIVERY_REJECTED) });
+            (&self.topics.dlq, headers, envelope.workspace_id.clone().into_bytes(), envelope.to_json())
+        };
+        // A full queue is waited out here, briefly: this thread is not on the request path.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let delivery = Box::new(Delivery::Rescue { message_id: f.message_id.clone() });
+            let record = BaseRecord::with_opaque_to(topic, delivery).key(&key[..]).payload(&value).headers(headers.clone());
+            match enqueue(producer, record) {
+                Err(Error::QueueFull) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                other => return other,
+            }
+        }
+    }
+
+    fn lost(&self, f: &Failed, why: &str) {
+        self.metrics.lost.increment(1);
+        tracing::error!(topic = f.message.topic(), message_id = f.message_id, error = %f.error, why, "record lost: delivery failed and it could not be re-routed");
     }
 }

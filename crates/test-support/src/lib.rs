@@ -143,7 +143,8 @@ fn consume_blocking(brokers: &str, topic: &str, count: usize, timeout: Duration)
                     .unwrap_or_default(),
                 value: m.payload().unwrap_or_default().to_vec(),
             }),
-            Some(Err(e)) => panic!("consuming {topic}: {e}"),
+            // Transport errors (a broker a test took down) are transient: keep polling.
+            Some(Err(e)) => eprintln!("consuming {topic}: {e}"),
             None => {}
         }
     }

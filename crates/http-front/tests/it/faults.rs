@@ -21,18 +21,27 @@ struct Mock {
 
 enum Fault {
     ProduceErrors(RDKafkaRespErr),
-    BrokerDown,
+    BrokerDown(i32),
 }
 
 impl Mock {
+    /// A one-broker cluster with the three topics.
     fn start(topics: &Topics) -> Mock {
+        Mock::start_with_brokers(topics, 1)
+    }
+
+    /// A cluster of `brokers` brokers; the ingest topic's leader is the last one, the other
+    /// topics' the first, so that taking the last one down fails only the ingest topic.
+    fn start_with_brokers(topics: &Topics, brokers: i32) -> Mock {
         let topics = topics.clone();
         let (bootstrap_tx, bootstrap_rx) = mpsc::channel();
         let (commands, received) = mpsc::channel::<(Fault, mpsc::Sender<()>)>();
         std::thread::spawn(move || {
-            let cluster = MockCluster::new(1).unwrap();
+            let cluster = MockCluster::new(brokers).unwrap();
             for topic in [&topics.ingest, &topics.dlq, &topics.retry] {
                 cluster.create_topic(topic, 1, 1).unwrap();
+                let leader = if *topic == topics.ingest { brokers } else { 1 };
+                cluster.partition_leader(topic, 0, Some(leader)).unwrap();
             }
             bootstrap_tx.send(cluster.bootstrap_servers()).unwrap();
             // Runs until the test drops its `Mock`.
@@ -41,7 +50,7 @@ impl Mock {
                     Fault::ProduceErrors(error) => {
                         cluster.request_errors(RDKafkaApiKey::Produce, &[error; 50])
                     }
-                    Fault::BrokerDown => cluster.broker_down(1).unwrap(),
+                    Fault::BrokerDown(id) => cluster.broker_down(id).unwrap(),
                 }
                 let _ = done.send(());
             }
@@ -111,7 +120,7 @@ async fn an_unreachable_cluster_turns_readiness_off_and_requests_get_503() {
         1
     );
 
-    mock.inject(Fault::BrokerDown);
+    mock.inject(Fault::BrokerDown(1));
     let mut ready = 200;
     for _ in 0..100 {
         ready = server
@@ -232,4 +241,42 @@ async fn start_up_fails_clearly_without_a_cluster_or_a_topic() {
             .starts_with("cannot read sources file /nonexistent/sources.toml"),
         "{error}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_whose_delivery_times_out_go_to_the_retry_topic_with_retry_headers() {
+    let topics = mock_topics();
+    let mock = Mock::start_with_brokers(&topics, 2);
+    let server = Server::start_with(&mock.bootstrap, topics.clone(), |c| {
+        c.kafka_message_timeout = Duration::from_secs(2);
+        c.retry_delay = Duration::from_secs(30);
+    })
+    .await;
+    // The ingest topic's leader goes down (and stays the leader): its records time out.
+    mock.inject(Fault::BrokerDown(2));
+    let started_ms = kafka_producer::retry::unix_ms_after(Duration::ZERO);
+    let mut accepted = Vec::new();
+    for i in 0..10 {
+        let id = format!("r-{i}");
+        let event = json!({"anonymousId": format!("v{}", i % 3), "event": "e", "messageId": id});
+        assert_eq!(server.post("/v1/track", &event).await.status(), 200);
+        accepted.push(id);
+    }
+    let retried = consume_from(&mock.bootstrap, &topics.retry, 10, WAIT).await;
+    let mut ids: Vec<String> = retried.iter().map(|r| r.event()["message_id"].as_str().unwrap().to_string()).collect();
+    ids.sort();
+    assert_eq!(ids, accepted, "every event that got a 200 is on the retry topic");
+    for r in &retried {
+        let value = r.event();
+        assert_eq!(r.key.as_deref(), value["anonymous_id"].as_str(), "same key");
+        assert_eq!(r.header("workspace_id"), Some("ws_test"));
+        assert_eq!(r.header("source_id"), Some("src_test"));
+        assert_eq!(r.header("type"), Some("track"));
+        assert_eq!(r.header("retry_attempt"), Some("1"));
+        assert_eq!(r.header("retry_target"), Some(topics.ingest.as_str()));
+        let not_before: i64 = r.header("retry_not_before").unwrap().parse().unwrap();
+        assert!(not_before >= started_ms + 30_000, "not-before {not_before} is not 30 s after {started_ms}");
+        assert!(r.header("retry_last_error").unwrap().contains("timed out"), "{:?}", r.header("retry_last_error"));
+    }
+    server.stop().await.unwrap();
 }

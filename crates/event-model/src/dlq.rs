@@ -18,20 +18,35 @@ pub struct DlqEnvelope {
     pub reason: String,
     /// The offending field, a JSON Pointer into the event.
     pub field: String,
-    /// The event's text: the request body for single-event endpoints, the item (with the
-    /// batch-level fields applied) for batches.
+    /// The event's text as received: the event object (without `writeKey`), or the whole body
+    /// when it was not JSON. Cut at [`MAX_RAW_PAYLOAD_BYTES`].
     pub raw_payload: String,
+    /// True when `raw_payload` was cut at [`MAX_RAW_PAYLOAD_BYTES`] (an addition to S8).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub raw_payload_truncated: bool,
 }
 
+/// Longest `raw_payload` kept, so that an envelope stays well under Kafka's 1 MB record limit
+/// even when every byte needs escaping.
+pub const MAX_RAW_PAYLOAD_BYTES: usize = 128 * 1024;
+
 impl DlqEnvelope {
-    /// Builds the envelope for a rejection.
+    /// Builds the envelope for a rejection, cutting `raw_payload` at [`MAX_RAW_PAYLOAD_BYTES`].
     pub fn new(
         workspace_id: &str,
         source_id: &str,
         message_id: &str,
         rejection: &Rejection,
-        raw_payload: String,
+        mut raw_payload: String,
     ) -> Self {
+        let raw_payload_truncated = raw_payload.len() > MAX_RAW_PAYLOAD_BYTES;
+        if raw_payload_truncated {
+            let mut end = MAX_RAW_PAYLOAD_BYTES;
+            while !raw_payload.is_char_boundary(end) {
+                end -= 1;
+            }
+            raw_payload.truncate(end);
+        }
         DlqEnvelope {
             workspace_id: workspace_id.to_string(),
             source_id: source_id.to_string(),
@@ -39,6 +54,7 @@ impl DlqEnvelope {
             reason: rejection.reason.as_str().to_string(),
             field: rejection.field.clone(),
             raw_payload,
+            raw_payload_truncated,
         }
     }
 

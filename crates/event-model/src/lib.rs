@@ -6,8 +6,8 @@
 //!
 //! The flow used by the HTTP front:
 //!
-//! 1. [`parse_body`] parses the body of one endpoint into [`Parsed`] items
-//!    (batch-level `context`, `integrations` and `sentAt` already applied to each item);
+//! 1. [`parse_body`] parses the body of one endpoint into [`Parsed`] items and the
+//!    batch-level `context`, `integrations` and `sentAt` that apply to them;
 //! 2. the caller authenticates the write key ([`Parsed::write_key`] or HTTP Basic auth);
 //! 3. [`normalize`] validates and enriches each item with a [`Received`] context.
 
@@ -17,9 +17,9 @@ mod parse;
 mod reject;
 mod time;
 
-pub use dlq::DlqEnvelope;
+pub use dlq::{DlqEnvelope, MAX_RAW_PAYLOAD_BYTES};
 pub use normalize::{normalize, Accepted, EventType, Received};
-pub use parse::{message_id_of, parse_body, Endpoint, Parsed};
+pub use parse::{message_id_of, parse_body, BatchFields, Endpoint, Parsed};
 pub use reject::{Reason, Rejection};
 
 /// The JSON Schema of the ingest-topic record value, for downstream teams.

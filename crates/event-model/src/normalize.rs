@@ -9,6 +9,7 @@ use serde::{Serialize, Serializer};
 use simd_json::owned::Object;
 use simd_json::{OwnedValue, StaticNode};
 
+use crate::parse::BatchFields;
 use crate::{time, Limits, Reason, Rejection};
 
 /// The Segment event types.
@@ -89,9 +90,11 @@ const MAX_MESSAGE_ID_CHARS: usize = 256;
 /// Validates one event item and enriches it into the ingest-topic record.
 ///
 /// `fixed_type` is the type set by a single-event endpoint's path; batch items carry their own.
+/// `shared` holds the batch-level fields ([`crate::Parsed::shared`]).
 pub fn normalize(
     item: &OwnedValue,
     fixed_type: Option<EventType>,
+    shared: &BatchFields,
     received: &Received,
     limits: &Limits,
 ) -> Result<Accepted, Rejection> {
@@ -158,11 +161,16 @@ pub fn normalize(
         previous_id: None,
         properties: optional_object(obj, "properties")?,
         traits: optional_object(obj, "traits")?,
-        context: ContextWithIp {
-            context: optional_object(obj, "context")?,
+        context: Merged {
+            own: optional_object(obj, "context")?,
+            batch: shared.context.as_ref(),
             ip: None,
         },
-        integrations: optional_object(obj, "integrations")?,
+        integrations: Merged {
+            own: optional_object(obj, "integrations")?,
+            batch: shared.integrations.as_ref(),
+            ip: None,
+        },
         timestamp: String::new(),
         original_timestamp: None,
         sent_at: None,
@@ -201,15 +209,28 @@ pub fn normalize(
         EventType::Identify | EventType::Screen => {}
     }
 
-    let has_ip = out.context.context.is_some_and(|c| {
-        c.get("ip")
-            .is_some_and(|ip| !matches!(ip, OwnedValue::Static(StaticNode::Null)))
-    });
-    if !has_ip {
-        out.context.ip = received.client_ip;
-    }
+    let event_ip = [out.context.own, out.context.batch]
+        .into_iter()
+        .flatten()
+        .find_map(|c| present_in(c, "ip"));
+    out.context.ip = match event_ip {
+        Some(ip) => Some(Ip::Event(ip)),
+        None => received.client_ip.map(Ip::Peer),
+    };
 
-    let sent_at = optional_time(obj, "sentAt")?;
+    let sent_at = match optional_time(obj, "sentAt")? {
+        Some(t) => Some(t),
+        None => match &shared.sent_at {
+            None => None,
+            Some(s) => Some(time::parse(s).ok_or_else(|| {
+                Rejection::new(
+                    Reason::InvalidValue,
+                    "/sentAt",
+                    format!("the batch's sentAt is not an ISO 8601 timestamp with an offset: {s:?}"),
+                )
+            })?),
+        },
+    };
     let original = match optional_time(obj, "timestamp")? {
         Some(t) => Some(t),
         None => optional_time(obj, "originalTimestamp")?,
@@ -273,10 +294,10 @@ struct Normalized<'a> {
     properties: Option<&'a Object>,
     #[serde(skip_serializing_if = "Option::is_none")]
     traits: Option<&'a Object>,
-    #[serde(skip_serializing_if = "ContextWithIp::is_empty")]
-    context: ContextWithIp<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    integrations: Option<&'a Object>,
+    #[serde(skip_serializing_if = "Merged::is_empty")]
+    context: Merged<'a>,
+    #[serde(skip_serializing_if = "Merged::is_empty")]
+    integrations: Merged<'a>,
     timestamp: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     original_timestamp: Option<String>,
@@ -285,33 +306,52 @@ struct Normalized<'a> {
     received_at: String,
 }
 
-/// The event's `context`, serialised with `ip` added, without copying the object.
-struct ContextWithIp<'a> {
-    context: Option<&'a Object>,
-    ip: Option<IpAddr>,
+/// An object merged at serialisation time, without copying: the event's own keys, then the
+/// batch-level keys it does not have, and for `context` the effective `ip`.
+struct Merged<'a> {
+    own: Option<&'a Object>,
+    batch: Option<&'a Object>,
+    ip: Option<Ip<'a>>,
 }
 
-impl ContextWithIp<'_> {
+/// The `context.ip` written: the event's (or its batch's), else the client's address.
+#[derive(Clone, Copy)]
+enum Ip<'a> {
+    Event(&'a OwnedValue),
+    Peer(IpAddr),
+}
+
+impl Merged<'_> {
     fn is_empty(&self) -> bool {
-        self.context.is_none() && self.ip.is_none()
+        self.own.is_none() && self.batch.is_none() && self.ip.is_none()
     }
 }
 
-impl Serialize for ContextWithIp<'_> {
+impl Serialize for Merged<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let len = self.context.map_or(0, |c| c.len()) + usize::from(self.ip.is_some());
-        let mut map = serializer.serialize_map(Some(len))?;
-        for (k, v) in self.context.into_iter().flat_map(|c| c.iter()) {
-            if self.ip.is_some() && k == "ip" {
-                continue; // a null ip, replaced below
+        let with_ip = self.ip.is_some();
+        let own = self.own.into_iter().flat_map(|o| o.iter());
+        let batch = self.batch.into_iter().flat_map(|b| b.iter());
+        let batch = batch.filter(|(k, _)| !self.own.is_some_and(|o| o.contains_key(k.as_str())));
+        let mut map = serializer.serialize_map(None)?;
+        for (k, v) in own.chain(batch) {
+            if !(with_ip && k == "ip") {
+                map.serialize_entry(k, v)?;
             }
-            map.serialize_entry(k, v)?;
         }
-        if let Some(ip) = self.ip {
-            map.serialize_entry("ip", &ip.to_string())?;
+        match self.ip {
+            Some(Ip::Event(ip)) => map.serialize_entry("ip", ip)?,
+            Some(Ip::Peer(ip)) => map.serialize_entry("ip", &ip.to_string())?,
+            None => {}
         }
         map.end()
     }
+}
+
+/// A non-null value of `obj`.
+fn present_in<'a>(obj: &'a Object, name: &str) -> Option<&'a OwnedValue> {
+    obj.get(name)
+        .filter(|v| !matches!(v, OwnedValue::Static(StaticNode::Null)))
 }
 
 fn pointer(name: &str) -> String {
@@ -319,8 +359,7 @@ fn pointer(name: &str) -> String {
 }
 
 fn present<'a>(obj: &'a Object, name: &str) -> Option<&'a OwnedValue> {
-    obj.get(name)
-        .filter(|v| !matches!(v, OwnedValue::Static(StaticNode::Null)))
+    present_in(obj, name)
 }
 
 fn optional_str<'a>(obj: &'a Object, name: &str) -> Result<Option<&'a str>, Rejection> {

@@ -1,5 +1,6 @@
 //! Request bodies to event items: JSON parsing (simd-json) and batch unwrapping.
 
+use simd_json::owned::Object;
 use simd_json::{OwnedValue, StaticNode};
 
 use crate::normalize::EventType;
@@ -14,14 +15,25 @@ pub enum Endpoint {
     Batch,
 }
 
-/// A parsed body: the write key found in it, and its event items (not yet validated).
+/// A parsed body: the write key found in it, its event items (not yet validated) and the
+/// batch-level fields that apply to them.
 #[derive(Debug)]
 pub struct Parsed {
     /// The body's `writeKey`, when it has one (used when there is no Basic auth).
     pub write_key: Option<String>,
-    /// The events, in request order. Batch items already carry the batch-level `context`,
-    /// `integrations` and `sentAt`.
+    /// The events, in request order, as sent (a single event without its `writeKey`).
     pub items: Vec<OwnedValue>,
+    /// Batch-level `context`, `integrations` and `sentAt`; empty for single events.
+    pub shared: BatchFields,
+}
+
+/// Batch-level fields that apply to every item, the item's own keys winning. They are merged
+/// when an event is serialised, never copied into each item.
+#[derive(Debug, Default)]
+pub struct BatchFields {
+    pub(crate) context: Option<Object>,
+    pub(crate) integrations: Option<Object>,
+    pub(crate) sent_at: Option<String>,
 }
 
 /// Parses a request body. `body` is used as scratch space by simd-json and is left changed.
@@ -39,14 +51,15 @@ pub fn parse_body(body: &mut [u8], endpoint: Endpoint, limits: &Limits) -> Resul
             "body must be a JSON object",
         ));
     };
-    let write_key = match obj.get("writeKey") {
-        Some(OwnedValue::String(s)) if !s.is_empty() => Some(s.clone()),
+    let write_key = match obj.remove("writeKey") {
+        Some(OwnedValue::String(s)) if !s.is_empty() => Some(s),
         _ => None,
     };
     match endpoint {
         Endpoint::Single(_) => Ok(Parsed {
             write_key,
             items: vec![OwnedValue::Object(obj)],
+            shared: BatchFields::default(),
         }),
         Endpoint::Batch => {
             let items = match obj.remove("batch") {
@@ -78,8 +91,11 @@ pub fn parse_body(body: &mut [u8], endpoint: Endpoint, limits: &Limits) -> Resul
                 ));
             }
             let shared = BatchFields::take(&mut obj)?;
-            let items = items.into_iter().map(|item| shared.apply(item)).collect();
-            Ok(Parsed { write_key, items })
+            Ok(Parsed {
+                write_key,
+                items,
+                shared,
+            })
         }
     }
 }
@@ -95,18 +111,11 @@ pub fn message_id_of(item: &OwnedValue) -> Option<&str> {
     }
 }
 
-/// Batch-level fields that apply to every item.
-struct BatchFields {
-    context: Option<OwnedValue>,
-    integrations: Option<OwnedValue>,
-    sent_at: Option<OwnedValue>,
-}
-
 impl BatchFields {
-    fn take(obj: &mut simd_json::owned::Object) -> Result<Self, Rejection> {
+    fn take(obj: &mut Object) -> Result<Self, Rejection> {
         let mut object_field = |name: &str| match obj.remove(name) {
             None | Some(OwnedValue::Static(StaticNode::Null)) => Ok(None),
-            Some(v @ OwnedValue::Object(_)) => Ok(Some(v)),
+            Some(OwnedValue::Object(o)) => Ok(Some(*o)),
             Some(_) => Err(Rejection::new(
                 Reason::InvalidType,
                 format!("/{name}"),
@@ -117,7 +126,7 @@ impl BatchFields {
         let integrations = object_field("integrations")?;
         let sent_at = match obj.remove("sentAt") {
             None | Some(OwnedValue::Static(StaticNode::Null)) => None,
-            Some(v @ OwnedValue::String(_)) => Some(v),
+            Some(OwnedValue::String(s)) => Some(s),
             Some(_) => {
                 return Err(Rejection::new(
                     Reason::InvalidType,
@@ -131,40 +140,6 @@ impl BatchFields {
             integrations,
             sent_at,
         })
-    }
-
-    /// Applies the batch fields to one item; the item's own keys win.
-    fn apply(&self, mut item: OwnedValue) -> OwnedValue {
-        let OwnedValue::Object(obj) = &mut item else {
-            return item;
-        };
-        for (name, shared) in [("context", &self.context), ("integrations", &self.integrations)] {
-            let Some(OwnedValue::Object(shared)) = shared else {
-                continue;
-            };
-            match obj.get_mut(name) {
-                None | Some(OwnedValue::Static(StaticNode::Null)) => {
-                    obj.insert(name.to_string(), OwnedValue::Object(shared.clone()));
-                }
-                Some(OwnedValue::Object(own)) => {
-                    for (k, v) in shared.iter() {
-                        if !own.contains_key(k.as_str()) {
-                            own.insert(k.clone(), v.clone());
-                        }
-                    }
-                }
-                Some(_) => {} // left for validation to reject
-            }
-        }
-        if let Some(sent_at) = &self.sent_at {
-            if matches!(
-                obj.get("sentAt"),
-                None | Some(OwnedValue::Static(StaticNode::Null))
-            ) {
-                obj.insert("sentAt".to_string(), sent_at.clone());
-            }
-        }
-        item
     }
 }
 

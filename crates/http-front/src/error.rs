@@ -64,6 +64,9 @@ pub enum Error {
         #[source]
         source: kafka_producer::Error,
     },
+    /// The service is shutting down and no longer enqueues.
+    #[error("shutting down")]
+    ShuttingDown,
     /// A bug: a handler task failed.
     #[error("internal error: {0}")]
     Internal(String),
@@ -85,7 +88,9 @@ impl Error {
             Error::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Error::BodyRead(_) | Error::BadGzip(_) | Error::Rejected { .. } => StatusCode::BAD_REQUEST,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Error::Unavailable { .. } | Error::Kafka(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Unavailable { .. } | Error::Kafka(_) | Error::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Error::Sources(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -8,8 +8,8 @@ use std::time::Instant;
 use base64::Engine;
 use bytes::Bytes;
 use event_model::{
-    message_id_of, normalize, parse_body, Accepted, DlqEnvelope, Endpoint, EventType, Limits, Received,
-    Rejection,
+    message_id_of, normalize, parse_body, Accepted, DlqEnvelope, Endpoint, EventType, Limits, Reason,
+    Received, Rejection,
 };
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -18,6 +18,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use ipnet::IpNet;
 use kafka_producer::EventProducer;
 use simd_json::OwnedValue;
+use tracing::Instrument;
 
 use crate::body::{self, BodyLimits};
 use crate::error::{json_response, RejectedItem, Reply};
@@ -35,6 +36,9 @@ pub(crate) struct State {
     pub retry_after_secs: u32,
     /// Set at shutdown: `/readyz` answers 503.
     pub shutting_down: AtomicBool,
+    /// Set when the drain time is over: requests still running enqueue nothing (503), since
+    /// the producer is being flushed.
+    pub closed: AtomicBool,
 }
 
 /// Where a request goes.
@@ -80,24 +84,43 @@ impl Route {
     }
 }
 
-/// Handles one request. Runs in its own task, so a client that goes away cannot cancel it.
+/// Handles one request, in a span with a fresh request id (also sent as `X-Request-Id`).
+/// Runs in its own task, so a client that goes away cannot cancel it.
 pub(crate) async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Full<Bytes>> {
+    let request_id = uuid::Uuid::new_v4().simple().to_string();
+    let span = tracing::info_span!("request", request_id, %peer);
+    let mut response = handle_in_span(&state, req, peer).instrument(span).await;
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+async fn handle_in_span(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let origin = req.headers().get(header::ORIGIN).cloned();
     let route = Route::of(req.method(), req.uri().path());
     let label = route.as_ref().map_or(Route::Unknown, |r| *r).label();
+    let events_route = matches!(route, Ok(Route::Events(..)));
     let result = match route {
-        Ok(Route::Events(endpoint, _)) => ingest(&state, req, endpoint, peer.ip()).await,
+        Ok(Route::Events(endpoint, _)) => ingest(state, req, endpoint, peer.ip()).await,
         Ok(Route::Preflight) => Ok(preflight(req.headers())),
         Ok(Route::Healthz) => Ok(json_response(StatusCode::OK, &Reply::success())),
-        Ok(Route::Readyz) => Ok(readiness(&state)),
+        Ok(Route::Readyz) => Ok(readiness(state)),
         Ok(Route::Unknown) => Err(Error::NotFound(req.uri().path().to_string())),
         Err(e) => Err(e),
     };
+    if let (true, Err(error)) = (events_route, &result) {
+        // Rejections and 503s are logged with their message ids where they happen.
+        if !matches!(error, Error::Rejected { .. } | Error::Unavailable { .. }) {
+            tracing::warn!(route = label, status = error.status().as_u16(), %error, "request refused");
+            metrics::events("unknown", Outcome::Refused, 1);
+        }
+    }
     let mut response = result.unwrap_or_else(|e| e.into_response(state.retry_after_secs));
     if let Some(origin) = origin {
         let headers = response.headers_mut();
@@ -105,7 +128,7 @@ pub(crate) async fn handle(
         headers.insert(header::VARY, HeaderValue::from_static("Origin"));
         headers.insert(
             header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static("Retry-After"),
+            HeaderValue::from_static("Retry-After, X-Request-Id"),
         );
     }
     metrics::request(label, response.status(), started.elapsed());
@@ -195,7 +218,7 @@ async fn ingest(
     let mut accepted = Vec::with_capacity(parsed.items.len());
     let mut rejected = Vec::new();
     for (index, item) in parsed.items.iter().enumerate() {
-        match normalize(item, fixed_type, &received, &state.limits) {
+        match normalize(item, fixed_type, &parsed.shared, &received, &state.limits) {
             Ok(event) => accepted.push(event),
             Err(rejection) => rejected.push(RejectedEvent {
                 index,
@@ -204,10 +227,7 @@ async fn ingest(
                     .or_else(|| type_of(item))
                     .map_or("unknown", EventType::as_str),
                 rejection,
-                raw: match endpoint {
-                    Endpoint::Single(_) => String::from_utf8_lossy(&body).into_owned(),
-                    Endpoint::Batch => simd_json::to_string(item).unwrap_or_default(),
-                },
+                raw: simd_json::to_string(item).unwrap_or_default(),
             }),
         }
     }
@@ -215,18 +235,26 @@ async fn ingest(
     write_dlq(state, &source, &rejected)
         .await
         .inspect_err(|_| refuse(&accepted, "DLQ write failed"))?;
+    if state.closed.load(Ordering::Relaxed) {
+        refuse(&accepted, "shutting down");
+        return Err(Error::ShuttingDown);
+    }
     enqueue(state, &source, &accepted)?;
     if rejected.is_empty() {
         return Ok(json_response(StatusCode::OK, &Reply::success()));
     }
+    // A single event over the size limit is a 413, like an oversize body.
+    let status = match (endpoint, &rejected[..]) {
+        (Endpoint::Single(_), [only]) if only.rejection.reason == Reason::TooLarge => {
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
+        _ => StatusCode::BAD_REQUEST,
+    };
     let items = rejected
         .iter()
         .map(|r| RejectedItem::new(r.index, &r.message_id, &r.rejection))
         .collect();
-    Ok(json_response(
-        StatusCode::BAD_REQUEST,
-        &Reply::partial(accepted.len(), items),
-    ))
+    Ok(json_response(status, &Reply::partial(accepted.len(), items)))
 }
 
 /// A body rejected whole. Written to the DLQ when the source is known from the header;

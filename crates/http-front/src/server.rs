@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use kafka_producer::EventProducer;
 use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
 
 use crate::body::BodyLimits;
 use crate::error::Error;
@@ -54,6 +55,7 @@ pub async fn run(
         trusted_proxies: config.trusted_proxies.clone(),
         retry_after_secs: config.retry_after_secs,
         shutting_down: AtomicBool::new(false),
+        closed: AtomicBool::new(false),
     });
     serve(&state, &config, listener, shutdown).await;
 
@@ -91,6 +93,7 @@ async fn serve(
         // A client that half-closes after sending its request still gets it processed.
         .half_close(true);
     let graceful = GracefulShutdown::new();
+    let tasks = TaskTracker::new();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -105,10 +108,10 @@ async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let state = state.clone();
+        let (state, tasks) = (state.clone(), tasks.clone());
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             // Each request runs in its own task: the connection going away cannot cancel it (S6).
-            let task = tokio::spawn(handler::handle(state.clone(), req, peer));
+            let task = tasks.spawn(handler::handle(state.clone(), req, peer));
             async move {
                 Ok::<_, Infallible>(task.await.unwrap_or_else(|e| {
                     tracing::error!(error = %e, "request handler failed");
@@ -127,10 +130,14 @@ async fn serve(
     state.shutting_down.store(true, Ordering::Relaxed);
     drop(listener);
     tracing::info!("shutting down: listener closed, draining in-flight requests");
-    if tokio::time::timeout(config.drain_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(timeout = ?config.drain_timeout, "in-flight requests did not finish in time");
+    // Connections first, then request tasks whose client went away (they run on, S6).
+    tasks.close();
+    let drained = async {
+        graceful.shutdown().await;
+        tasks.wait().await;
+    };
+    if tokio::time::timeout(config.drain_timeout, drained).await.is_err() {
+        tracing::warn!(timeout = ?config.drain_timeout, running = tasks.len(), "requests still running after the drain timeout: they will get 503");
     }
+    state.closed.store(true, Ordering::Relaxed);
 }

@@ -110,6 +110,7 @@ struct Failed {
 struct Callbacks {
     metrics: Arc<ProducerMetrics>,
     healthy: Arc<AtomicBool>,
+    fatal: AtomicBool,
     rescue: mpsc::Sender<Failed>,
 }
 
@@ -118,12 +119,21 @@ impl ClientContext for Callbacks {
         let up = stats.brokers.values().filter(|b| b.state == "UP").count();
         self.metrics.brokers_up.set(up as f64);
         self.metrics.queue_messages.set(stats.msg_cnt as f64);
-        self.healthy.store(up > 0, Ordering::Relaxed);
+        // Stats only raise health; AllBrokersDown and fatal errors lower it.
+        if up > 0 && !self.fatal.load(Ordering::Relaxed) {
+            self.healthy.store(true, Ordering::Relaxed);
+        }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            self.healthy.store(false, Ordering::Relaxed);
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::AllBrokersDown) => self.healthy.store(false, Ordering::Relaxed),
+            Some(RDKafkaErrorCode::Fatal) => {
+                // The idempotent producer cannot go on: stay unready until restarted.
+                self.fatal.store(true, Ordering::Relaxed);
+                self.healthy.store(false, Ordering::Relaxed);
+            }
+            _ => {}
         }
         tracing::error!(%error, reason, "kafka client error");
     }
@@ -146,10 +156,18 @@ impl ProducerContext for Callbacks {
             Delivery::Logged { message_id } => {
                 if let (Err(error), Err((_, message))) = (outcome, result) {
                     tracing::warn!(topic, message_id, %error, "kafka delivery failed, rescuing the record");
-                    let failed = Failed { message: message.detach(), message_id, error };
+                    let failed = Failed {
+                        message: message.detach(),
+                        message_id,
+                        error,
+                    };
                     if let Err(mpsc::SendError(failed)) = self.rescue.send(failed) {
                         self.metrics.lost.increment(1);
-                        tracing::error!(topic, message_id = failed.message_id, "record lost: the producer is shutting down");
+                        tracing::error!(
+                            topic,
+                            message_id = failed.message_id,
+                            "record lost: the producer is shutting down"
+                        );
                     }
                 }
             }
@@ -207,11 +225,23 @@ impl EventProducer {
     pub fn connect(config: ProducerConfig) -> Result<Self, Error> {
         let healthy = Arc::new(AtomicBool::new(false));
         let topics = [&config.topics.ingest, &config.topics.dlq, &config.topics.retry];
-        let metrics = Arc::new(ProducerMetrics::new(&config.metric_prefix, &topics.map(String::as_str)));
+        let metrics = Arc::new(ProducerMetrics::new(
+            &config.metric_prefix,
+            &topics.map(String::as_str),
+        ));
         let (rescue, failed) = mpsc::channel();
-        let callbacks = Callbacks { metrics: metrics.clone(), healthy: healthy.clone(), rescue };
-        let inner: Arc<ThreadedProducer<Callbacks>> =
-            Arc::new(config.client_config().create_with_context(callbacks).map_err(Error::Create)?);
+        let callbacks = Callbacks {
+            metrics: metrics.clone(),
+            healthy: healthy.clone(),
+            fatal: AtomicBool::new(false),
+            rescue,
+        };
+        let inner: Arc<ThreadedProducer<Callbacks>> = Arc::new(
+            config
+                .client_config()
+                .create_with_context(callbacks)
+                .map_err(Error::Create)?,
+        );
         let metadata = inner
             .client()
             .fetch_metadata(None, config.ping_timeout)
@@ -335,10 +365,15 @@ fn enqueue(
     record: BaseRecord<'_, [u8], Vec<u8>, Box<Delivery>>,
 ) -> Result<(), Error> {
     let topic = record.topic;
-    producer.send(record).map_err(|(error, _)| match error.rdkafka_error_code() {
-        Some(RDKafkaErrorCode::QueueFull) => Error::QueueFull,
-        _ => Error::Enqueue { topic: topic.to_string(), source: error },
-    })
+    producer
+        .send(record)
+        .map_err(|(error, _)| match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::QueueFull) => Error::QueueFull,
+            _ => Error::Enqueue {
+                topic: topic.to_string(),
+                source: error,
+            },
+        })
 }
 
 /// Delivery errors that no retry can fix: the record goes to the DLQ instead.
@@ -401,7 +436,12 @@ impl Rescuer {
                 not_before_ms: unix_ms_after(self.retry_delay),
                 last_error: f.error.to_string(),
             };
-            (&self.topics.retry, info.to_headers(f.message.headers()), key, value)
+            (
+                &self.topics.retry,
+                info.to_headers(f.message.headers()),
+                key,
+                value,
+            )
         } else {
             let text = |name| header_text(f.message.headers(), name).unwrap_or_default();
             let envelope = DlqEnvelope {
@@ -411,17 +451,33 @@ impl Rescuer {
                 reason: DELIVERY_REJECTED.to_string(),
                 field: String::new(),
                 raw_payload: String::from_utf8_lossy(&value).into_owned(),
+                raw_payload_truncated: false,
             };
-            let headers = OwnedHeaders::new().insert(Header { key: "reason", value: Some(DELIVERY_REJECTED) });
-            (&self.topics.dlq, headers, envelope.workspace_id.clone().into_bytes(), envelope.to_json())
+            let headers = OwnedHeaders::new().insert(Header {
+                key: "reason",
+                value: Some(DELIVERY_REJECTED),
+            });
+            (
+                &self.topics.dlq,
+                headers,
+                envelope.workspace_id.clone().into_bytes(),
+                envelope.to_json(),
+            )
         };
         // A full queue is waited out here, briefly: this thread is not on the request path.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let delivery = Box::new(Delivery::Rescue { message_id: f.message_id.clone() });
-            let record = BaseRecord::with_opaque_to(topic, delivery).key(&key[..]).payload(&value).headers(headers.clone());
+            let delivery = Box::new(Delivery::Rescue {
+                message_id: f.message_id.clone(),
+            });
+            let record = BaseRecord::with_opaque_to(topic, delivery)
+                .key(&key[..])
+                .payload(&value)
+                .headers(headers.clone());
             match enqueue(producer, record) {
-                Err(Error::QueueFull) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                Err(Error::QueueFull) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
                 other => return other,
             }
         }

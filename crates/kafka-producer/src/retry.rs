@@ -63,10 +63,22 @@ impl RetryInfo {
         let attempt = self.attempt.to_string();
         let not_before = self.not_before_ms.to_string();
         without_retry_headers(original)
-            .insert(Header { key: ATTEMPT, value: Some(attempt.as_str()) })
-            .insert(Header { key: TARGET, value: Some(self.target.as_str()) })
-            .insert(Header { key: NOT_BEFORE, value: Some(not_before.as_str()) })
-            .insert(Header { key: LAST_ERROR, value: Some(self.last_error.as_str()) })
+            .insert(Header {
+                key: ATTEMPT,
+                value: Some(attempt.as_str()),
+            })
+            .insert(Header {
+                key: TARGET,
+                value: Some(self.target.as_str()),
+            })
+            .insert(Header {
+                key: NOT_BEFORE,
+                value: Some(not_before.as_str()),
+            })
+            .insert(Header {
+                key: LAST_ERROR,
+                value: Some(self.last_error.as_str()),
+            })
     }
 }
 
@@ -75,7 +87,10 @@ pub fn without_retry_headers(original: Option<&impl Headers>) -> OwnedHeaders {
     let mut out = OwnedHeaders::new();
     if let Some(original) = original {
         for h in original.iter().filter(|h| !RETRY_HEADERS.contains(&h.key)) {
-            out = out.insert(Header { key: h.key, value: h.value });
+            out = out.insert(Header {
+                key: h.key,
+                value: h.value,
+            });
         }
     }
     out
@@ -105,9 +120,20 @@ mod tests {
     #[test]
     fn retry_headers_round_trip_and_replace_earlier_ones() {
         let original = OwnedHeaders::new()
-            .insert(Header { key: "workspace_id", value: Some("ws") })
-            .insert(Header { key: ATTEMPT, value: Some("1") });
-        let info = RetryInfo { attempt: 2, target: "cdp.ingest".into(), not_before_ms: 1_700_000_000_000, last_error: "timed out".into() };
+            .insert(Header {
+                key: "workspace_id",
+                value: Some("ws"),
+            })
+            .insert(Header {
+                key: ATTEMPT,
+                value: Some("1"),
+            });
+        let info = RetryInfo {
+            attempt: 2,
+            target: "cdp.ingest".into(),
+            not_before_ms: 1_700_000_000_000,
+            last_error: "timed out".into(),
+        };
         let headers = info.to_headers(Some(&original));
         assert_eq!(RetryInfo::from_headers(Some(&headers)), Some(info));
         assert_eq!(headers.iter().filter(|h| h.key == ATTEMPT).count(), 1);
@@ -115,7 +141,10 @@ mod tests {
         let forwarded = without_retry_headers(Some(&headers));
         assert_eq!(forwarded.count(), 1);
         assert_eq!(RetryInfo::from_headers(None::<&BorrowedHeaders>), None);
-        let bad = OwnedHeaders::new().insert(Header { key: ATTEMPT, value: Some("x") });
+        let bad = OwnedHeaders::new().insert(Header {
+            key: ATTEMPT,
+            value: Some("x"),
+        });
         assert_eq!(RetryInfo::from_headers(Some(&bad)), None);
     }
 }

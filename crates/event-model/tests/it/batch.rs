@@ -101,3 +101,45 @@ fn message_ids_of_items_are_found_for_naming_rejections() {
     let ids: Vec<_> = parsed.items.iter().map(message_id_of).collect();
     assert_eq!(ids, vec![Some("m"), None, None]);
 }
+
+#[test]
+fn batch_fields_are_not_copied_into_the_items() {
+    // A big batch context and many items: each item stays as sent (it is what the DLQ gets),
+    // and events that the merged context makes too large are rejected, not built.
+    let context = json!({"blob": "x".repeat(100 * 1024)});
+    let items: Vec<_> = (0..2500)
+        .map(|i| json!({"type":"track","anonymousId":format!("a{i}"),"event":"e"}))
+        .collect();
+    let body = json!({"context": context, "batch": items}).to_string();
+    let mut bytes = body.clone().into_bytes();
+    let parsed = parse_body(&mut bytes, Endpoint::Batch, &Limits::default()).unwrap();
+    assert_eq!(
+        simd_json::to_string(&parsed.items[7]).unwrap(),
+        items[7].to_string()
+    );
+    let results = run(Endpoint::Batch, &body).unwrap();
+    assert!(results
+        .iter()
+        .all(|r| r.as_ref().unwrap_err().reason == Reason::TooLarge));
+}
+
+#[test]
+fn the_batch_context_ip_wins_over_the_peer_and_the_items_ip_over_both() {
+    let body = json!({"context": {"ip": "198.51.100.9"}, "batch": [
+        {"type":"identify","userId":"u"},
+        {"type":"identify","userId":"u","context":{"ip":"192.0.2.1"}},
+        {"type":"identify","userId":"u","context":{"ip":null}},
+    ]})
+    .to_string();
+    let ips: Vec<_> = run(Endpoint::Batch, &body)
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            serde_json::from_slice::<serde_json::Value>(&r.unwrap().value).unwrap()["context"]["ip"].clone()
+        })
+        .collect();
+    assert_eq!(
+        ips,
+        [json!("198.51.100.9"), json!("192.0.2.1"), json!("198.51.100.9")]
+    );
+}

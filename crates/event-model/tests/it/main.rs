@@ -34,7 +34,7 @@ fn run(endpoint: Endpoint, body: &str) -> Result<Vec<Result<Accepted, Rejection>
     let results: Vec<_> = parsed
         .items
         .iter()
-        .map(|item| normalize(item, fixed, &received(), &limits))
+        .map(|item| normalize(item, fixed, &parsed.shared, &received(), &limits))
         .collect();
     for accepted in results.iter().flatten() {
         assert_schema_valid(&accepted.value);

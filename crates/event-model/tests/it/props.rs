@@ -93,7 +93,7 @@ fn check(endpoint: Endpoint, mut bytes: Vec<u8>, input: Option<&Value>) {
         }
     };
     for item in &parsed.items {
-        match normalize(item, fixed, &received(), &limits) {
+        match normalize(item, fixed, &parsed.shared, &received(), &limits) {
             Ok(accepted) => {
                 assert_schema_valid(&accepted.value);
                 assert!(!accepted.key.is_empty());
@@ -145,7 +145,7 @@ proptest! {
         }
         let mut bytes = event.to_string().into_bytes();
         let parsed = parse_body(&mut bytes, Endpoint::Single(t), &Limits::default()).unwrap();
-        let accepted = normalize(&parsed.items[0], Some(t), &received(), &Limits::default());
+        let accepted = normalize(&parsed.items[0], Some(t), &parsed.shared, &received(), &Limits::default());
         let accepted = accepted.unwrap_or_else(|r| panic!("{event} rejected: {r}"));
         prop_assert_eq!(accepted.key, id);
     }

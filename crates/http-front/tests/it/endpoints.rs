@@ -131,8 +131,11 @@ async fn a_mixed_batch_sends_valid_items_to_ingest_and_invalid_ones_to_the_dlq()
     assert_eq!(envelope["reason"], "missing_field");
     assert_eq!(envelope["field"], "/event");
     let raw: serde_json::Value = serde_json::from_str(envelope["raw_payload"].as_str().unwrap()).unwrap();
-    assert_eq!(raw["messageId"], "bad-1");
-    assert_eq!(raw["context"]["library"]["name"], "test");
+    assert_eq!(
+        raw,
+        json!({"type":"track","anonymousId":"v1","messageId":"bad-1"}),
+        "the item as sent"
+    );
     let reasons: Vec<_> = dlq
         .iter()
         .map(|r| r.header("reason").unwrap().to_string())
@@ -154,11 +157,10 @@ async fn a_mixed_batch_sends_valid_items_to_ingest_and_invalid_ones_to_the_dlq()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_single_event_lands_in_the_dlq_with_its_raw_body() {
     let server = Server::start().await;
-    let body = r#"{"userId":"u1","event":42,"messageId":"m-bad"}"#;
+    let body = r#"{"userId":"u1","event":42,"messageId":"m-bad","writeKey":"test-write-key"}"#;
     let response = server
         .client
         .post(server.url("/v1/track"))
-        .basic_auth(test_support::WRITE_KEY, Some(""))
         .header("content-type", "application/json")
         .body(body)
         .send()
@@ -170,7 +172,13 @@ async fn an_invalid_single_event_lands_in_the_dlq_with_its_raw_body() {
     assert_eq!(reply["rejected"][0]["reason"], "invalid_type");
     assert_eq!(reply["rejected"][0]["field"], "/event");
     let dlq = consume(&server.topics.dlq, 1, WAIT).await;
-    assert_eq!(dlq[0].json()["raw_payload"], body);
+    let raw: serde_json::Value =
+        serde_json::from_str(dlq[0].json()["raw_payload"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        raw,
+        json!({"userId":"u1","event":42,"messageId":"m-bad"}),
+        "the event, without its write key"
+    );
     assert_eq!(dlq[0].json()["message_id"], "m-bad");
 
     // A body that is not JSON at all, from an authenticated source, is filed too.
@@ -209,5 +217,22 @@ async fn browsers_beacons_as_text_plain_with_the_key_in_the_body_are_accepted() 
     let records = consume(&server.topics.ingest, 1, WAIT).await;
     assert_eq!(records[0].key.as_deref(), Some("beacon"));
     assert!(records[0].event().get("writeKey").is_none());
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_event_over_the_event_limit_gets_413_and_lands_in_the_dlq() {
+    let server = Server::start().await;
+    let event = json!({"anonymousId": "big", "event": "e", "messageId": "m-big", "properties": {"blob": "x".repeat(40 * 1024)}});
+    let (status, reply) = status_json(server.post("/v1/track", &event).await).await;
+    assert_eq!(status, 413, "{reply}");
+    assert_eq!(reply["rejected"][0]["reason"], "too_large");
+    let dlq = consume(&server.topics.dlq, 1, WAIT).await;
+    let envelope = dlq[0].json();
+    assert_eq!(envelope["reason"], "too_large");
+    assert_eq!(envelope["message_id"], "m-big");
+    let raw: serde_json::Value = serde_json::from_str(envelope["raw_payload"].as_str().unwrap()).unwrap();
+    assert_eq!(raw, event);
+    assert!(envelope.get("raw_payload_truncated").is_none());
     server.stop().await.unwrap();
 }

@@ -78,6 +78,7 @@ fn mock_topics() -> Topics {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_dlq_write_gives_503_and_the_valid_events_are_not_produced() {
+    let metrics = ::ops::install_metrics();
     let topics = mock_topics();
     let mock = Mock::start(&topics);
     let server = Server::start_with(&mock.bootstrap, topics.clone(), |c| {
@@ -101,6 +102,20 @@ async fn a_failed_dlq_write_gives_503_and_the_valid_events_are_not_produced() {
         consume_from(&mock.bootstrap, &topics.ingest, 1, Duration::from_secs(3))
             .await
             .is_empty()
+    );
+    // The valid event was refused before it was enqueued, not enqueued and failed.
+    let text = metrics.render();
+    assert!(
+        text.contains(r#"cdp_ingest_events_total{type="track",outcome="refused"} 2"#),
+        "{text}"
+    );
+    assert!(
+        !text.contains(r#"cdp_ingest_events_total{type="track",outcome="accepted"}"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"cdp_ingest_kafka_delivery_failures_total{topic="m.ingest"} 0"#),
+        "{text}"
     );
     server.stop().await.unwrap();
 }
@@ -263,7 +278,10 @@ async fn events_whose_delivery_times_out_go_to_the_retry_topic_with_retry_header
         accepted.push(id);
     }
     let retried = consume_from(&mock.bootstrap, &topics.retry, 10, WAIT).await;
-    let mut ids: Vec<String> = retried.iter().map(|r| r.event()["message_id"].as_str().unwrap().to_string()).collect();
+    let mut ids: Vec<String> = retried
+        .iter()
+        .map(|r| r.event()["message_id"].as_str().unwrap().to_string())
+        .collect();
     ids.sort();
     assert_eq!(ids, accepted, "every event that got a 200 is on the retry topic");
     for r in &retried {
@@ -275,8 +293,15 @@ async fn events_whose_delivery_times_out_go_to_the_retry_topic_with_retry_header
         assert_eq!(r.header("retry_attempt"), Some("1"));
         assert_eq!(r.header("retry_target"), Some(topics.ingest.as_str()));
         let not_before: i64 = r.header("retry_not_before").unwrap().parse().unwrap();
-        assert!(not_before >= started_ms + 30_000, "not-before {not_before} is not 30 s after {started_ms}");
-        assert!(r.header("retry_last_error").unwrap().contains("timed out"), "{:?}", r.header("retry_last_error"));
+        assert!(
+            not_before >= started_ms + 30_000,
+            "not-before {not_before} is not 30 s after {started_ms}"
+        );
+        assert!(
+            r.header("retry_last_error").unwrap().contains("timed out"),
+            "{:?}",
+            r.header("retry_last_error")
+        );
     }
     server.stop().await.unwrap();
 }

@@ -135,13 +135,31 @@ async fn a_client_that_disconnects_right_after_sending_does_not_lose_its_event()
         }
         drop(stream);
     }
-    let records = consume(&server.topics.ingest, 20, WAIT).await;
+    // A client that resets the connection while its request waits for the DLQ write.
+    for i in 20..30 {
+        let body = json!({"batch": [
+            {"type": "track", "anonymousId": "gone", "event": "e", "messageId": format!("gone-{i}")},
+            {"type": "track", "anonymousId": "gone", "messageId": format!("bad-{i}")},
+        ]})
+        .to_string();
+        let request = format!(
+            "POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {}\r\nContent-Length: {}\r\n\r\n{body}",
+            super::basic(WRITE_KEY),
+            body.len()
+        );
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        stream.set_linger(Some(Duration::ZERO)).unwrap(); // close with RST
+        stream.write_all(request.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        drop(stream);
+    }
+    let records = consume(&server.topics.ingest, 30, WAIT).await;
     let mut ids: Vec<_> = records
         .iter()
         .map(|r| r.event()["message_id"].as_str().unwrap().to_string())
         .collect();
     ids.sort_by_key(|id| id[5..].parse::<u32>().unwrap());
-    assert_eq!(ids, (0..20).map(|i| format!("gone-{i}")).collect::<Vec<_>>());
+    assert_eq!(ids, (0..30).map(|i| format!("gone-{i}")).collect::<Vec<_>>());
     server.stop().await.unwrap();
 }
 

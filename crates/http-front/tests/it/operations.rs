@@ -148,7 +148,7 @@ async fn a_client_that_disconnects_right_after_sending_does_not_lose_its_event()
             body.len()
         );
         let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-        stream.set_linger(Some(Duration::ZERO)).unwrap(); // close with RST
+        stream.set_zero_linger().unwrap(); // close with RST
         stream.write_all(request.as_bytes()).await.unwrap();
         tokio::time::sleep(Duration::from_millis(2)).await;
         drop(stream);

@@ -1,24 +1,20 @@
-//! `retry-forwarder`: Forwards retry-topic records to their target topic after their delay (not implemented yet: issue 4).
-
-use std::net::SocketAddr;
+//! `retry-forwarder`: brings retry-topic records back to their target topic. Everything is in
+//! the `forwarder` crate.
 
 use clap::Parser;
 
-/// Forwards retry-topic records to their target topic after their delay (not implemented yet: issue 4).
-#[derive(Debug, clap::Parser)]
-#[command(name = "retry-forwarder", version)]
-struct Config {
-    /// Address for the Prometheus metrics listener (`GET /metrics`).
-    #[arg(long, env = "CDP_METRICS_LISTEN", default_value = "0.0.0.0:9465")]
-    metrics_listen: SocketAddr,
-    #[command(flatten)]
-    kafka: ops::KafkaArgs,
-    #[command(flatten)]
-    log: ops::LogArgs,
-}
-
-fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = forwarder::Config::parse();
     ops::init_logging(&config.log);
-    anyhow::bail!("retry-forwarder is not implemented yet; configuration was {config:?}")
+    let metrics = ops::bind(config.metrics_listen, "metrics").await?;
+    tokio::spawn(ops::serve_metrics(
+        metrics,
+        ops::install_metrics(),
+        std::future::pending(),
+    ));
+    forwarder::run(config, ops::shutdown_signal())
+        .await
+        .inspect_err(|error| tracing::error!(%error, "retry-forwarder stopped"))?;
+    Ok(())
 }

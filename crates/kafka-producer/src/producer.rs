@@ -70,7 +70,8 @@ impl ProducerConfig {
         }
     }
 
-    fn client_config(&self) -> ClientConfig {
+    /// The librdkafka settings (S2) for a producer with this configuration.
+    pub fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.brokers)

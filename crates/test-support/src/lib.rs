@@ -58,6 +58,8 @@ pub struct Record {
     pub partition: i32,
     /// Its offset there.
     pub offset: i64,
+    /// The record's timestamp (create time), Unix milliseconds.
+    pub timestamp_ms: Option<i64>,
     /// The key, as text.
     pub key: Option<String>,
     /// Headers, as text.
@@ -127,6 +129,7 @@ fn consume_blocking(brokers: &str, topic: &str, count: usize, timeout: Duration)
             Some(Ok(m)) => records.push(Record {
                 partition: m.partition(),
                 offset: m.offset(),
+                timestamp_ms: m.timestamp().to_millis(),
                 key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
                 headers: m
                     .headers()
@@ -150,6 +153,35 @@ fn consume_blocking(brokers: &str, topic: &str, count: usize, timeout: Duration)
     }
     records.sort_by_key(|r| (r.partition, r.offset));
     records
+}
+
+/// Produces one record to `topic` and waits for the acknowledgement.
+pub async fn produce(topic: &str, key: Option<&str>, value: &[u8], headers: &[(&str, &str)]) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    static PRODUCER: OnceLock<FutureProducer> = OnceLock::new();
+    let producer = PRODUCER.get_or_init(|| {
+        ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("linger.ms", "0")
+            .create()
+            .expect("creating test producer")
+    });
+    let mut owned = OwnedHeaders::new();
+    for (k, v) in headers {
+        owned = owned.insert(Header {
+            key: k,
+            value: Some(*v),
+        });
+    }
+    let mut record = FutureRecord::<str, [u8]>::to(topic).payload(value).headers(owned);
+    if let Some(key) = key {
+        record = record.key(key);
+    }
+    producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .expect("producing a test record");
 }
 
 /// A temporary sources file: [`WRITE_KEY`] (enabled, plain) and [`DISABLED_WRITE_KEY`].

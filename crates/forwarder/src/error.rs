@@ -1,0 +1,23 @@
+//! The crate's one error type.
+
+use rdkafka::error::KafkaError;
+
+/// What stops the forwarder.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The consumer or producer cannot be created.
+    #[error("cannot create the Kafka client: {0}")]
+    Create(#[source] KafkaError),
+    /// The cluster does not answer, or the retry topic is missing.
+    #[error(transparent)]
+    Kafka(#[from] kafka_producer::Error),
+    /// Subscribing to the retry topic failed.
+    #[error("cannot subscribe to {topic}: {source}")]
+    Subscribe {
+        /// The retry topic.
+        topic: String,
+        /// librdkafka's error.
+        #[source]
+        source: KafkaError,
+    },
+}

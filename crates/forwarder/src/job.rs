@@ -1,0 +1,176 @@
+//! One retry record's trip: forward it, or re-queue it, or dead-letter it.
+
+use std::time::Duration;
+
+use event_model::DlqEnvelope;
+use kafka_producer::retry::{header_text, unix_ms_after, without_retry_headers, RetryInfo};
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::{metrics, Config, INVALID_RETRY_RECORD, RETRIES_EXHAUSTED};
+
+/// What became of a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Written somewhere and acknowledged (target, retry topic or DLQ): store its offset.
+    Done,
+    /// Nothing could be written: keep the record and try again later.
+    RetryLater,
+}
+
+/// Forwards `message` per its retry headers (`info`), or re-queues or dead-letters it.
+pub(crate) async fn process(
+    producer: &FutureProducer,
+    config: &Config,
+    message: &OwnedMessage,
+    info: Option<&RetryInfo>,
+) -> Outcome {
+    let message_id = message_id(message);
+    let Some(info) = info else {
+        return dead_letter(
+            producer,
+            config,
+            message,
+            &message_id,
+            INVALID_RETRY_RECORD,
+            "missing or malformed retry headers",
+        )
+        .await;
+    };
+    let headers = without_retry_headers(message.headers());
+    let forwarded = produce(producer, &info.target, message.key(), message.payload(), headers).await;
+    let error = match forwarded {
+        Ok(()) => {
+            metrics::forwarded();
+            tracing::debug!(
+                message_id,
+                target = info.target,
+                attempt = info.attempt,
+                "forwarded"
+            );
+            return Outcome::Done;
+        }
+        Err(error) => error,
+    };
+    if info.attempt >= config.retry_max_attempts {
+        let detail = format!("{} attempts, last error: {error}", info.attempt);
+        return dead_letter(producer, config, message, &message_id, RETRIES_EXHAUSTED, &detail).await;
+    }
+    let next = RetryInfo {
+        attempt: info.attempt + 1,
+        target: info.target.clone(),
+        not_before_ms: unix_ms_after(config.backoff(info.attempt)),
+        last_error: error.clone(),
+    };
+    let headers = next.to_headers(message.headers());
+    match produce(
+        producer,
+        &config.kafka.topic_retry,
+        message.key(),
+        message.payload(),
+        headers,
+    )
+    .await
+    {
+        Ok(()) => {
+            metrics::requeued();
+            tracing::warn!(
+                message_id,
+                target = info.target,
+                attempt = next.attempt,
+                error,
+                "forward failed, re-queued"
+            );
+            Outcome::Done
+        }
+        Err(requeue_error) => {
+            metrics::stalled();
+            tracing::error!(
+                message_id,
+                error,
+                requeue_error,
+                "forward and re-queue failed; will try again"
+            );
+            Outcome::RetryLater
+        }
+    }
+}
+
+async fn dead_letter(
+    producer: &FutureProducer,
+    config: &Config,
+    message: &OwnedMessage,
+    message_id: &str,
+    reason: &'static str,
+    detail: &str,
+) -> Outcome {
+    let text = |name| header_text(message.headers(), name).unwrap_or_default();
+    let mut envelope = DlqEnvelope::new(
+        &text("workspace_id"),
+        &text("source_id"),
+        message_id,
+        &event_model::Rejection::new(event_model::Reason::InvalidValue, "", detail),
+        String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned(),
+    );
+    envelope.reason = reason.to_string();
+    let headers = OwnedHeaders::new().insert(Header {
+        key: "reason",
+        value: Some(reason),
+    });
+    let key = envelope.workspace_id.clone();
+    match produce(
+        producer,
+        &config.kafka.topic_dlq,
+        Some(key.as_bytes()),
+        Some(&envelope.to_json()),
+        headers,
+    )
+    .await
+    {
+        Ok(()) => {
+            metrics::dead_lettered(reason);
+            tracing::warn!(message_id, reason, detail, "retry record sent to the DLQ");
+            Outcome::Done
+        }
+        Err(error) => {
+            metrics::stalled();
+            tracing::error!(message_id, reason, error, "DLQ write failed; will try again");
+            Outcome::RetryLater
+        }
+    }
+}
+
+/// Produces one record and waits for the broker's acknowledgement.
+async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    headers: OwnedHeaders,
+) -> Result<(), String> {
+    let mut record = FutureRecord::<[u8], [u8]>::to(topic).headers(headers);
+    if let Some(key) = key {
+        record = record.key(key);
+    }
+    if let Some(value) = value {
+        record = record.payload(value);
+    }
+    producer
+        .send(record, Duration::from_secs(5))
+        .await
+        .map(|_| ())
+        .map_err(|(error, _)| error.to_string())
+}
+
+/// The record's `message_id` (from its JSON value), for logs.
+fn message_id(message: &OwnedMessage) -> String {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        message_id: String,
+    }
+    let mut value = message.payload().unwrap_or_default().to_vec();
+    simd_json::serde::from_slice::<Id>(&mut value)
+        .map(|id| id.message_id)
+        .or_else(|_| header_text(message.headers(), "message_id").ok_or(()))
+        .unwrap_or_else(|()| format!("{}/{}@{}", message.topic(), message.partition(), message.offset()))
+}

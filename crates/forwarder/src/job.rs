@@ -18,15 +18,69 @@ pub(crate) enum Outcome {
     RetryLater,
 }
 
-/// Forwards `message` per its retry headers (`info`), or re-queues or dead-letters it.
-pub(crate) async fn process(
+/// A retry-topic record and its parsed retry headers (`None`: missing or malformed).
+pub(crate) type Entry = (OwnedMessage, Option<RetryInfo>);
+
+/// Processes consecutive records of one partition: sends all forwards at once (the producer
+/// keeps their order), then settles each in order. Returns the offset of the last record
+/// settled, and the records from the first one that could not be written anywhere on (to be
+/// tried again later).
+pub(crate) async fn process_batch(
+    producer: &FutureProducer,
+    config: &Config,
+    batch: Vec<Entry>,
+) -> (Option<i64>, Vec<Entry>) {
+    let sends: Vec<_> = batch
+        .iter()
+        .map(|(message, info)| {
+            let info = info.as_ref()?;
+            let record = record(
+                &info.target,
+                message.key(),
+                message.payload(),
+                without_retry_headers(message.headers()),
+            );
+            Some(
+                producer
+                    .send_result(record)
+                    .map_err(|(error, _)| error.to_string()),
+            )
+        })
+        .collect();
+    let mut last = None;
+    let mut entries = batch.into_iter();
+    for send in sends {
+        let (message, info) = entries.next().expect("one entry per send");
+        let forwarded = match send {
+            None => None,
+            Some(Ok(delivery)) => Some(match delivery.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((error, _))) => Err(error.to_string()),
+                Err(_) => Err("delivery canceled".to_string()),
+            }),
+            Some(Err(error)) => Some(Err(error)),
+        };
+        let outcome = settle(producer, config, &message, info.as_ref(), forwarded).await;
+        if outcome == Outcome::RetryLater {
+            let mut rest = vec![(message, info)];
+            rest.extend(entries);
+            return (last, rest);
+        }
+        last = Some(message.offset());
+    }
+    (last, Vec::new())
+}
+
+/// Settles one record after its forward: done, or re-queued, or dead-lettered.
+async fn settle(
     producer: &FutureProducer,
     config: &Config,
     message: &OwnedMessage,
     info: Option<&RetryInfo>,
+    forwarded: Option<Result<(), String>>,
 ) -> Outcome {
     let message_id = message_id(message);
-    let Some(info) = info else {
+    let (Some(info), Some(forwarded)) = (info, forwarded) else {
         return dead_letter(
             producer,
             config,
@@ -37,8 +91,6 @@ pub(crate) async fn process(
         )
         .await;
     };
-    let headers = without_retry_headers(message.headers());
-    let forwarded = produce(producer, &info.target, message.key(), message.payload(), headers).await;
     let error = match forwarded {
         Ok(()) => {
             metrics::forwarded();
@@ -148,6 +200,19 @@ async fn produce(
     value: Option<&[u8]>,
     headers: OwnedHeaders,
 ) -> Result<(), String> {
+    producer
+        .send(record(topic, key, value, headers), Duration::from_secs(5))
+        .await
+        .map(|_| ())
+        .map_err(|(error, _)| error.to_string())
+}
+
+fn record<'a>(
+    topic: &'a str,
+    key: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
+    headers: OwnedHeaders,
+) -> FutureRecord<'a, [u8], [u8]> {
     let mut record = FutureRecord::<[u8], [u8]>::to(topic).headers(headers);
     if let Some(key) = key {
         record = record.key(key);
@@ -155,11 +220,7 @@ async fn produce(
     if let Some(value) = value {
         record = record.payload(value);
     }
-    producer
-        .send(record, Duration::from_secs(5))
-        .await
-        .map(|_| ())
-        .map_err(|(error, _)| error.to_string())
+    record
 }
 
 /// The record's `message_id` (from its JSON value), for logs.

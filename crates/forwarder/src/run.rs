@@ -1,6 +1,11 @@
-//! The consume loop: one slot per partition, paused while its record is held or in flight.
+//! The consume loop: a queue per partition, forwarded in order as records fall due.
+//!
+//! Records are queued as they arrive; a partition's queue is worked one batch at a time (so
+//! its order holds) and only from its head, once the head is due. A queue that grows long
+//! pauses its partition until it drains: a partition full of records that are not due yet
+//! does not hold up the others, and memory stays bounded.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -9,33 +14,52 @@ use kafka_producer::retry::RetryInfo;
 use kafka_producer::ProducerConfig;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
-use crate::job::{self, Outcome};
+use crate::job::{self, Entry};
 use crate::{metrics, Config, Error};
 
-/// What a partition's slot holds. A partition with a slot is paused.
-enum Slot {
-    /// Waiting for its not-before time (Unix ms).
-    Held {
-        message: OwnedMessage,
-        info: Option<RetryInfo>,
-        due_ms: i64,
-    },
-    /// Being forwarded.
-    Busy { offset: i64 },
+/// Queued records per partition above which the partition is paused.
+const PAUSE_AT: usize = 2_000;
+/// Queued records below which a paused partition resumes.
+const RESUME_AT: usize = 500;
+/// Most records handed to one batch.
+const BATCH: usize = 500;
+
+/// One assigned partition's records, oldest first.
+struct Queue {
+    entries: VecDeque<Entry>,
+    /// A batch of this partition is being forwarded.
+    busy: bool,
+    paused: bool,
+    /// Which assignment this queue belongs to: results of an older one are ignored.
+    generation: u64,
+    /// Set after nothing could be written: no attempt before this time (Unix ms).
+    backoff_until_ms: i64,
 }
 
-/// A finished job.
+impl Queue {
+    /// When the head may be forwarded, if there is a head.
+    fn head_due_ms(&self) -> Option<i64> {
+        let (_, info) = self.entries.front()?;
+        Some(
+            info.as_ref()
+                .map_or(0, |i| i.not_before_ms)
+                .max(self.backoff_until_ms),
+        )
+    }
+}
+
+/// A finished batch.
 struct Done {
     partition: i32,
-    message: OwnedMessage,
-    info: Option<RetryInfo>,
-    outcome: Outcome,
+    generation: u64,
+    last_settled: Option<i64>,
+    rest: Vec<Entry>,
 }
 
 /// Rebalance callbacks and statistics.
@@ -59,16 +83,17 @@ impl ClientContext for Context {
 impl ConsumerContext for Context {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Revoke(tpl) | Rebalance::Assign(tpl) => {
+            Rebalance::Revoke(tpl) => {
                 let partitions = tpl.elements().iter().map(|e| e.partition()).collect();
                 let _ = self.revoked.send(partitions);
             }
+            Rebalance::Assign(_) => {}
             Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
         }
     }
 }
 
-/// Runs the forwarder until `shutdown` resolves, then lets forwards in flight finish (up to
+/// Runs the forwarder until `shutdown` resolves, then lets batches in flight finish (up to
 /// the shutdown grace) and commits the offsets of everything acknowledged.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let topic = config.kafka.topic_retry.clone();
@@ -84,8 +109,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let mut producer_config = ProducerConfig::new(&config.kafka.brokers, config.kafka.topics());
     producer_config.client_id = "cdp-retry-forwarder".into();
     producer_config.message_timeout = config.produce_timeout;
-    let producer: Arc<FutureProducer> =
-        Arc::new(producer_config.client_config().create().map_err(Error::Create)?);
+    let producer: Arc<FutureProducer> = Arc::new(
+        producer_config
+            .client_config()
+            .set("statistics.interval.ms", "0")
+            .create()
+            .map_err(Error::Create)?,
+    );
 
     let (revoked_tx, mut revoked) = mpsc::unbounded_channel();
     let consumer: StreamConsumer<Context> = ClientConfig::new()
@@ -94,7 +124,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .set("client.id", "cdp-retry-forwarder")
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
-        // Offsets are stored only after the forward was acknowledged.
+        // Offsets are stored only after the record was settled (forwarded, re-queued or DLQ).
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("statistics.interval.ms", "5000")
@@ -109,139 +139,178 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     })?;
     tracing::info!(topic, group = config.group_id, "forwarding retry records");
 
-    let config = Arc::new(config);
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
-    let mut slots: HashMap<i32, Slot> = HashMap::new();
+    let mut forwarder = Forwarder {
+        consumer,
+        producer,
+        config: Arc::new(config),
+        topic,
+        queues: HashMap::new(),
+        generations: 0,
+        done: mpsc::unbounded_channel(),
+        stopping: false,
+    };
     tokio::pin!(shutdown);
     loop {
-        let next_due = slots
-            .values()
-            .filter_map(|s| match s {
-                Slot::Held { due_ms, .. } => Some(*due_ms),
-                Slot::Busy { .. } => None,
-            })
-            .min();
+        let next_due = forwarder.next_due_ms();
         let sleep = tokio::time::sleep(next_due.map_or(Duration::from_secs(3600), until));
         tokio::select! {
             biased;
             () = &mut shutdown => break,
-            Some(partitions) = revoked.recv() => {
-                // Assignment changed: whatever we held there is re-read by the new owner.
-                for p in partitions {
-                    slots.remove(&p);
-                }
-            }
-            Some(done) = done_rx.recv() => finish(&consumer, &topic, &mut slots, done),
-            () = sleep, if next_due.is_some() => {
-                let now = now_ms();
-                let due: Vec<i32> = slots
-                    .iter()
-                    .filter(|(_, s)| matches!(s, Slot::Held { due_ms, .. } if *due_ms <= now))
-                    .map(|(p, _)| *p)
-                    .collect();
-                for p in due {
-                    if let Some(Slot::Held { message, info, .. }) = slots.remove(&p) {
-                        start(&producer, &config, &done_tx, &mut slots, message, info);
-                    }
-                }
-            }
-            received = consumer.recv() => match received {
+            Some(partitions) = revoked.recv() => forwarder.revoked(&partitions),
+            Some(done) = forwarder.done.1.recv() => forwarder.finish(done),
+            () = sleep, if next_due.is_some() => forwarder.dispatch_due(),
+            received = forwarder.consumer.recv() => match received {
                 Ok(m) => {
-                    let p = m.partition();
-                    if slots.contains_key(&p) {
-                        continue; // read ahead of a paused partition: re-read after the seek
-                    }
-                    let _ = consumer.pause(&partition(&topic, p));
                     let message = m.detach();
-                    let info = RetryInfo::from_headers(message.headers());
-                    let due_ms = info.as_ref().map_or(0, |i| i.not_before_ms);
-                    if due_ms <= now_ms() {
-                        start(&producer, &config, &done_tx, &mut slots, message, info);
-                    } else {
-                        slots.insert(p, Slot::Held { message, info, due_ms });
-                    }
+                    drop(m);
+                    forwarder.push(message);
                 }
                 Err(error) => tracing::warn!(%error, "consumer error"),
             },
         }
-        metrics::held(slots.values().filter(|s| matches!(s, Slot::Held { .. })).count());
+        metrics::held(forwarder.queues.values().map(|q| q.entries.len()).sum());
     }
-
-    tracing::info!("shutting down: finishing forwards in flight");
-    let deadline = tokio::time::Instant::now() + config.shutdown_grace;
-    while slots.values().any(|s| matches!(s, Slot::Busy { .. })) {
-        match tokio::time::timeout_at(deadline, done_rx.recv()).await {
-            Ok(Some(done)) => finish(&consumer, &topic, &mut slots, done),
-            _ => break,
-        }
-    }
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) => tracing::info!("offsets committed"),
-        // Nothing stored since the last commit is not an error worth more than a note.
-        Err(error) => tracing::info!(%error, "final commit"),
-    }
+    forwarder.shutdown().await;
     Ok(())
 }
 
-fn start(
-    producer: &Arc<FutureProducer>,
-    config: &Arc<Config>,
-    done: &mpsc::UnboundedSender<Done>,
-    slots: &mut HashMap<i32, Slot>,
-    message: OwnedMessage,
-    info: Option<RetryInfo>,
-) {
-    let partition = message.partition();
-    slots.insert(
-        partition,
-        Slot::Busy {
-            offset: message.offset(),
-        },
-    );
-    let (producer, config, done) = (producer.clone(), config.clone(), done.clone());
-    tokio::spawn(async move {
-        let outcome = job::process(&producer, &config, &message, info.as_ref()).await;
-        let _ = done.send(Done {
-            partition,
-            message,
-            info,
-            outcome,
-        });
-    });
+struct Forwarder {
+    consumer: StreamConsumer<Context>,
+    producer: Arc<FutureProducer>,
+    config: Arc<Config>,
+    topic: String,
+    queues: HashMap<i32, Queue>,
+    generations: u64,
+    done: (mpsc::UnboundedSender<Done>, mpsc::UnboundedReceiver<Done>),
+    /// Shutting down: settle what is in flight, start nothing.
+    stopping: bool,
 }
 
-fn finish(consumer: &StreamConsumer<Context>, topic: &str, slots: &mut HashMap<i32, Slot>, done: Done) {
-    let offset = done.message.offset();
-    if !matches!(slots.get(&done.partition), Some(Slot::Busy { offset: o }) if *o == offset) {
-        return; // the partition was revoked meanwhile; its new owner re-reads the record
+impl Forwarder {
+    fn push(&mut self, message: rdkafka::message::OwnedMessage) {
+        let p = message.partition();
+        let info = RetryInfo::from_headers(message.headers());
+        let generation = &mut self.generations;
+        let queue = self.queues.entry(p).or_insert_with(|| {
+            *generation += 1;
+            Queue {
+                entries: VecDeque::new(),
+                busy: false,
+                paused: false,
+                generation: *generation,
+                backoff_until_ms: 0,
+            }
+        });
+        queue.entries.push_back((message, info));
+        if queue.entries.len() >= PAUSE_AT && !queue.paused {
+            queue.paused = true;
+            let _ = self.consumer.pause(&partition(&self.topic, p));
+        }
+        self.dispatch(p);
     }
-    match done.outcome {
-        Outcome::Done => {
-            slots.remove(&done.partition);
+
+    /// `partitions` were taken away: what was queued there is re-read by whoever owns them
+    /// next, from the committed offset.
+    fn revoked(&mut self, partitions: &[i32]) {
+        for p in partitions {
+            self.queues.remove(p);
+        }
+    }
+
+    fn next_due_ms(&self) -> Option<i64> {
+        self.queues
+            .values()
+            .filter(|q| !q.busy)
+            .filter_map(Queue::head_due_ms)
+            .min()
+    }
+
+    fn dispatch_due(&mut self) {
+        let partitions: Vec<i32> = self.queues.keys().copied().collect();
+        for p in partitions {
+            self.dispatch(p);
+        }
+    }
+
+    /// Starts a batch of `p`'s due head records, unless one is running.
+    fn dispatch(&mut self, p: i32) {
+        let Some(queue) = self.queues.get_mut(&p) else {
+            return;
+        };
+        if self.stopping {
+            return;
+        }
+        let now = now_ms();
+        if queue.busy || queue.head_due_ms().is_none_or(|due| due > now) {
+            return;
+        }
+        let mut batch = Vec::new();
+        while batch.len() < BATCH {
+            match queue.entries.front() {
+                Some((_, info)) if info.as_ref().map_or(0, |i| i.not_before_ms) <= now => {
+                    batch.extend(queue.entries.pop_front());
+                }
+                _ => break,
+            }
+        }
+        queue.busy = true;
+        let generation = queue.generation;
+        let (producer, config, done) = (self.producer.clone(), self.config.clone(), self.done.0.clone());
+        tokio::spawn(async move {
+            let (last_settled, rest) = job::process_batch(&producer, &config, batch).await;
+            let _ = done.send(Done {
+                partition: p,
+                generation,
+                last_settled,
+                rest,
+            });
+        });
+    }
+
+    fn finish(&mut self, done: Done) {
+        let Some(queue) = self.queues.get_mut(&done.partition) else {
+            return;
+        };
+        if queue.generation != done.generation {
+            return; // from before a rebalance; the partition's records are re-read
+        }
+        queue.busy = false;
+        if let Some(offset) = done.last_settled {
             let mut next = TopicPartitionList::new();
             // `store_offsets` stores what it is given: the next offset to read.
-            let _ = next.add_partition_offset(topic, done.partition, Offset::Offset(offset + 1));
-            if let Err(error) = consumer.store_offsets(&next) {
+            let _ = next.add_partition_offset(&self.topic, done.partition, Offset::Offset(offset + 1));
+            if let Err(error) = self.consumer.store_offsets(&next) {
                 tracing::warn!(%error, partition = done.partition, "cannot store offset");
             }
-            // Records read ahead of the pause were skipped: read again from the next one.
-            if let Err(error) =
-                consumer.seek(topic, done.partition, Offset::Offset(offset + 1), Duration::ZERO)
-            {
-                tracing::warn!(%error, partition = done.partition, "seek failed");
-            }
-            let _ = consumer.resume(&partition(topic, done.partition));
         }
-        Outcome::RetryLater => {
-            let due_ms = now_ms() + 1_000;
-            slots.insert(
-                done.partition,
-                Slot::Held {
-                    message: done.message,
-                    info: done.info,
-                    due_ms,
-                },
-            );
+        if !done.rest.is_empty() {
+            queue.backoff_until_ms = now_ms() + 1_000;
+            for entry in done.rest.into_iter().rev() {
+                queue.entries.push_front(entry);
+            }
+        } else {
+            queue.backoff_until_ms = 0;
+        }
+        if queue.paused && queue.entries.len() < RESUME_AT {
+            queue.paused = false;
+            let _ = self.consumer.resume(&partition(&self.topic, done.partition));
+        }
+        self.dispatch(done.partition);
+    }
+
+    async fn shutdown(mut self) {
+        tracing::info!("shutting down: finishing batches in flight");
+        self.stopping = true;
+        let deadline = tokio::time::Instant::now() + self.config.shutdown_grace;
+        while self.queues.values().any(|q| q.busy) {
+            match tokio::time::timeout_at(deadline, self.done.1.recv()).await {
+                Ok(Some(done)) => self.finish(done),
+                _ => break,
+            }
+        }
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => tracing::info!("offsets committed"),
+            Err(error) => tracing::info!(%error, "final commit: nothing new to commit"),
         }
     }
 }

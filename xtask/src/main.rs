@@ -23,12 +23,12 @@ use broker::Broker;
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
 enum Task {
-    /// Start the broker and `ingest` in the foreground; Ctrl-C stops both.
+    /// Start the broker, `ingest` and `retry-forwarder` in the foreground; Ctrl-C stops them.
     Up {
         /// Port for the event API.
         #[arg(long, default_value_t = 8080)]
         port: u16,
-        /// Port for the metrics listener.
+        /// Port for ingest's metrics listener (retry-forwarder's is the next one).
         #[arg(long, default_value_t = 9464)]
         metrics_port: u16,
     },
@@ -63,7 +63,7 @@ async fn main() -> Result<()> {
 }
 
 async fn up(root: &Path, port: u16, metrics_port: u16) -> Result<()> {
-    cargo(root, &["build", "--quiet", "-p", "ingest"]).await?;
+    cargo(root, &["build", "--quiet", "-p", "ingest", "-p", "retry-forwarder"]).await?;
     let broker = Broker::start_or_existing(root).await?;
     broker.create_topics(&TOPICS).await?;
     let dir = root.join("target").join("xtask");
@@ -85,10 +85,17 @@ async fn up(root: &Path, port: u16, metrics_port: u16) -> Result<()> {
         ready = wait_ready(port) => ready?,
         status = ingest.wait() => bail!("ingest exited during start-up: {}", status?),
     }
+    let forwarder_metrics = metrics_port + 1;
+    let mut forwarder = Command::new(root.join("target/debug/retry-forwarder"))
+        .env("CDP_KAFKA_BROKERS", broker.address())
+        .env("CDP_METRICS_LISTEN", format!("127.0.0.1:{forwarder_metrics}"))
+        .env("CDP_LOG_FORMAT", "text")
+        .spawn()
+        .context("starting retry-forwarder")?;
     println!(
         "\ncdp-ingest stack is up (Ctrl-C stops it)\n\
          \n  events:     http://127.0.0.1:{port}/v1/track  (and /v1/identify, page, screen, group, alias, batch, import)\
-         \n  metrics:    http://127.0.0.1:{metrics_port}/metrics\
+         \n  metrics:    http://127.0.0.1:{metrics_port}/metrics (ingest), http://127.0.0.1:{forwarder_metrics}/metrics (retry-forwarder)\
          \n  broker:     {broker}  (topics {topics})\
          \n  write key:  {DEV_WRITE_KEY}  (workspace ws_dev, source src_dev; sources file {sources})\
          \n\n  curl -u {DEV_WRITE_KEY}: -H 'content-type: application/json' \\\
@@ -100,10 +107,11 @@ async fn up(root: &Path, port: u16, metrics_port: u16) -> Result<()> {
     );
     tokio::select! {
         status = ingest.wait() => bail!("ingest exited: {}", status?),
+        status = forwarder.wait() => bail!("retry-forwarder exited: {}", status?),
         _ = tokio::signal::ctrl_c() => {
-            // The terminal sent SIGINT to ingest too; let it drain and flush.
-            let status = ingest.wait().await?;
-            println!("ingest stopped ({status}); stopping the broker");
+            // The terminal sent SIGINT to both too; let them drain, flush and commit.
+            let (ingest, forwarder) = (ingest.wait().await?, forwarder.wait().await?);
+            println!("ingest stopped ({ingest}), retry-forwarder stopped ({forwarder}); stopping the broker");
         }
     }
     Ok(())

@@ -1,24 +1,17 @@
-//! `dlq-replayer`: Re-validates DLQ records and replays the ones that now pass to the ingest topic (not implemented yet: issue 5).
-
-use std::net::SocketAddr;
+//! `dlq-replayer`: re-validates DLQ records and replays the ones that now pass. Everything is in
+//! the `replayer` crate; this prints its summary.
 
 use clap::Parser;
 
-/// Re-validates DLQ records and replays the ones that now pass to the ingest topic (not implemented yet: issue 5).
-#[derive(Debug, clap::Parser)]
-#[command(name = "dlq-replayer", version)]
-struct Config {
-    /// Address for the Prometheus metrics listener (`GET /metrics`).
-    #[arg(long, env = "CDP_METRICS_LISTEN", default_value = "0.0.0.0:9466")]
-    metrics_listen: SocketAddr,
-    #[command(flatten)]
-    kafka: ops::KafkaArgs,
-    #[command(flatten)]
-    log: ops::LogArgs,
-}
-
-fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = replayer::Config::parse();
     ops::init_logging(&config.log);
-    anyhow::bail!("dlq-replayer is not implemented yet; configuration was {config:?}")
+    let metrics = ops::bind(config.metrics_listen, "metrics").await?;
+    tokio::spawn(ops::serve_metrics(metrics, ops::install_metrics(), std::future::pending()));
+    let summary = replayer::run(config, ops::shutdown_signal())
+        .await
+        .inspect_err(|error| tracing::error!(%error, "dlq-replayer stopped"))?;
+    print!("{summary}");
+    Ok(())
 }

@@ -24,6 +24,16 @@ pub struct DlqEnvelope {
     /// True when `raw_payload` was cut at [`MAX_RAW_PAYLOAD_BYTES`] (an addition to S8).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub raw_payload_truncated: bool,
+    /// When ingest received the event (RFC 3339), for faithful replays (an addition to S8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_at: Option<String>,
+    /// The client address ingest saw (an addition to S8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<String>,
+    /// The type set by a single-event endpoint's path, which the raw event may not carry
+    /// (an addition to S8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<String>,
 }
 
 /// Longest `raw_payload` kept, so that an envelope stays well under Kafka's 1 MB record limit
@@ -55,6 +65,9 @@ impl DlqEnvelope {
             field: rejection.field.clone(),
             raw_payload,
             raw_payload_truncated,
+            received_at: None,
+            client_ip: None,
+            event_type: None,
         }
     }
 

@@ -19,7 +19,7 @@ mod time;
 
 pub use dlq::{DlqEnvelope, MAX_RAW_PAYLOAD_BYTES};
 pub use normalize::{normalize, Accepted, EventType, Received};
-pub use parse::{message_id_of, parse_body, BatchFields, Endpoint, Parsed};
+pub use parse::{message_id_of, parse_body, parse_event, BatchFields, Endpoint, Parsed};
 pub use reject::{Reason, Rejection};
 
 /// The JSON Schema of the ingest-topic record value, for downstream teams.

@@ -100,6 +100,12 @@ pub fn parse_body(body: &mut [u8], endpoint: Endpoint, limits: &Limits) -> Resul
     }
 }
 
+/// Parses one event object (a DLQ `raw_payload`, say) without endpoint rules: depth check,
+/// JSON, object, `writeKey` removed.
+pub fn parse_event(bytes: &mut [u8], limits: &Limits) -> Result<OwnedValue, Rejection> {
+    parse_body(bytes, Endpoint::Single(EventType::Track), limits).map(|mut parsed| parsed.items.remove(0))
+}
+
 /// The `messageId` of an item, if it has a usable one (for naming rejected events).
 pub fn message_id_of(item: &OwnedValue) -> Option<&str> {
     match item {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use ops::{parse_duration, KafkaArgs, LogArgs};
+use ops::{parse_duration, KafkaArgs, LimitArgs, LogArgs};
 
 /// The Segment-compatible ingestion edge: validates events and writes them to Kafka.
 #[derive(Debug, Clone, clap::Parser)]
@@ -26,15 +26,12 @@ pub struct Config {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub log: LogArgs,
-    /// Largest event, in bytes, as normalised.
-    #[arg(long, env = "CDP_MAX_EVENT_BYTES", default_value_t = 32 * 1024)]
-    pub max_event_bytes: usize,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub limits: LimitArgs,
     /// Largest request body, in bytes, after gzip decompression (and before it).
     #[arg(long, env = "CDP_MAX_REQUEST_BYTES", default_value_t = 500 * 1024)]
     pub max_request_bytes: usize,
-    /// Most events in one batch.
-    #[arg(long, env = "CDP_MAX_BATCH_EVENTS", default_value_t = 2_500)]
-    pub max_batch_events: usize,
     /// Time allowed for a client to send the request headers.
     #[arg(long, env = "CDP_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
@@ -78,11 +75,7 @@ pub struct Config {
 impl Config {
     /// The event-model limits from the flags.
     pub fn limits(&self) -> event_model::Limits {
-        event_model::Limits {
-            max_event_bytes: self.max_event_bytes,
-            max_batch_events: self.max_batch_events,
-            ..event_model::Limits::default()
-        }
+        self.limits.limits()
     }
 
     /// The producer settings from the flags (S2 defaults otherwise).

@@ -176,6 +176,14 @@ struct RejectedEvent {
     raw: String,
 }
 
+/// Where and when a request arrived, recorded in its DLQ envelopes for faithful replays.
+struct Origin {
+    received_at: String,
+    client_ip: String,
+    /// The type a single-event endpoint's path sets.
+    path_type: Option<&'static str>,
+}
+
 /// `POST /v1/...`: authenticate, validate, write rejections to the DLQ, enqueue the rest.
 async fn ingest(
     state: &State,
@@ -189,10 +197,19 @@ async fn ingest(
     };
     let (parts, body) = body::read(req, state.body_limits).await?;
     let received_at = chrono::Utc::now();
+    let client_ip = client_ip(&parts.headers, peer, &state.trusted_proxies);
+    let origin = Origin {
+        received_at: received_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        client_ip: client_ip.to_string(),
+        path_type: match endpoint {
+            Endpoint::Single(t) => Some(t.as_str()),
+            Endpoint::Batch => None,
+        },
+    };
     let mut scratch = body.to_vec();
     let parsed = match parse_body(&mut scratch, endpoint, &state.limits) {
         Ok(parsed) => parsed,
-        Err(rejection) => return Err(reject_body(state, header_source.as_deref(), rejection, &body).await),
+        Err(rejection) => return Err(reject_body(state, header_source.as_deref(), &origin, rejection, &body).await),
     };
     let source = match header_source {
         Some(source) => source,
@@ -209,7 +226,7 @@ async fn ingest(
         at: received_at,
         workspace_id: source.workspace_id.clone(),
         source_id: source.source_id.clone(),
-        client_ip: Some(client_ip(&parts.headers, peer, &state.trusted_proxies)),
+        client_ip: Some(client_ip),
     };
     let fixed_type = match endpoint {
         Endpoint::Single(t) => Some(t),
@@ -232,7 +249,7 @@ async fn ingest(
         }
     }
 
-    write_dlq(state, &source, &rejected)
+    write_dlq(state, &source, &origin, &rejected)
         .await
         .inspect_err(|_| refuse(&accepted, "DLQ write failed"))?;
     if state.closed.load(Ordering::Relaxed) {
@@ -259,7 +276,7 @@ async fn ingest(
 
 /// A body rejected whole. Written to the DLQ when the source is known from the header;
 /// without a source there is no workspace to file it under, so it is only refused and logged.
-async fn reject_body(state: &State, source: Option<&Source>, rejection: Rejection, body: &[u8]) -> Error {
+async fn reject_body(state: &State, source: Option<&Source>, origin: &Origin, rejection: Rejection, body: &[u8]) -> Error {
     let message_id = new_message_id();
     if let Some(source) = source {
         let rejected = RejectedEvent {
@@ -269,7 +286,7 @@ async fn reject_body(state: &State, source: Option<&Source>, rejection: Rejectio
             rejection,
             raw: String::from_utf8_lossy(body).into_owned(),
         };
-        if let Err(e) = write_dlq(state, source, std::slice::from_ref(&rejected)).await {
+        if let Err(e) = write_dlq(state, source, origin, std::slice::from_ref(&rejected)).await {
             return e;
         }
         return Error::Rejected {
@@ -286,16 +303,19 @@ async fn reject_body(state: &State, source: Option<&Source>, rejection: Rejectio
 }
 
 /// Writes rejected events to the DLQ and waits for every acknowledgement (S8).
-async fn write_dlq(state: &State, source: &Source, rejected: &[RejectedEvent]) -> Result<(), Error> {
+async fn write_dlq(state: &State, source: &Source, origin: &Origin, rejected: &[RejectedEvent]) -> Result<(), Error> {
     let mut acks = Vec::with_capacity(rejected.len());
     for r in rejected {
-        let envelope = DlqEnvelope::new(
+        let mut envelope = DlqEnvelope::new(
             &source.workspace_id,
             &source.source_id,
             &r.message_id,
             &r.rejection,
             r.raw.clone(),
         );
+        envelope.received_at = Some(origin.received_at.clone());
+        envelope.client_ip = Some(origin.client_ip.clone());
+        envelope.event_type = origin.path_type.map(str::to_string);
         acks.push(state.producer.send_dlq(&envelope));
     }
     let mut failure = None;

@@ -13,4 +13,4 @@ pub mod retry;
 
 pub use admin::{ensure_topics, fetch_topics};
 pub use error::Error;
-pub use producer::{DlqAck, EventProducer, ProducerConfig, Topics, DELIVERY_REJECTED};
+pub use producer::{Ack, EventProducer, ProducerConfig, Topics, DELIVERY_REJECTED};

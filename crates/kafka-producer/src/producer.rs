@@ -41,7 +41,7 @@ pub struct ProducerConfig {
     pub queue_max_messages: u32,
     /// `linger.ms` (S2: 5).
     pub linger: Duration,
-    /// How long a DLQ write may take before the client gets a 5xx.
+    /// How long an awaited write (a DLQ record, a replayed event) may take.
     pub dlq_timeout: Duration,
     /// How long the start-up metadata ping may take.
     pub ping_timeout: Duration,
@@ -184,15 +184,15 @@ impl ProducerContext for Callbacks {
     }
 }
 
-/// The pending acknowledgement of a DLQ write.
-pub struct DlqAck {
+/// The pending acknowledgement of an awaited write (DLQ records, replayed events).
+pub struct Ack {
     rx: oneshot::Receiver<Result<(), KafkaError>>,
     topic: String,
     timeout: Duration,
     deadline: tokio::time::Instant,
 }
 
-impl DlqAck {
+impl Ack {
     /// Waits for the broker's acknowledgement, until the DLQ timeout after the enqueue.
     pub async fn wait(self) -> Result<(), Error> {
         let topic = self.topic;
@@ -292,37 +292,44 @@ impl EventProducer {
     /// Returns as soon as librdkafka holds the record; the record then lives on its own,
     /// whatever happens to the caller. Never blocks: a full buffer is [`Error::QueueFull`].
     pub fn send_event(&self, event: &Accepted, workspace_id: &str, source_id: &str) -> Result<(), Error> {
+        let delivery = Delivery::Logged { message_id: event.message_id.clone() };
+        self.enqueue_event(event, workspace_id, source_id, delivery)
+    }
+
+    /// Like [`EventProducer::send_event`], but the caller awaits the acknowledgement (for
+    /// replays, which store their offset only after it).
+    pub fn send_event_acked(&self, event: &Accepted, workspace_id: &str, source_id: &str) -> Result<Ack, Error> {
+        let (tx, ack) = self.ack(&self.config.topics.ingest);
+        self.enqueue_event(event, workspace_id, source_id, Delivery::Awaited(tx))?;
+        Ok(ack)
+    }
+
+    /// The one place ingest records are built: key (S4) and headers (S5).
+    fn enqueue_event(&self, event: &Accepted, workspace_id: &str, source_id: &str, delivery: Delivery) -> Result<(), Error> {
         if !self.is_healthy() {
             return Err(Error::Unavailable);
         }
         let headers = OwnedHeaders::new_with_capacity(3)
-            .insert(Header {
-                key: "workspace_id",
-                value: Some(workspace_id),
-            })
-            .insert(Header {
-                key: "source_id",
-                value: Some(source_id),
-            })
-            .insert(Header {
-                key: "type",
-                value: Some(event.event_type.as_str()),
-            });
-        let delivery = Box::new(Delivery::Logged {
-            message_id: event.message_id.clone(),
-        });
-        let record = BaseRecord::with_opaque_to(&self.config.topics.ingest, delivery)
+            .insert(Header { key: "workspace_id", value: Some(workspace_id) })
+            .insert(Header { key: "source_id", value: Some(source_id) })
+            .insert(Header { key: "type", value: Some(event.event_type.as_str()) });
+        let record = BaseRecord::with_opaque_to(&self.config.topics.ingest, Box::new(delivery))
             .key(event.key.as_bytes())
             .payload(&event.value)
             .headers(headers);
         self.enqueue(record)
     }
 
-    /// Enqueues a rejected event for the DLQ (S8); await the returned [`DlqAck`] before
+    /// Enqueues a rejected event for the DLQ (S8); await the returned [`Ack`] before
     /// answering the client. Enqueue several first, then await them, to write them concurrently.
-    pub fn send_dlq(&self, envelope: &DlqEnvelope) -> Result<DlqAck, Error> {
-        let topic = &self.config.topics.dlq;
-        let (tx, rx) = oneshot::channel();
+    pub fn send_dlq(&self, envelope: &DlqEnvelope) -> Result<Ack, Error> {
+        self.send_envelope(&self.config.topics.dlq, envelope)
+    }
+
+    /// Enqueues a DLQ envelope for `topic` (the DLQ, or a park topic): key `workspace_id`,
+    /// header `reason`.
+    pub fn send_envelope(&self, topic: &str, envelope: &DlqEnvelope) -> Result<Ack, Error> {
+        let (tx, ack) = self.ack(topic);
         let payload = envelope.to_json();
         let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
             key: "reason",
@@ -333,12 +340,14 @@ impl EventProducer {
             .payload(&payload)
             .headers(headers);
         self.enqueue(record)?;
-        Ok(DlqAck {
-            rx,
-            topic: topic.clone(),
-            timeout: self.config.dlq_timeout,
-            deadline: tokio::time::Instant::now() + self.config.dlq_timeout,
-        })
+        Ok(ack)
+    }
+
+    fn ack(&self, topic: &str) -> (oneshot::Sender<Result<(), KafkaError>>, Ack) {
+        let (tx, rx) = oneshot::channel();
+        let timeout = self.config.dlq_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        (tx, Ack { rx, topic: topic.to_string(), timeout, deadline })
     }
 
     fn enqueue(&self, record: BaseRecord<'_, [u8], Vec<u8>, Box<Delivery>>) -> Result<(), Error> {
@@ -453,6 +462,9 @@ impl Rescuer {
                 field: String::new(),
                 raw_payload: String::from_utf8_lossy(&value).into_owned(),
                 raw_payload_truncated: false,
+                received_at: None,
+                client_ip: None,
+                event_type: None,
             };
             let headers = OwnedHeaders::new().insert(Header {
                 key: "reason",

@@ -42,6 +42,28 @@ impl KafkaArgs {
     }
 }
 
+/// Validation limits shared by ingest and dlq-replayer, so a replay validates as ingest does.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitArgs {
+    /// Largest event, in bytes, as normalised.
+    #[arg(long, env = "CDP_MAX_EVENT_BYTES", default_value_t = 32 * 1024)]
+    pub max_event_bytes: usize,
+    /// Most events in one batch.
+    #[arg(long, env = "CDP_MAX_BATCH_EVENTS", default_value_t = 2_500)]
+    pub max_batch_events: usize,
+}
+
+impl LimitArgs {
+    /// The event-model limits.
+    pub fn limits(&self) -> event_model::Limits {
+        event_model::Limits {
+            max_event_bytes: self.max_event_bytes,
+            max_batch_events: self.max_batch_events,
+            ..event_model::Limits::default()
+        }
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {

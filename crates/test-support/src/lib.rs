@@ -184,6 +184,34 @@ pub async fn produce(topic: &str, key: Option<&str>, value: &[u8], headers: &[(&
         .expect("producing a test record");
 }
 
+/// The committed offsets of `group` on `topic`, by partition (`None`: nothing committed).
+pub async fn committed(group: &str, topic: &str) -> Vec<(i32, Option<i64>)> {
+    let (group, topic) = (group.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("group.id", &group)
+            .create()
+            .expect("creating test consumer");
+        let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10)).expect("metadata");
+        let mut tpl = TopicPartitionList::new();
+        for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+            tpl.add_partition(&topic, p.id());
+        }
+        let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
+        committed
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => (e.partition(), Some(o)),
+                _ => (e.partition(), None),
+            })
+            .collect()
+    })
+    .await
+    .expect("committed-offsets thread")
+}
+
 /// A temporary sources file: [`WRITE_KEY`] (enabled, plain) and [`DISABLED_WRITE_KEY`].
 pub fn sources_file() -> tempfile::NamedTempFile {
     let mut file = tempfile::Builder::new()

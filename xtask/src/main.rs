@@ -63,7 +63,11 @@ async fn main() -> Result<()> {
 }
 
 async fn up(root: &Path, port: u16, metrics_port: u16) -> Result<()> {
-    cargo(root, &["build", "--quiet", "-p", "ingest", "-p", "retry-forwarder"]).await?;
+    cargo(
+        root,
+        &["build", "--quiet", "-p", "ingest", "-p", "retry-forwarder"],
+    )
+    .await?;
     let broker = Broker::start_or_existing(root).await?;
     broker.create_topics(&TOPICS).await?;
     let dir = root.join("target").join("xtask");

@@ -8,7 +8,11 @@ async fn main() -> anyhow::Result<()> {
     let config = replayer::Config::parse();
     ops::init_logging(&config.log);
     let metrics = ops::bind(config.metrics_listen, "metrics").await?;
-    tokio::spawn(ops::serve_metrics(metrics, ops::install_metrics(), std::future::pending()));
+    tokio::spawn(ops::serve_metrics(
+        metrics,
+        ops::install_metrics(),
+        std::future::pending(),
+    ));
     let summary = replayer::run(config, ops::shutdown_signal())
         .await
         .inspect_err(|error| tracing::error!(%error, "dlq-replayer stopped"))?;

@@ -209,7 +209,9 @@ async fn ingest(
     let mut scratch = body.to_vec();
     let parsed = match parse_body(&mut scratch, endpoint, &state.limits) {
         Ok(parsed) => parsed,
-        Err(rejection) => return Err(reject_body(state, header_source.as_deref(), &origin, rejection, &body).await),
+        Err(rejection) => {
+            return Err(reject_body(state, header_source.as_deref(), &origin, rejection, &body).await)
+        }
     };
     let source = match header_source {
         Some(source) => source,
@@ -276,7 +278,13 @@ async fn ingest(
 
 /// A body rejected whole. Written to the DLQ when the source is known from the header;
 /// without a source there is no workspace to file it under, so it is only refused and logged.
-async fn reject_body(state: &State, source: Option<&Source>, origin: &Origin, rejection: Rejection, body: &[u8]) -> Error {
+async fn reject_body(
+    state: &State,
+    source: Option<&Source>,
+    origin: &Origin,
+    rejection: Rejection,
+    body: &[u8],
+) -> Error {
     let message_id = new_message_id();
     if let Some(source) = source {
         let rejected = RejectedEvent {
@@ -303,7 +311,12 @@ async fn reject_body(state: &State, source: Option<&Source>, origin: &Origin, re
 }
 
 /// Writes rejected events to the DLQ and waits for every acknowledgement (S8).
-async fn write_dlq(state: &State, source: &Source, origin: &Origin, rejected: &[RejectedEvent]) -> Result<(), Error> {
+async fn write_dlq(
+    state: &State,
+    source: &Source,
+    origin: &Origin,
+    rejected: &[RejectedEvent],
+) -> Result<(), Error> {
     let mut acks = Vec::with_capacity(rejected.len());
     for r in rejected {
         let mut envelope = DlqEnvelope::new(

@@ -292,27 +292,49 @@ impl EventProducer {
     /// Returns as soon as librdkafka holds the record; the record then lives on its own,
     /// whatever happens to the caller. Never blocks: a full buffer is [`Error::QueueFull`].
     pub fn send_event(&self, event: &Accepted, workspace_id: &str, source_id: &str) -> Result<(), Error> {
-        let delivery = Delivery::Logged { message_id: event.message_id.clone() };
+        let delivery = Delivery::Logged {
+            message_id: event.message_id.clone(),
+        };
         self.enqueue_event(event, workspace_id, source_id, delivery)
     }
 
     /// Like [`EventProducer::send_event`], but the caller awaits the acknowledgement (for
     /// replays, which store their offset only after it).
-    pub fn send_event_acked(&self, event: &Accepted, workspace_id: &str, source_id: &str) -> Result<Ack, Error> {
+    pub fn send_event_acked(
+        &self,
+        event: &Accepted,
+        workspace_id: &str,
+        source_id: &str,
+    ) -> Result<Ack, Error> {
         let (tx, ack) = self.ack(&self.config.topics.ingest);
         self.enqueue_event(event, workspace_id, source_id, Delivery::Awaited(tx))?;
         Ok(ack)
     }
 
     /// The one place ingest records are built: key (S4) and headers (S5).
-    fn enqueue_event(&self, event: &Accepted, workspace_id: &str, source_id: &str, delivery: Delivery) -> Result<(), Error> {
+    fn enqueue_event(
+        &self,
+        event: &Accepted,
+        workspace_id: &str,
+        source_id: &str,
+        delivery: Delivery,
+    ) -> Result<(), Error> {
         if !self.is_healthy() {
             return Err(Error::Unavailable);
         }
         let headers = OwnedHeaders::new_with_capacity(3)
-            .insert(Header { key: "workspace_id", value: Some(workspace_id) })
-            .insert(Header { key: "source_id", value: Some(source_id) })
-            .insert(Header { key: "type", value: Some(event.event_type.as_str()) });
+            .insert(Header {
+                key: "workspace_id",
+                value: Some(workspace_id),
+            })
+            .insert(Header {
+                key: "source_id",
+                value: Some(source_id),
+            })
+            .insert(Header {
+                key: "type",
+                value: Some(event.event_type.as_str()),
+            });
         let record = BaseRecord::with_opaque_to(&self.config.topics.ingest, Box::new(delivery))
             .key(event.key.as_bytes())
             .payload(&event.value)
@@ -347,7 +369,15 @@ impl EventProducer {
         let (tx, rx) = oneshot::channel();
         let timeout = self.config.dlq_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
-        (tx, Ack { rx, topic: topic.to_string(), timeout, deadline })
+        (
+            tx,
+            Ack {
+                rx,
+                topic: topic.to_string(),
+                timeout,
+                deadline,
+            },
+        )
     }
 
     fn enqueue(&self, record: BaseRecord<'_, [u8], Vec<u8>, Box<Delivery>>) -> Result<(), Error> {

@@ -3,7 +3,9 @@
 use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
-use event_model::{normalize, parse_event, Accepted, BatchFields, DlqEnvelope, EventType, Limits, Received, Rejection};
+use event_model::{
+    normalize, parse_event, Accepted, BatchFields, DlqEnvelope, EventType, Limits, Received, Rejection,
+};
 use simd_json::OwnedValue;
 
 /// Which DLQ records to consider. Empty fields match everything.
@@ -24,7 +26,10 @@ pub struct Filters {
 impl Filters {
     fn matches(&self, envelope: &DlqEnvelope, received: DateTime<Utc>) -> bool {
         (self.reasons.is_empty() || self.reasons.contains(&envelope.reason))
-            && self.workspace_id.as_ref().is_none_or(|w| *w == envelope.workspace_id)
+            && self
+                .workspace_id
+                .as_ref()
+                .is_none_or(|w| *w == envelope.workspace_id)
             && self.source_id.as_ref().is_none_or(|s| *s == envelope.source_id)
             && self.received_after.is_none_or(|t| received >= t)
             && self.received_before.is_none_or(|t| received < t)
@@ -58,7 +63,12 @@ pub enum Verdict {
 
 /// Judges one DLQ record value. `record_time` (the record's timestamp) stands in for the
 /// receipt time of envelopes that do not carry `received_at`.
-pub fn judge(value: &[u8], record_time: Option<DateTime<Utc>>, filters: &Filters, limits: &Limits) -> Verdict {
+pub fn judge(
+    value: &[u8],
+    record_time: Option<DateTime<Utc>>,
+    filters: &Filters,
+    limits: &Limits,
+) -> Verdict {
     let envelope = match DlqEnvelope::from_json(value) {
         Ok(envelope) => envelope,
         Err(error) => return Verdict::Undecodable(error.to_string()),
@@ -78,20 +88,30 @@ pub fn judge(value: &[u8], record_time: Option<DateTime<Utc>>, filters: &Filters
         // The original message id, also where ingest generated it.
         if let OwnedValue::Object(obj) = &mut item {
             if !matches!(obj.get("messageId"), Some(OwnedValue::String(_))) {
-                obj.insert("messageId".to_string(), OwnedValue::String(envelope.message_id.clone()));
+                obj.insert(
+                    "messageId".to_string(),
+                    OwnedValue::String(envelope.message_id.clone()),
+                );
             }
         }
         let received = Received {
             at: received_at,
             workspace_id: envelope.workspace_id.clone(),
             source_id: envelope.source_id.clone(),
-            client_ip: envelope.client_ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok()),
+            client_ip: envelope
+                .client_ip
+                .as_deref()
+                .and_then(|ip| ip.parse::<IpAddr>().ok()),
         };
         let fixed = envelope.event_type.as_deref().and_then(EventType::from_name);
         normalize(&item, fixed, &BatchFields::default(), &received, limits)
     });
     match validated {
-        Ok(event) => Verdict::Replay { event, workspace_id: envelope.workspace_id, source_id: envelope.source_id },
+        Ok(event) => Verdict::Replay {
+            event,
+            workspace_id: envelope.workspace_id,
+            source_id: envelope.source_id,
+        },
         Err(rejection) => {
             let mut envelope = Box::new(envelope);
             envelope.reason = rejection.reason.as_str().to_string();

@@ -43,10 +43,27 @@ pub struct Summary {
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let verb = if self.dry_run { "would be replayed" } else { "replayed" };
-        writeln!(f, "dlq-replayer summary{}", if self.dry_run { " (dry run: nothing produced or committed)" } else { "" })?;
+        let verb = if self.dry_run {
+            "would be replayed"
+        } else {
+            "replayed"
+        };
+        writeln!(
+            f,
+            "dlq-replayer summary{}",
+            if self.dry_run {
+                " (dry run: nothing produced or committed)"
+            } else {
+                ""
+            }
+        )?;
         writeln!(f, "  {:<28} {:>8}", verb, self.replayed)?;
-        writeln!(f, "  {:<28} {:>8}", "still failing", self.still_failing.values().sum::<u64>())?;
+        writeln!(
+            f,
+            "  {:<28} {:>8}",
+            "still failing",
+            self.still_failing.values().sum::<u64>()
+        )?;
         for (reason, n) in &self.still_failing {
             writeln!(f, "    {reason:<26} {n:>8}")?;
         }
@@ -74,9 +91,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
         .map_err(|e| KafkaError::ClientCreation(e.to_string()))??;
     if let Some(park) = &config.park_topic {
         let brokers = config.kafka.brokers.clone();
-        let topics = tokio::task::spawn_blocking(move || kafka_producer::fetch_topics(&brokers, Duration::from_secs(10)))
-            .await
-            .map_err(|e| KafkaError::ClientCreation(e.to_string()))??;
+        let topics = tokio::task::spawn_blocking(move || {
+            kafka_producer::fetch_topics(&brokers, Duration::from_secs(10))
+        })
+        .await
+        .map_err(|e| KafkaError::ClientCreation(e.to_string()))??;
         if !topics.iter().any(|(t, _)| t == park) {
             return Err(kafka_producer::Error::MissingTopic(park.clone()).into());
         }
@@ -87,7 +106,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
         .set("bootstrap.servers", &config.kafka.brokers)
         .set("group.id", &config.group_id)
         .set("client.id", "cdp-dlq-replayer")
-        .set("enable.auto.commit", if config.dry_run { "false" } else { "true" })
+        .set(
+            "enable.auto.commit",
+            if config.dry_run { "false" } else { "true" },
+        )
         .set("auto.commit.interval.ms", "1000")
         // Offsets are stored only after the replayed event was acknowledged.
         .set("enable.auto.offset.store", "false")
@@ -100,11 +122,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
         consumer.subscribe(&[&topic])?;
         None
     };
-    tracing::info!(topic, group = config.group_id, dry_run = config.dry_run, until_end = config.until_end, "replaying");
+    tracing::info!(
+        topic,
+        group = config.group_id,
+        dry_run = config.dry_run,
+        until_end = config.until_end,
+        "replaying"
+    );
 
     let filters = config.filters();
     let limits = config.limits.limits();
-    let mut summary = Summary { dry_run: config.dry_run, ..Summary::default() };
+    let mut summary = Summary {
+        dry_run: config.dry_run,
+        ..Summary::default()
+    };
     let started = Instant::now();
     let mut judged: u64 = 0;
     tokio::pin!(shutdown);
@@ -168,7 +199,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
             tracing::info!(%error, "final commit: nothing new to commit");
         }
     }
-    tracing::info!(replayed = summary.replayed, filtered_out = summary.filtered_out, "replay finished");
+    tracing::info!(
+        replayed = summary.replayed,
+        filtered_out = summary.filtered_out,
+        "replay finished"
+    );
     Ok(summary)
 }
 
@@ -181,21 +216,33 @@ fn settle(
     filters: &crate::Filters,
     limits: &event_model::Limits,
 ) -> Result<Option<Ack>, Error> {
-    let record_time = m.timestamp().to_millis().and_then(|ms| Utc.timestamp_millis_opt(ms).single());
+    let record_time = m
+        .timestamp()
+        .to_millis()
+        .and_then(|ms| Utc.timestamp_millis_opt(ms).single());
     let verdict = judge(m.payload().unwrap_or_default(), record_time, filters, limits);
     Ok(match verdict {
-        Verdict::Replay { event, workspace_id, source_id } => {
+        Verdict::Replay {
+            event,
+            workspace_id,
+            source_id,
+        } => {
             summary.replayed += 1;
             metrics::record("replayed");
             tracing::debug!(message_id = event.message_id, "replaying");
             if config.dry_run {
                 None
             } else {
-                Some(retry_full(|| producer.send_event_acked(&event, &workspace_id, &source_id))?)
+                Some(retry_full(|| {
+                    producer.send_event_acked(&event, &workspace_id, &source_id)
+                })?)
             }
         }
         Verdict::StillFailing { envelope, rejection } => {
-            *summary.still_failing.entry(rejection.reason.as_str().to_string()).or_default() += 1;
+            *summary
+                .still_failing
+                .entry(rejection.reason.as_str().to_string())
+                .or_default() += 1;
             metrics::record("still_failing");
             metrics::still_failing(rejection.reason.as_str());
             tracing::debug!(message_id = envelope.message_id, reason = %rejection.reason, "still failing");
@@ -212,7 +259,12 @@ fn settle(
         Verdict::Undecodable(error) => {
             summary.undecodable += 1;
             metrics::record("undecodable");
-            tracing::warn!(partition = m.partition(), offset = m.offset(), error, "DLQ record is not an envelope; skipped");
+            tracing::warn!(
+                partition = m.partition(),
+                offset = m.offset(),
+                error,
+                "DLQ record is not an envelope; skipped"
+            );
             None
         }
     })
@@ -244,9 +296,17 @@ fn store(consumer: &StreamConsumer, topic: &str, next: &HashMap<i32, i64>, dry_r
 
 /// Assigns every partition of `topic`, from the beginning or the group's committed offsets,
 /// and returns the end offsets seen now of the partitions that have records left.
-async fn assign_all(consumer: &StreamConsumer, topic: &str, from_beginning: bool) -> Result<HashMap<i32, i64>, Error> {
+async fn assign_all(
+    consumer: &StreamConsumer,
+    topic: &str,
+    from_beginning: bool,
+) -> Result<HashMap<i32, i64>, Error> {
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
     let mut all = TopicPartitionList::new();
     for p in &partitions {
         all.add_partition(topic, *p);
@@ -260,7 +320,11 @@ async fn assign_all(consumer: &StreamConsumer, topic: &str, from_beginning: bool
             Some(Offset::Offset(c)) if !from_beginning => c,
             _ => low,
         };
-        let offset = if from_beginning { Offset::Beginning } else { Offset::Offset(start) };
+        let offset = if from_beginning {
+            Offset::Beginning
+        } else {
+            Offset::Offset(start)
+        };
         assignment.add_partition_offset(topic, p, offset)?;
         if start < high {
             ends.insert(p, high);

@@ -193,12 +193,16 @@ pub async fn committed(group: &str, topic: &str) -> Vec<(i32, Option<i64>)> {
             .set("group.id", &group)
             .create()
             .expect("creating test consumer");
-        let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10)).expect("metadata");
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .expect("metadata");
         let mut tpl = TopicPartitionList::new();
         for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
             tpl.add_partition(&topic, p.id());
         }
-        let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
+        let committed = consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .expect("committed offsets");
         committed
             .elements()
             .iter()

@@ -13,15 +13,28 @@ const WAIT: Duration = Duration::from_secs(20);
 async fn replay(topics: &Topics, group: &str, extra: &[&str]) -> Summary {
     let brokers = brokers();
     let mut args = vec![
-        "dlq-replayer", "--brokers", &brokers, "--topic-ingest", &topics.ingest, "--topic-dlq", &topics.dlq,
-        "--topic-retry", &topics.retry, "--group-id", group, "--until-end",
+        "dlq-replayer",
+        "--brokers",
+        &brokers,
+        "--topic-ingest",
+        &topics.ingest,
+        "--topic-dlq",
+        &topics.dlq,
+        "--topic-retry",
+        &topics.retry,
+        "--group-id",
+        group,
+        "--until-end",
     ];
     args.extend_from_slice(extra);
     let config = replayer::Config::parse_from(args);
-    tokio::time::timeout(Duration::from_secs(60), replayer::run(config, std::future::pending()))
-        .await
-        .expect("the replay did not end on its own")
-        .unwrap()
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        replayer::run(config, std::future::pending()),
+    )
+    .await
+    .expect("the replay did not end on its own")
+    .unwrap()
 }
 
 /// Posts events to a real ingest (default limits) so that it writes the DLQ records.
@@ -29,8 +42,17 @@ async fn ingest_rejects(topics: &Topics, requests: &[(&str, serde_json::Value)])
     use clap::Parser as _;
     let sources = sources_file();
     let config = http_front::Config::parse_from([
-        "ingest", "--brokers", &brokers(), "--topic-ingest", &topics.ingest, "--topic-dlq", &topics.dlq,
-        "--topic-retry", &topics.retry, "--sources", sources.path().to_str().unwrap(),
+        "ingest",
+        "--brokers",
+        &brokers(),
+        "--topic-ingest",
+        &topics.ingest,
+        "--topic-dlq",
+        &topics.dlq,
+        "--topic-retry",
+        &topics.retry,
+        "--sources",
+        sources.path().to_str().unwrap(),
     ]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -42,7 +64,13 @@ async fn ingest_rejects(topics: &Topics, requests: &[(&str, serde_json::Value)])
     for (path, body) in requests {
         let mut tries = 0;
         let response = loop {
-            match client.post(format!("{url}{path}")).basic_auth(WRITE_KEY, Some("")).json(body).send().await {
+            match client
+                .post(format!("{url}{path}"))
+                .basic_auth(WRITE_KEY, Some(""))
+                .json(body)
+                .send()
+                .await
+            {
                 Ok(r) => break r,
                 Err(_) if tries < 100 => {
                     tries += 1;
@@ -51,7 +79,10 @@ async fn ingest_rejects(topics: &Topics, requests: &[(&str, serde_json::Value)])
                 Err(e) => panic!("{e}"),
             }
         };
-        assert!(response.status().is_client_error(), "{path} {body} was not rejected");
+        assert!(
+            response.status().is_client_error(),
+            "{path} {body} was not rejected"
+        );
     }
     let _ = stop.send(());
     server.await.unwrap().unwrap();
@@ -81,17 +112,30 @@ async fn an_event_rejected_for_its_size_is_replayed_once_the_limit_is_raised() {
 
     let records = consume(&topics.ingest, 2, WAIT).await;
     assert_eq!(records.len(), 2);
-    let big = records.iter().find(|r| r.key.as_deref() == Some("v-big")).expect("the track event");
+    let big = records
+        .iter()
+        .find(|r| r.key.as_deref() == Some("v-big"))
+        .expect("the track event");
     let value = big.event();
     assert_eq!(value["message_id"], "big-1");
     assert_eq!(value["type"], "track", "the type the path set is kept");
-    assert_eq!(value["received_at"], received_at, "the original receipt time is kept");
+    assert_eq!(
+        value["received_at"], received_at,
+        "the original receipt time is kept"
+    );
     assert_eq!(value["context"]["ip"], "127.0.0.1");
     assert_eq!(big.header("workspace_id"), Some("ws_test"));
     assert_eq!(big.header("source_id"), Some("src_test"));
     assert_eq!(big.header("type"), Some("track"));
-    let identify = records.iter().find(|r| r.key.as_deref() == Some("u-big")).expect("the batch item");
-    assert_eq!(identify.event()["message_id"], generated_id, "the id ingest generated is kept");
+    let identify = records
+        .iter()
+        .find(|r| r.key.as_deref() == Some("u-big"))
+        .expect("the batch item");
+    assert_eq!(
+        identify.event()["message_id"],
+        generated_id,
+        "the id ingest generated is kept"
+    );
 
     // Replayed records are committed: a second run finds nothing to do.
     let again = replay(&topics, "g-raise", &["--max-event-bytes", "65536"]).await;
@@ -117,7 +161,13 @@ async fn each_filter_selects_exactly_its_records_and_a_dry_run_changes_nothing()
                 for received in ["2024-01-01T00:00:00.000Z", "2024-06-01T00:00:00.000Z"] {
                     let id = format!("{i}-{workspace}-{source}-{}", &received[5..7]);
                     let value = envelope(&id, reason, workspace, source, received);
-                    produce(&topics.dlq, Some(workspace), value.to_string().as_bytes(), &[("reason", reason)]).await;
+                    produce(
+                        &topics.dlq,
+                        Some(workspace),
+                        value.to_string().as_bytes(),
+                        &[("reason", reason)],
+                    )
+                    .await;
                     all.push((id, reason.to_string(), workspace, source, received));
                 }
             }
@@ -125,15 +175,34 @@ async fn each_filter_selects_exactly_its_records_and_a_dry_run_changes_nothing()
     }
     produce(&topics.dlq, None, b"not an envelope", &[]).await;
 
-    let cases: Vec<(Vec<&str>, Box<dyn Fn(&(String, String, &str, &str, &str)) -> bool>)> = vec![
+    let cases: Vec<(
+        Vec<&str>,
+        Box<dyn Fn(&(String, String, &str, &str, &str)) -> bool>,
+    )> = vec![
         (vec![], Box::new(|_| true)),
         (vec!["--reason", "too_large"], Box::new(|r| r.1 == "too_large")),
         (vec!["--reason", "too_large,missing_field"], Box::new(|_| true)),
         (vec!["--workspace-id", "w2"], Box::new(|r| r.2 == "w2")),
         (vec!["--source-id", "s1"], Box::new(|r| r.3 == "s1")),
-        (vec!["--received-after", "2024-03-01T00:00:00Z"], Box::new(|r| r.4 > "2024-03")),
-        (vec!["--received-before", "2024-03-01T00:00:00Z"], Box::new(|r| r.4 < "2024-03")),
-        (vec!["--workspace-id", "w1", "--source-id", "s2", "--reason", "missing_field"], Box::new(|r| r.2 == "w1" && r.3 == "s2" && r.1 == "missing_field")),
+        (
+            vec!["--received-after", "2024-03-01T00:00:00Z"],
+            Box::new(|r| r.4 > "2024-03"),
+        ),
+        (
+            vec!["--received-before", "2024-03-01T00:00:00Z"],
+            Box::new(|r| r.4 < "2024-03"),
+        ),
+        (
+            vec![
+                "--workspace-id",
+                "w1",
+                "--source-id",
+                "s2",
+                "--reason",
+                "missing_field",
+            ],
+            Box::new(|r| r.2 == "w1" && r.3 == "s2" && r.1 == "missing_field"),
+        ),
     ];
     for (flags, selects) in &cases {
         let mut args = vec!["--dry-run", "--from-beginning"];
@@ -141,34 +210,76 @@ async fn each_filter_selects_exactly_its_records_and_a_dry_run_changes_nothing()
         let summary = replay(&topics, "g-dry", &args).await;
         let expected = all.iter().filter(|r| selects(r)).count() as u64;
         assert_eq!(summary.replayed, expected, "{flags:?}: {summary}");
-        assert_eq!(summary.filtered_out, all.len() as u64 - expected, "{flags:?}: {summary}");
+        assert_eq!(
+            summary.filtered_out,
+            all.len() as u64 - expected,
+            "{flags:?}: {summary}"
+        );
         assert_eq!(summary.undecodable, 1);
         assert!(summary.dry_run);
     }
-    assert!(consume(&topics.ingest, 1, Duration::from_secs(2)).await.is_empty(), "a dry run produced");
-    assert_eq!(committed("g-dry", &topics.dlq).await, [(0, None)], "a dry run committed offsets");
+    assert!(
+        consume(&topics.ingest, 1, Duration::from_secs(2))
+            .await
+            .is_empty(),
+        "a dry run produced"
+    );
+    assert_eq!(
+        committed("g-dry", &topics.dlq).await,
+        [(0, None)],
+        "a dry run committed offsets"
+    );
 
     // For real, with one filter: exactly its records land.
-    let summary = replay(&topics, "g-real", &["--workspace-id", "w2", "--received-after", "2024-03-01T00:00:00Z"]).await;
-    let expected: Vec<String> = all.iter().filter(|r| r.2 == "w2" && r.4 > "2024-03").map(|r| r.0.clone()).collect();
+    let summary = replay(
+        &topics,
+        "g-real",
+        &["--workspace-id", "w2", "--received-after", "2024-03-01T00:00:00Z"],
+    )
+    .await;
+    let expected: Vec<String> = all
+        .iter()
+        .filter(|r| r.2 == "w2" && r.4 > "2024-03")
+        .map(|r| r.0.clone())
+        .collect();
     assert_eq!(summary.replayed, expected.len() as u64);
     let records = consume(&topics.ingest, expected.len() + 1, Duration::from_secs(5)).await;
-    let mut ids: Vec<String> = records.iter().map(|r| r.event()["message_id"].as_str().unwrap().to_string()).collect();
+    let mut ids: Vec<String> = records
+        .iter()
+        .map(|r| r.event()["message_id"].as_str().unwrap().to_string())
+        .collect();
     ids.sort();
     let mut expected = expected;
     expected.sort();
     assert_eq!(ids, expected);
-    assert_eq!(committed("g-real", &topics.dlq).await, [(0, Some(all.len() as i64 + 1))]);
+    assert_eq!(
+        committed("g-real", &topics.dlq).await,
+        [(0, Some(all.len() as i64 + 1))]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_that_still_fail_are_parked_when_a_park_topic_is_set() {
     let topics = fresh_topics(1).await;
     let park = format!("{}.park", topics.dlq);
-    kafka_producer::ensure_topics(&brokers(), &[(&park, 1)]).await.unwrap();
-    let mut bad = envelope("still-bad", "missing_field", "w1", "s1", "2024-01-01T00:00:00.000Z");
+    kafka_producer::ensure_topics(&brokers(), &[(&park, 1)])
+        .await
+        .unwrap();
+    let mut bad = envelope(
+        "still-bad",
+        "missing_field",
+        "w1",
+        "s1",
+        "2024-01-01T00:00:00.000Z",
+    );
     bad["raw_payload"] = json!(json!({"type": "track", "anonymousId": "v"}).to_string());
-    produce(&topics.dlq, Some("w1"), bad.to_string().as_bytes(), &[("reason", "missing_field")]).await;
+    produce(
+        &topics.dlq,
+        Some("w1"),
+        bad.to_string().as_bytes(),
+        &[("reason", "missing_field")],
+    )
+    .await;
     let summary = replay(&topics, "g-park", &["--park-topic", &park]).await;
     assert_eq!(summary.still_failing.get("missing_field"), Some(&1));
     let parked = consume(&park, 1, WAIT).await;

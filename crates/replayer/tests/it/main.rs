@@ -142,6 +142,11 @@ async fn an_event_rejected_for_its_size_is_replayed_once_the_limit_is_raised() {
     assert_eq!(again, Summary::default());
 }
 
+/// One synthetic DLQ record: id, reason, workspace, source, received at.
+type Row = (String, String, &'static str, &'static str, &'static str);
+/// Flags, and which rows they select.
+type Case = (Vec<&'static str>, Box<dyn Fn(&Row) -> bool>);
+
 /// A DLQ envelope whose raw payload is valid today.
 fn envelope(id: &str, reason: &str, workspace: &str, source: &str, received_at: &str) -> serde_json::Value {
     json!({
@@ -175,10 +180,7 @@ async fn each_filter_selects_exactly_its_records_and_a_dry_run_changes_nothing()
     }
     produce(&topics.dlq, None, b"not an envelope", &[]).await;
 
-    let cases: Vec<(
-        Vec<&str>,
-        Box<dyn Fn(&(String, String, &str, &str, &str)) -> bool>,
-    )> = vec![
+    let cases: Vec<Case> = vec![
         (vec![], Box::new(|_| true)),
         (vec!["--reason", "too_large"], Box::new(|r| r.1 == "too_large")),
         (vec!["--reason", "too_large,missing_field"], Box::new(|_| true)),

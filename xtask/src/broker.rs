@@ -6,6 +6,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+
+use crate::tools::tools_dir;
 use tokio::process::{Child, Command};
 
 /// tansu's version, and the features that give the in-memory engine without the heavy ones.
@@ -104,18 +106,6 @@ impl Drop for Broker {
             let _ = child.start_kill();
         }
     }
-}
-
-/// Where tansu is cached: `$CDP_TOOLS_DIR`, else `$XDG_CACHE_HOME/cdp-ingest` or `~/.cache/cdp-ingest`.
-fn tools_dir() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("CDP_TOOLS_DIR") {
-        return Ok(PathBuf::from(dir));
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .context("neither CDP_TOOLS_DIR, XDG_CACHE_HOME nor HOME is set")?;
-    Ok(cache.join("cdp-ingest"))
 }
 
 /// The tansu binary, built with `cargo install` the first time.

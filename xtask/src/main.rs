@@ -1,7 +1,10 @@
 //! Project automation, run as `cargo xtask <command>`:
 //!
-//! - `up`: the local stack in the foreground (broker and `ingest`), with a write key and a curl example;
-//! - `test`: the whole test suite against a real broker;
+//! - `up`: the local stack in the foreground (broker, the three binaries, Prometheus), with a
+//!   write key and a curl example;
+//! - `test`: the deploy checks, every test against a real broker, then the stack smoke test;
+//! - `smoke`: the stack on free ports, checked end to end through Prometheus;
+//! - `deploy`: the deploy checks alone;
 //! - `broker`: only the broker, in the foreground.
 //!
 //! The broker is tansu (a Kafka-protocol broker) with in-memory storage, built once with
@@ -9,49 +12,76 @@
 //! an existing cluster.
 
 mod broker;
+mod deploy;
+mod stack;
+mod tools;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use tokio::process::Command;
 
 use broker::Broker;
+use stack::{Ports, Stack, TOPICS};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
 enum Task {
-    /// Start the broker, `ingest` and `retry-forwarder` in the foreground; Ctrl-C stops them.
+    /// Start the broker, ingest, retry-forwarder, dlq-replayer and Prometheus in the
+    /// foreground; Ctrl-C stops them.
     Up {
         /// Port for the event API.
         #[arg(long, default_value_t = 8080)]
         port: u16,
-        /// Port for ingest's metrics listener (retry-forwarder's is the next one).
-        #[arg(long, default_value_t = 9464)]
-        metrics_port: u16,
+        /// Ports for the metrics of ingest, retry-forwarder and dlq-replayer.
+        #[arg(long, num_args = 3, value_delimiter = ',', default_value = "9464,9465,9466")]
+        metrics_ports: Vec<u16>,
+        /// Port for Prometheus.
+        #[arg(long, default_value_t = 9090)]
+        prometheus_port: u16,
     },
-    /// Run every test (cargo-nextest when installed, else cargo test) against a real broker.
+    /// Run every test against a real broker (cargo-nextest when installed, else cargo test),
+    /// after the deploy checks and before the stack smoke test.
     Test {
         /// Extra arguments for the test runner, e.g. a test-name filter.
         args: Vec<String>,
     },
     /// Start only the broker, create the default topics, and wait for Ctrl-C.
     Broker,
+    /// Check deploy/: manifests, Prometheus configuration, rules and rule tests, dashboard.
+    Deploy,
+    /// Bring up the whole stack on free ports, send events, check them through Prometheus, stop.
+    Smoke,
 }
-
-/// The topics the stack uses, with their partition counts.
-const TOPICS: [(&str, i32); 3] = [("cdp.ingest", 3), ("cdp.dlq", 1), ("cdp.retry", 1)];
-/// The development write key written to the stack's sources file.
-const DEV_WRITE_KEY: &str = "dev-write-key";
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let root = workspace_root();
     match Task::parse() {
-        Task::Up { port, metrics_port } => up(&root, port, metrics_port).await,
+        Task::Up {
+            port,
+            metrics_ports,
+            prometheus_port,
+        } => {
+            let metrics = [metrics_ports[0], metrics_ports[1], metrics_ports[2]];
+            let stack = Stack::start(
+                &root,
+                Ports {
+                    events: port,
+                    metrics,
+                    prometheus: prometheus_port,
+                },
+                "up",
+            )
+            .await?;
+            stack.print();
+            stack.run_until_ctrl_c().await
+        }
         Task::Test { args } => test(&root, &args).await,
+        Task::Deploy => deploy::check(&root).await,
+        Task::Smoke => smoke(&root).await,
         Task::Broker => {
             let broker = Broker::start_or_existing(&root).await?;
             broker.create_topics(&TOPICS).await?;
@@ -62,85 +92,15 @@ async fn main() -> Result<()> {
     }
 }
 
-async fn up(root: &Path, port: u16, metrics_port: u16) -> Result<()> {
-    cargo(
-        root,
-        &["build", "--quiet", "-p", "ingest", "-p", "retry-forwarder"],
-    )
-    .await?;
-    let broker = Broker::start_or_existing(root).await?;
-    broker.create_topics(&TOPICS).await?;
-    let dir = root.join("target").join("xtask");
-    std::fs::create_dir_all(&dir)?;
-    let sources = dir.join("sources.toml");
-    std::fs::write(
-        &sources,
-        format!("[[source]]\nworkspace_id = \"ws_dev\"\nsource_id = \"src_dev\"\nwrite_key = \"{DEV_WRITE_KEY}\"\n"),
-    )?;
-    let mut ingest = Command::new(root.join("target/debug/ingest"))
-        .env("CDP_KAFKA_BROKERS", broker.address())
-        .env("CDP_LISTEN", format!("127.0.0.1:{port}"))
-        .env("CDP_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
-        .env("CDP_SOURCES_FILE", &sources)
-        .env("CDP_LOG_FORMAT", "text")
-        .spawn()
-        .context("starting ingest")?;
-    tokio::select! {
-        ready = wait_ready(port) => ready?,
-        status = ingest.wait() => bail!("ingest exited during start-up: {}", status?),
-    }
-    let forwarder_metrics = metrics_port + 1;
-    let mut forwarder = Command::new(root.join("target/debug/retry-forwarder"))
-        .env("CDP_KAFKA_BROKERS", broker.address())
-        .env("CDP_METRICS_LISTEN", format!("127.0.0.1:{forwarder_metrics}"))
-        .env("CDP_LOG_FORMAT", "text")
-        .spawn()
-        .context("starting retry-forwarder")?;
-    println!(
-        "\ncdp-ingest stack is up (Ctrl-C stops it)\n\
-         \n  events:     http://127.0.0.1:{port}/v1/track  (and /v1/identify, page, screen, group, alias, batch, import)\
-         \n  metrics:    http://127.0.0.1:{metrics_port}/metrics (ingest), http://127.0.0.1:{forwarder_metrics}/metrics (retry-forwarder)\
-         \n  broker:     {broker}  (topics {topics})\
-         \n  write key:  {DEV_WRITE_KEY}  (workspace ws_dev, source src_dev; sources file {sources})\
-         \n\n  curl -u {DEV_WRITE_KEY}: -H 'content-type: application/json' \\\
-         \n    -d '{{\"anonymousId\":\"visitor-1\",\"event\":\"Signed Up\",\"properties\":{{\"plan\":\"pro\"}}}}' \\\
-         \n    http://127.0.0.1:{port}/v1/track\n",
-        broker = broker.address(),
-        topics = TOPICS.map(|(t, _)| t).join(", "),
-        sources = sources.display(),
-    );
-    tokio::select! {
-        status = ingest.wait() => bail!("ingest exited: {}", status?),
-        status = forwarder.wait() => bail!("retry-forwarder exited: {}", status?),
-        _ = tokio::signal::ctrl_c() => {
-            // The terminal sent SIGINT to both too; let them drain, flush and commit.
-            let (ingest, forwarder) = (ingest.wait().await?, forwarder.wait().await?);
-            println!("ingest stopped ({ingest}), retry-forwarder stopped ({forwarder}); stopping the broker");
-        }
-    }
-    Ok(())
-}
-
-/// Waits until `GET /readyz` on the local port answers 200.
-async fn wait_ready(port: u16) -> Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    for _ in 0..600 {
-        if let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-            let request = "GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
-            let mut response = String::new();
-            if stream.write_all(request.as_bytes()).await.is_ok()
-                && stream.read_to_string(&mut response).await.is_ok()
-                && response.starts_with("HTTP/1.1 200")
-            {
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("ingest did not become ready on port {port} within 60 s")
+async fn smoke(root: &Path) -> Result<()> {
+    Stack::start(root, Ports::free()?, "smoke")
+        .await?
+        .smoke_test()
+        .await
 }
 
 async fn test(root: &Path, args: &[String]) -> Result<()> {
+    deploy::check(root).await?;
     let broker = Broker::start_or_existing(root).await?;
     broker.create_topics(&TOPICS).await?;
     let nextest = Command::new("cargo")
@@ -170,17 +130,9 @@ async fn test(root: &Path, args: &[String]) -> Result<()> {
     if !status.success() {
         bail!("tests failed ({status})");
     }
-    Ok(())
-}
-
-async fn cargo(root: &Path, args: &[&str]) -> Result<()> {
-    let status = Command::new("cargo")
-        .args(args)
-        .current_dir(root)
-        .status()
-        .await?;
-    if !status.success() {
-        bail!("cargo {} failed ({status})", args.join(" "));
+    drop(broker);
+    if args.is_empty() {
+        smoke(root).await?;
     }
     Ok(())
 }

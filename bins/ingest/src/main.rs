@@ -6,11 +6,13 @@ use clap::Parser;
 async fn main() -> anyhow::Result<()> {
     let config = http_front::Config::parse();
     ops::init_logging(&config.log);
+    let metrics_handle = ops::install_metrics();
+    ops::build_info("ingest");
     let metrics = ops::bind(config.metrics_listen, "metrics").await?;
     let listener = ops::bind(config.listen, "events").await?;
     tokio::spawn(ops::serve_metrics(
         metrics,
-        ops::install_metrics(),
+        metrics_handle,
         std::future::pending(),
     ));
     http_front::run(config, listener, ops::shutdown_signal())

@@ -7,10 +7,12 @@ use clap::Parser;
 async fn main() -> anyhow::Result<()> {
     let config = forwarder::Config::parse();
     ops::init_logging(&config.log);
+    let metrics_handle = ops::install_metrics();
+    ops::build_info("retry_forwarder");
     let metrics = ops::bind(config.metrics_listen, "metrics").await?;
     tokio::spawn(ops::serve_metrics(
         metrics,
-        ops::install_metrics(),
+        metrics_handle,
         std::future::pending(),
     ));
     forwarder::run(config, ops::shutdown_signal())

@@ -342,6 +342,7 @@ async fn write_dlq(
         match result {
             Ok(()) => {
                 metrics::events(r.event_type, Outcome::Rejected, 1);
+                metrics::rejected(r.event_type, reason);
                 tracing::info!(
                     message_id = r.message_id,
                     reason,

@@ -35,6 +35,11 @@ pub(crate) fn events(event_type: &'static str, outcome: Outcome, n: u64) {
     counter!("cdp_ingest_events_total", "type" => event_type, "outcome" => outcome).increment(n);
 }
 
+/// `cdp_ingest_rejections_total{type,reason}`: events rejected (and on the DLQ).
+pub(crate) fn rejected(event_type: &'static str, reason: &'static str) {
+    counter!("cdp_ingest_rejections_total", "type" => event_type, "reason" => reason).increment(1);
+}
+
 /// `cdp_ingest_dlq_writes_total{reason,result}`, result `ok` or `failed`.
 pub(crate) fn dlq_write(reason: &'static str, ok: bool) {
     let result = if ok { "ok" } else { "failed" };

@@ -10,6 +10,12 @@ pub(crate) struct ProducerMetrics {
     pub queue_messages: Gauge,
     /// Brokers in state UP, from librdkafka's statistics.
     pub brokers_up: Gauge,
+    /// The configured queue capacity, for a fill ratio.
+    pub queue_max_messages: Gauge,
+    /// p99 broker round-trip time (the slowest broker), seconds.
+    pub broker_rtt_p99: Gauge,
+    /// p99 time records wait in librdkafka's queue before they are sent, seconds.
+    pub queue_latency_p99: Gauge,
     /// Records lost: delivery failed and neither the retry topic nor the DLQ took them.
     pub lost: Counter,
     per_topic: Vec<TopicMetrics>,
@@ -31,6 +37,9 @@ impl ProducerMetrics {
             prefix: prefix.to_string(),
             queue_messages: gauge!(format!("{prefix}_kafka_queue_messages")),
             brokers_up: gauge!(format!("{prefix}_kafka_brokers_up")),
+            queue_max_messages: gauge!(format!("{prefix}_kafka_queue_max_messages")),
+            broker_rtt_p99: gauge!(format!("{prefix}_kafka_broker_rtt_p99_seconds")),
+            queue_latency_p99: gauge!(format!("{prefix}_kafka_queue_latency_p99_seconds")),
             lost: counter!(format!("{prefix}_kafka_records_lost_total")),
             per_topic: Vec::new(),
         };

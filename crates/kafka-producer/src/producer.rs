@@ -120,6 +120,16 @@ impl ClientContext for Callbacks {
         let up = stats.brokers.values().filter(|b| b.state == "UP").count();
         self.metrics.brokers_up.set(up as f64);
         self.metrics.queue_messages.set(stats.msg_cnt as f64);
+        let p99 = |w: &Option<rdkafka::statistics::Window>| w.as_ref().map_or(0, |w| w.p99);
+        let rtt = stats.brokers.values().map(|b| p99(&b.rtt)).max().unwrap_or(0);
+        let queued = stats
+            .brokers
+            .values()
+            .map(|b| p99(&b.int_latency))
+            .max()
+            .unwrap_or(0);
+        self.metrics.broker_rtt_p99.set(rtt as f64 / 1e6);
+        self.metrics.queue_latency_p99.set(queued as f64 / 1e6);
         // Stats only raise health; AllBrokersDown and fatal errors lower it.
         if up > 0 && !self.fatal.load(Ordering::Relaxed) {
             self.healthy.store(true, Ordering::Relaxed);
@@ -230,6 +240,9 @@ impl EventProducer {
             &config.metric_prefix,
             &topics.map(String::as_str),
         ));
+        metrics
+            .queue_max_messages
+            .set(f64::from(config.queue_max_messages));
         let (rescue, failed) = mpsc::channel();
         let callbacks = Callbacks {
             metrics: metrics.clone(),

@@ -125,6 +125,11 @@ pub fn install_metrics() -> PrometheusHandle {
         .clone()
 }
 
+/// Sets `cdp_<binary>_build_info{version}` to 1 (`binary` with underscores, e.g. `retry_forwarder`).
+pub fn build_info(binary: &str) {
+    metrics::gauge!(format!("cdp_{binary}_build_info"), "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+}
+
 /// Serves `GET /metrics` (Prometheus text format) on `listener` until `shutdown` resolves.
 pub async fn serve_metrics(
     listener: TcpListener,

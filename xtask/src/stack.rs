@@ -120,6 +120,8 @@ impl Stack {
     /// Prometheus with deploy/prometheus/prometheus.local.yml and the rules, scraping the stack.
     fn prometheus(&self, root: &Path) -> Result<Child> {
         let dir = self.dir.join("prometheus");
+        // A fresh TSDB: series of an earlier run must not add to this one's sums.
+        let _ = std::fs::remove_dir_all(dir.join("data"));
         let rules = dir.join("rules");
         std::fs::create_dir_all(&rules)?;
         let source = root.join("deploy").join("prometheus");
@@ -227,7 +229,11 @@ impl Stack {
             Ok(up.len() == 3 && up.iter().all(|(_, v)| *v == 1.0))
         })
         .await?;
-        let accepted = "sum(cdp_ingest_events_total{outcome=\"accepted\"})";
+        let accepted = format!(
+            "sum(cdp_ingest_events_total{{outcome=\"accepted\",instance=\"127.0.0.1:{}\"}})",
+            self.ports.metrics[0]
+        );
+        let accepted = accepted.as_str();
         let before = query(prometheus, accepted)
             .await?
             .first()

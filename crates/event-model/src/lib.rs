@@ -34,6 +34,8 @@ pub struct Limits {
     pub max_batch_events: usize,
     /// Deepest nesting of JSON objects and arrays.
     pub max_depth: usize,
+    /// Most keys in one JSON object.
+    pub max_object_keys: usize,
 }
 
 impl Default for Limits {
@@ -42,6 +44,7 @@ impl Default for Limits {
             max_event_bytes: 32 * 1024,
             max_batch_events: 2_500,
             max_depth: 64,
+            max_object_keys: 1_000,
         }
     }
 }

@@ -98,6 +98,7 @@ pub fn normalize(
     received: &Received,
     limits: &Limits,
 ) -> Result<Accepted, Rejection> {
+    check_object_keys(item, limits.max_object_keys)?;
     let OwnedValue::Object(obj) = item else {
         return Err(Rejection::new(
             Reason::NotAnObject,
@@ -352,6 +353,39 @@ impl Serialize for Merged<'_> {
 fn present_in<'a>(obj: &'a Object, name: &str) -> Option<&'a OwnedValue> {
     obj.get(name)
         .filter(|v| !matches!(v, OwnedValue::Static(StaticNode::Null)))
+}
+
+/// Refuses an object with more than `max` keys anywhere in `value`, naming it by JSON Pointer.
+/// Iterative: the depth was bounded before parsing, but a walk needs no stack anyway.
+fn check_object_keys(value: &OwnedValue, max: usize) -> Result<(), Rejection> {
+    let mut stack: Vec<(&OwnedValue, String)> = vec![(value, String::new())];
+    while let Some((value, path)) = stack.pop() {
+        match value {
+            OwnedValue::Object(obj) => {
+                if obj.len() > max {
+                    return Err(Rejection::new(
+                        Reason::TooManyKeys,
+                        path,
+                        format!("{} keys in one object, the limit is {max}", obj.len()),
+                    ));
+                }
+                for (k, v) in obj.iter() {
+                    if matches!(v, OwnedValue::Object(_) | OwnedValue::Array(_)) {
+                        stack.push((v, format!("{path}/{}", k.replace('~', "~0").replace('/', "~1"))));
+                    }
+                }
+            }
+            OwnedValue::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    if matches!(v, OwnedValue::Object(_) | OwnedValue::Array(_)) {
+                        stack.push((v, format!("{path}/{i}")));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn pointer(name: &str) -> String {

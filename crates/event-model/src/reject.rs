@@ -22,13 +22,15 @@ pub enum Reason {
     TooLarge,
     /// JSON nested deeper than the limit.
     TooDeep,
+    /// An object with more keys than the limit.
+    TooManyKeys,
     /// `type` is not one of track, identify, page, screen, group, alias.
     UnknownType,
 }
 
 impl Reason {
     /// Every reason, for metric pre-registration and exhaustive tests.
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::InvalidJson,
         Reason::NotAnObject,
         Reason::MissingField,
@@ -37,6 +39,7 @@ impl Reason {
         Reason::MissingIdentity,
         Reason::TooLarge,
         Reason::TooDeep,
+        Reason::TooManyKeys,
         Reason::UnknownType,
     ];
 
@@ -51,6 +54,7 @@ impl Reason {
             Reason::MissingIdentity => "missing_identity",
             Reason::TooLarge => "too_large",
             Reason::TooDeep => "too_deep",
+            Reason::TooManyKeys => "too_many_keys",
             Reason::UnknownType => "unknown_type",
         }
     }

@@ -368,6 +368,28 @@ fn deeply_nested_json_is_refused_before_parsing() {
 }
 
 #[test]
+fn objects_with_too_many_keys_are_rejected_with_their_pointer() {
+    let keys: serde_json::Map<String, serde_json::Value> =
+        (0..1001).map(|i| (format!("k{i}"), json!(i))).collect();
+    let body =
+        json!({"anonymousId": "a", "event": "e", "properties": {"a/b": [1, {"deep": keys}]}}).to_string();
+    let rejection = run(Endpoint::Single(Track), &body)
+        .unwrap()
+        .remove(0)
+        .unwrap_err();
+    assert_eq!(
+        (rejection.reason, rejection.field.as_str()),
+        (Reason::TooManyKeys, "/properties/a~1b/1/deep")
+    );
+    let ok: serde_json::Map<String, serde_json::Value> =
+        (0..1000).map(|i| (format!("k{i}"), json!(i))).collect();
+    accept(
+        Track,
+        &json!({"anonymousId": "a", "event": "e", "properties": ok}).to_string(),
+    );
+}
+
+#[test]
 fn every_reason_has_a_stable_name() {
     for reason in Reason::ALL {
         assert_eq!(Reason::from_name(reason.as_str()), Some(reason));

@@ -98,6 +98,25 @@ mod tests {
         enc.finish().unwrap()
     }
 
+    proptest::proptest! {
+        #[test]
+        fn gunzip_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048), max in 0usize..4096) {
+            let _ = gunzip(&bytes, max);
+        }
+
+        #[test]
+        fn gunzip_round_trips_within_the_limit_and_refuses_beyond(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096), max in 0usize..4096) {
+            match gunzip(&gzip(&data), max) {
+                Ok(out) => {
+                    proptest::prop_assert!(data.len() <= max);
+                    proptest::prop_assert_eq!(&out[..], &data[..]);
+                }
+                Err(Error::BodyTooLarge(limit)) => proptest::prop_assert!(data.len() > max && limit == max),
+                Err(other) => proptest::prop_assert!(false, "{other}"),
+            }
+        }
+    }
+
     #[test]
     fn gunzip_stops_at_the_limit() {
         let bomb = gzip(&vec![b'a'; 50 * 1024 * 1024]);

@@ -32,6 +32,19 @@ pub struct Config {
     /// Largest request body, in bytes, after gzip decompression (and before it).
     #[arg(long, env = "CDP_MAX_REQUEST_BYTES", default_value_t = 500 * 1024)]
     pub max_request_bytes: usize,
+    /// Events per second a source may send, unless the sources file sets its `rate_limit`
+    /// (0: unlimited). Over it: 429 with Retry-After.
+    #[arg(long, env = "CDP_DEFAULT_RATE_LIMIT", default_value_t = 10_000)]
+    pub default_rate_limit: u32,
+    /// Events a source may send at once, unless the sources file sets its `rate_burst`.
+    #[arg(long, env = "CDP_DEFAULT_RATE_BURST", default_value_t = 20_000)]
+    pub default_rate_burst: u32,
+    /// Most open client connections; more are closed at once.
+    #[arg(long, env = "CDP_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Largest request head (request line and headers), in bytes; over it: 431.
+    #[arg(long, env = "CDP_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
+    pub max_header_bytes: usize,
     /// Time allowed for a client to send the request headers.
     #[arg(long, env = "CDP_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,

@@ -64,6 +64,14 @@ pub enum Error {
         #[source]
         source: kafka_producer::Error,
     },
+    /// The source is over its rate limit.
+    #[error("{detail}")]
+    RateLimited {
+        /// Seconds until the events would fit.
+        retry_after_secs: u64,
+        /// What happened.
+        detail: String,
+    },
     /// The service is shutting down and no longer enqueues.
     #[error("shutting down")]
     ShuttingDown,
@@ -88,6 +96,7 @@ impl Error {
             Error::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Error::BodyRead(_) | Error::BadGzip(_) | Error::Rejected { .. } => StatusCode::BAD_REQUEST,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Unavailable { .. } | Error::Kafka(_) | Error::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -113,6 +122,11 @@ impl Error {
         }
         let mut response = json_response(status, &reply);
         if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        if let Error::RateLimited { retry_after_secs, .. } = self {
             response
                 .headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));

@@ -23,7 +23,7 @@ use tracing::Instrument;
 use crate::body::{self, BodyLimits};
 use crate::error::{json_response, RejectedItem, Reply};
 use crate::metrics::{self, Outcome};
-use crate::sources::{Source, Sources};
+use crate::sources::{RateLimited, Source, Sources};
 use crate::Error;
 
 /// What every request needs, shared by all connections.
@@ -191,7 +191,8 @@ async fn ingest(
     endpoint: Endpoint,
     peer: IpAddr,
 ) -> Result<Response<Full<Bytes>>, Error> {
-    let header_source = match basic_auth_key(req.headers())? {
+    let header_key = basic_auth_key(req.headers()).inspect_err(|_| metrics::auth_failure("malformed"))?;
+    let header_source = match header_key {
         Some(key) => Some(authenticate(&state.sources, &key)?),
         None => None,
     };
@@ -218,12 +219,37 @@ async fn ingest(
         None => match parsed.write_key.as_deref() {
             Some(key) => authenticate(&state.sources, key)?,
             None => {
+                metrics::auth_failure("missing");
                 return Err(Error::Unauthorized(
                     "missing write key: send it as the Basic auth username or as writeKey",
-                ))
+                ));
             }
         },
     };
+    match source.admit(parsed.items.len()) {
+        Ok(()) => {}
+        Err(limited) => {
+            metrics::rate_limited(parsed.items.len());
+            let (retry_after_secs, detail) = match limited {
+                RateLimited::Wait(wait) => (
+                    wait.as_secs() + 1,
+                    format!("source {} is over its rate limit: retry later", source.source_id),
+                ),
+                RateLimited::OverBurst => (
+                    1,
+                    format!(
+                        "{} events in one request exceed source {}'s burst",
+                        parsed.items.len(),
+                        source.source_id
+                    ),
+                ),
+            };
+            return Err(Error::RateLimited {
+                retry_after_secs,
+                detail,
+            });
+        }
+    }
     let received = Received {
         at: received_at,
         workspace_id: source.workspace_id.clone(),
@@ -410,8 +436,14 @@ fn refuse(events: &[Accepted], why: &str) {
 fn authenticate(sources: &Sources, key: &str) -> Result<Arc<Source>, Error> {
     match sources.lookup(key) {
         Some(source) if source.enabled => Ok(source.clone()),
-        Some(_) => Err(Error::Unauthorized("this write key's source is disabled")),
-        None => Err(Error::Unauthorized("unknown write key")),
+        Some(_) => {
+            metrics::auth_failure("disabled");
+            Err(Error::Unauthorized("this write key's source is disabled"))
+        }
+        None => {
+            metrics::auth_failure("unknown");
+            Err(Error::Unauthorized("unknown write key"))
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use hyper::StatusCode;
-use metrics::{counter, histogram};
+use metrics::{counter, gauge, histogram};
 
 /// One HTTP request: `cdp_ingest_http_requests_total{route,status}` and
 /// `cdp_ingest_http_request_duration_seconds{route}`.
@@ -44,4 +44,29 @@ pub(crate) fn rejected(event_type: &'static str, reason: &'static str) {
 pub(crate) fn dlq_write(reason: &'static str, ok: bool) {
     let result = if ok { "ok" } else { "failed" };
     counter!("cdp_ingest_dlq_writes_total", "reason" => reason, "result" => result).increment(1);
+}
+
+/// `cdp_ingest_open_connections`, up.
+pub(crate) fn connection_opened() {
+    gauge!("cdp_ingest_open_connections").increment(1.0);
+}
+
+/// `cdp_ingest_open_connections`, down.
+pub(crate) fn connection_closed() {
+    gauge!("cdp_ingest_open_connections").decrement(1.0);
+}
+
+/// `cdp_ingest_connections_refused_total`: connections closed at once, over `--max-connections`.
+pub(crate) fn connection_refused() {
+    counter!("cdp_ingest_connections_refused_total").increment(1);
+}
+
+/// `cdp_ingest_rate_limited_events_total`: events refused with 429.
+pub(crate) fn rate_limited(events: usize) {
+    counter!("cdp_ingest_rate_limited_events_total").increment(events as u64);
+}
+
+/// `cdp_ingest_auth_failures_total{reason}`: 401s (`missing`, `malformed`, `unknown`, `disabled`).
+pub(crate) fn auth_failure(reason: &'static str) {
+    counter!("cdp_ingest_auth_failures_total", "reason" => reason).increment(1);
 }

@@ -18,7 +18,8 @@ use tokio_util::task::TaskTracker;
 use crate::body::BodyLimits;
 use crate::error::Error;
 use crate::handler::{self, State};
-use crate::sources::Sources;
+use crate::metrics;
+use crate::sources::{RateLimit, Sources};
 use crate::Config;
 
 /// Runs `ingest`: loads the sources file, connects the producer (failing fast when Kafka does
@@ -30,7 +31,11 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let sources = Sources::load(&config.sources_file)?;
+    let default_rate = RateLimit {
+        per_second: config.default_rate_limit,
+        burst: config.default_rate_burst,
+    };
+    let sources = Sources::load(&config.sources_file, default_rate)?;
     if sources.is_empty() {
         tracing::warn!(file = %config.sources_file.display(), "the sources file lists no source: every request will get 401");
     }
@@ -90,9 +95,12 @@ async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
         .keep_alive(true)
+        // hyper answers 431 when the request head does not fit.
+        .max_buf_size(config.max_header_bytes.max(8192))
         // A client that half-closes after sending its request still gets it processed.
         .half_close(true);
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
     let tasks = TaskTracker::new();
     tokio::pin!(shutdown);
     loop {
@@ -108,6 +116,12 @@ async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            // Over the connection cap: close at once rather than queue without bound.
+            metrics::connection_refused();
+            drop(stream);
+            continue;
+        };
         let (state, tasks) = (state.clone(), tasks.clone());
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             // Each request runs in its own task: the connection going away cannot cancel it (S6).
@@ -121,7 +135,11 @@ async fn serve(
         });
         let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
-            if let Err(error) = conn.await {
+            let _permit = permit;
+            metrics::connection_opened();
+            let result = conn.await;
+            metrics::connection_closed();
+            if let Err(error) = result {
                 tracing::debug!(%error, %peer, "connection ended with an error");
             }
         });

@@ -11,17 +11,23 @@
 //! source_id = "ios"
 //! write_key_sha256 = "5e884898da28..."  # hex SHA-256 of the key, for production
 //! enabled = false
+//! rate_limit = 500                      # events per second (default: --default-rate-limit)
+//! rate_burst = 5000                     # events at once (default: --default-rate-burst)
 //! ```
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-/// One source: where its events belong.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One source: where its events belong, and how fast it may send them.
+#[derive(Debug)]
 pub struct Source {
     /// The workspace.
     pub workspace_id: String,
@@ -29,6 +35,49 @@ pub struct Source {
     pub source_id: String,
     /// Disabled sources are refused (401).
     pub enabled: bool,
+    /// The source's rate limit; `None`: unlimited.
+    pub rate: Option<RateLimit>,
+    limiter: Option<DefaultDirectRateLimiter>,
+}
+
+/// A token bucket: `per_second` events per second on average, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Sustained events per second (0: unlimited).
+    pub per_second: u32,
+    /// Largest number of events taken at once.
+    pub burst: u32,
+}
+
+impl Source {
+    /// Takes `events` from the source's bucket, or says how long until they would fit.
+    pub fn admit(&self, events: usize) -> Result<(), RateLimited> {
+        let (Some(limiter), Ok(n)) = (&self.limiter, u32::try_from(events)) else {
+            return Ok(());
+        };
+        let Some(n) = NonZeroU32::new(n) else {
+            return Ok(());
+        };
+        match limiter.check_n(n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => {
+                let clock = governor::clock::DefaultClock::default();
+                Err(RateLimited::Wait(
+                    not_until.wait_time_from(governor::clock::Clock::now(&clock)),
+                ))
+            }
+            Err(_) => Err(RateLimited::OverBurst),
+        }
+    }
+}
+
+/// Why events were not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimited {
+    /// The bucket refills enough after this long.
+    Wait(Duration),
+    /// More events in one request than the source's burst: they never fit at once.
+    OverBurst,
 }
 
 /// Why a sources file cannot be used.
@@ -69,6 +118,8 @@ struct Entry {
     enabled: bool,
     write_key: Option<String>,
     write_key_sha256: Option<String>,
+    rate_limit: Option<u32>,
+    rate_burst: Option<u32>,
 }
 
 fn yes() -> bool {
@@ -82,20 +133,31 @@ pub struct Sources {
 }
 
 impl Sources {
-    /// Reads and checks a sources file.
-    pub fn load(path: &Path) -> Result<Self, SourcesError> {
+    /// Reads and checks a sources file; sources without their own rate get `default_rate`.
+    pub fn load(path: &Path, default_rate: RateLimit) -> Result<Self, SourcesError> {
         let text = std::fs::read_to_string(path).map_err(|source| SourcesError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Sources::parse(&text).map_err(|detail| SourcesError::Invalid {
+        Sources::parse_with(&text, default_rate).map_err(|detail| SourcesError::Invalid {
             path: path.display().to_string(),
             detail,
         })
     }
 
-    /// Parses sources-file text.
+    /// Parses sources-file text, with no rate limit by default.
     pub fn parse(text: &str) -> Result<Self, String> {
+        Sources::parse_with(
+            text,
+            RateLimit {
+                per_second: 0,
+                burst: 0,
+            },
+        )
+    }
+
+    /// Parses sources-file text; sources without their own rate get `default_rate`.
+    pub fn parse_with(text: &str, default_rate: RateLimit) -> Result<Self, String> {
         let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
         let mut sources = Sources::default();
         for (i, entry) in file.source.into_iter().enumerate() {
@@ -116,10 +178,23 @@ impl Sources {
                 }
                 _ => return Err(format!("{at}: set exactly one of write_key and write_key_sha256")),
             };
+            let rate = RateLimit {
+                per_second: entry.rate_limit.unwrap_or(default_rate.per_second),
+                burst: entry.rate_burst.unwrap_or(default_rate.burst),
+            };
+            let limiter = match (NonZeroU32::new(rate.per_second), NonZeroU32::new(rate.burst)) {
+                (None, _) => None,
+                (Some(per_second), Some(burst)) => Some(RateLimiter::direct(
+                    Quota::per_second(per_second).allow_burst(burst),
+                )),
+                (Some(_), None) => return Err(format!("{at}: rate_burst must be at least 1")),
+            };
             let source = Arc::new(Source {
                 workspace_id: entry.workspace_id,
                 source_id: entry.source_id,
                 enabled: entry.enabled,
+                rate: limiter.as_ref().map(|_| rate),
+                limiter,
             });
             if sources.by_digest.insert(digest, source).is_some() {
                 return Err(format!("{at}: the same write key is listed twice"));
@@ -173,6 +248,30 @@ mod tests {
         let ios = sources.lookup("prod-key").unwrap();
         assert_eq!((ios.source_id.as_str(), ios.enabled), ("ios", false));
         assert!(sources.lookup("nope").is_none());
+    }
+
+    #[test]
+    fn a_source_over_its_rate_waits_and_a_batch_over_its_burst_never_fits() {
+        let default = RateLimit {
+            per_second: 10,
+            burst: 20,
+        };
+        let sources = Sources::parse_with(
+            "[[source]]\nworkspace_id='w'\nsource_id='a'\nwrite_key='a'\n\
+             [[source]]\nworkspace_id='w'\nsource_id='b'\nwrite_key='b'\nrate_limit=0\n",
+            default,
+        )
+        .unwrap();
+        let a = sources.lookup("a").unwrap();
+        assert_eq!(a.rate, Some(default));
+        assert_eq!(a.admit(20), Ok(()));
+        assert!(
+            matches!(a.admit(5), Err(RateLimited::Wait(d)) if d > Duration::ZERO && d <= Duration::from_secs(1))
+        );
+        assert_eq!(a.admit(21), Err(RateLimited::OverBurst));
+        let b = sources.lookup("b").unwrap();
+        assert_eq!(b.rate, None);
+        assert_eq!(b.admit(1_000_000), Ok(()));
     }
 
     #[test]

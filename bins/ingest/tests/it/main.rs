@@ -1,6 +1,7 @@
 //! The `ingest` binary as operators run it: flags, start-up failure, SIGTERM during a steady
-//! stream, and a real Segment SDK (segment-analytics-python) pointed at it.
+//! stream, hostile input, and a real Segment SDK (segment-analytics-python) pointed at it.
 
+mod hostile;
 mod process;
 mod sdk;
 
@@ -17,7 +18,11 @@ const WAIT: Duration = Duration::from_secs(20);
 struct Ingest {
     child: Child,
     url: String,
+    metrics_url: String,
+    port: u16,
     topics: Topics,
+    /// Reads the log as it is written, so a full pipe never blocks the process.
+    log: Option<std::thread::JoinHandle<String>>,
     _sources: tempfile::NamedTempFile,
 }
 
@@ -29,25 +34,38 @@ impl Ingest {
 
     /// [`Ingest::start`] with extra environment variables.
     async fn start_with(env: &[(&str, &str)]) -> Ingest {
+        Ingest::start_custom(env, test_support::sources_file()).await
+    }
+
+    /// [`Ingest::start`] with extra environment variables and a sources file of its own.
+    async fn start_custom(env: &[(&str, &str)], sources: tempfile::NamedTempFile) -> Ingest {
         let topics = test_support::fresh_topics(3).await;
-        let sources = test_support::sources_file();
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_ingest"))
+        let (port, metrics_port) = (free_port(), free_port());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ingest"))
             .env("CDP_KAFKA_BROKERS", test_support::brokers())
             .env("CDP_TOPIC_INGEST", &topics.ingest)
             .env("CDP_TOPIC_DLQ", &topics.dlq)
             .env("CDP_TOPIC_RETRY", &topics.retry)
             .env("CDP_SOURCES_FILE", sources.path())
             .env("CDP_LISTEN", format!("127.0.0.1:{port}"))
-            .env("CDP_METRICS_LISTEN", format!("127.0.0.1:{}", free_port()))
+            .env("CDP_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
             .env("CDP_LOG_FORMAT", "json")
             .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let log = std::thread::spawn(move || {
+            let mut log = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut log);
+            log
+        });
         let ingest = Ingest {
             child,
+            log: Some(log),
             url: format!("http://127.0.0.1:{port}"),
+            metrics_url: format!("http://127.0.0.1:{metrics_port}/metrics"),
+            port,
             topics,
             _sources: sources,
         };
@@ -66,6 +84,16 @@ impl Ingest {
         panic!("ingest did not become ready");
     }
 
+    /// Peak and current resident memory of the process, in bytes (`VmHWM`, `VmRSS`).
+    fn memory(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib = |field: &str| -> u64 {
+            let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+            line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+        };
+        (kib("VmHWM:"), kib("VmRSS:"))
+    }
+
     /// Sends SIGTERM.
     fn terminate(&self) {
         let status = Command::new("kill")
@@ -77,9 +105,8 @@ impl Ingest {
 
     /// Waits for the process to exit; returns its success and its log (stderr).
     fn wait(mut self) -> (bool, String) {
-        let mut log = String::new();
-        std::io::Read::read_to_string(self.child.stderr.as_mut().unwrap(), &mut log).unwrap();
         let status = self.child.wait().unwrap();
+        let log = self.log.take().unwrap().join().unwrap();
         (status.success(), log)
     }
 }

@@ -390,6 +390,37 @@ fn objects_with_too_many_keys_are_rejected_with_their_pointer() {
 }
 
 #[test]
+fn hostile_numbers_and_duplicate_keys_give_valid_json_or_a_rejection() {
+    for body in [
+        format!(
+            r#"{{"anonymousId":"a","event":"e","properties":{{"n":{}}}}}"#,
+            "9".repeat(10_000)
+        ),
+        format!(
+            r#"{{"anonymousId":"a","event":"e","properties":{{"n":0.{}1}}}}"#,
+            "0".repeat(10_000)
+        ),
+        format!(
+            r#"{{"anonymousId":"a","event":"e","properties":{{"n":1e{}}}}}"#,
+            "9".repeat(400)
+        ),
+        r#"{"anonymousId":"a","anonymousId":"b","event":"e"}"#.to_string(),
+    ] {
+        match run(Endpoint::Single(Track), &body) {
+            Err(rejection) => assert_eq!(rejection.reason, Reason::InvalidJson, "{rejection}"),
+            Ok(mut results) => match results.remove(0) {
+                // run() already checked the value against the schema, so it is valid JSON.
+                Ok(accepted) => {
+                    let value: serde_json::Value = serde_json::from_slice(&accepted.value).unwrap();
+                    assert_eq!(value["anonymous_id"].as_str(), Some(accepted.key.as_str()));
+                }
+                Err(rejection) => panic!("unexpected {rejection}"),
+            },
+        }
+    }
+}
+
+#[test]
 fn every_reason_has_a_stable_name() {
     for reason in Reason::ALL {
         assert_eq!(Reason::from_name(reason.as_str()), Some(reason));

@@ -65,7 +65,8 @@ struct Done {
 /// Rebalance callbacks and statistics.
 struct Context {
     topic: String,
-    revoked: mpsc::UnboundedSender<Vec<i32>>,
+    /// Partitions taken away (`None`: all of them).
+    revoked: mpsc::UnboundedSender<Option<Vec<i32>>>,
 }
 
 impl ClientContext for Context {
@@ -81,14 +82,22 @@ impl ClientContext for Context {
 }
 
 impl ConsumerContext for Context {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
+                // librdkafka keeps our pause across a re-assignment: lift it with the queue.
+                let _ = consumer.resume(tpl);
                 let partitions = tpl.elements().iter().map(|e| e.partition()).collect();
-                let _ = self.revoked.send(partitions);
+                let _ = self.revoked.send(Some(partitions));
             }
-            Rebalance::Assign(_) => {}
-            Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
+            Rebalance::Assign(tpl) => {
+                let _ = consumer.resume(tpl);
+            }
+            Rebalance::Error(error) => {
+                // Everything is unassigned: drop every queue, as for a revoke of all.
+                tracing::warn!(%error, "rebalance error");
+                let _ = self.revoked.send(None);
+            }
         }
     }
 }
@@ -156,7 +165,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tokio::select! {
             biased;
             () = &mut shutdown => break,
-            Some(partitions) = revoked.recv() => forwarder.revoked(&partitions),
+            Some(partitions) = revoked.recv() => forwarder.revoked(partitions.as_deref()),
             Some(done) = forwarder.done.1.recv() => forwarder.finish(done),
             () = sleep, if next_due.is_some() => forwarder.dispatch_due(),
             received = forwarder.consumer.recv() => match received {
@@ -209,11 +218,16 @@ impl Forwarder {
         self.dispatch(p);
     }
 
-    /// `partitions` were taken away: what was queued there is re-read by whoever owns them
-    /// next, from the committed offset.
-    fn revoked(&mut self, partitions: &[i32]) {
-        for p in partitions {
-            self.queues.remove(p);
+    /// `partitions` (`None`: all) were taken away: what was queued there is re-read by whoever
+    /// owns them next, from the committed offset.
+    fn revoked(&mut self, partitions: Option<&[i32]>) {
+        match partitions {
+            Some(partitions) => {
+                for p in partitions {
+                    self.queues.remove(p);
+                }
+            }
+            None => self.queues.clear(),
         }
     }
 

@@ -72,6 +72,9 @@ pub enum Error {
         /// What happened.
         detail: String,
     },
+    /// More events in one request than the source's rate burst: they can never be taken.
+    #[error("{0}")]
+    OverBurst(String),
     /// The service is shutting down and no longer enqueues.
     #[error("shutting down")]
     ShuttingDown,
@@ -89,7 +92,7 @@ impl Error {
             Error::UnsupportedContentType(_) | Error::UnsupportedEncoding(_) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
-            Error::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::BodyTooLarge(_) | Error::OverBurst(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Rejected { rejection, .. } if rejection.reason == Reason::TooLarge => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }

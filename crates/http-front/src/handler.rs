@@ -235,14 +235,14 @@ async fn ingest(
                     wait.as_secs() + 1,
                     format!("source {} is over its rate limit: retry later", source.source_id),
                 ),
-                RateLimited::OverBurst => (
-                    1,
-                    format!(
-                        "{} events in one request exceed source {}'s burst",
+                RateLimited::OverBurst => {
+                    // It would never fit: retrying is pointless, so this is not a 429.
+                    return Err(Error::OverBurst(format!(
+                        "{} events in one request exceed source {}'s rate burst: send smaller batches",
                         parsed.items.len(),
                         source.source_id
-                    ),
-                ),
+                    )));
+                }
             };
             return Err(Error::RateLimited {
                 retry_after_secs,

@@ -1,6 +1,6 @@
 //! [`EventProducer`]: the ingest, DLQ and retry writes of the Go service, on librdkafka.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -113,6 +113,8 @@ struct Callbacks {
     healthy: Arc<AtomicBool>,
     fatal: AtomicBool,
     rescue: mpsc::Sender<Failed>,
+    /// Failed records sent to the rescue thread and not yet re-enqueued.
+    pending_rescues: Arc<AtomicUsize>,
 }
 
 impl ClientContext for Callbacks {
@@ -172,7 +174,9 @@ impl ProducerContext for Callbacks {
                         message_id,
                         error,
                     };
+                    self.pending_rescues.fetch_add(1, Ordering::SeqCst);
                     if let Err(mpsc::SendError(failed)) = self.rescue.send(failed) {
+                        self.pending_rescues.fetch_sub(1, Ordering::SeqCst);
                         self.metrics.lost.increment(1);
                         tracing::error!(
                             topic,
@@ -225,6 +229,7 @@ impl Ack {
 /// The event producer shared by all requests of a process.
 pub struct EventProducer {
     inner: Arc<ThreadedProducer<Callbacks>>,
+    pending_rescues: Arc<AtomicUsize>,
     config: ProducerConfig,
     healthy: Arc<AtomicBool>,
 }
@@ -244,11 +249,13 @@ impl EventProducer {
             .queue_max_messages
             .set(f64::from(config.queue_max_messages));
         let (rescue, failed) = mpsc::channel();
+        let pending_rescues = Arc::new(AtomicUsize::new(0));
         let callbacks = Callbacks {
             metrics: metrics.clone(),
             healthy: healthy.clone(),
             fatal: AtomicBool::new(false),
             rescue,
+            pending_rescues: pending_rescues.clone(),
         };
         let inner: Arc<ThreadedProducer<Callbacks>> = Arc::new(
             config
@@ -278,12 +285,14 @@ impl EventProducer {
             topics: config.topics.clone(),
             retry_delay: config.retry_delay,
             metrics,
+            pending: pending_rescues.clone(),
         };
         std::thread::Builder::new()
             .name("kafka-rescue".into())
             .spawn(move || rescuer.run(failed))
             .map_err(|e| Error::Create(KafkaError::ClientCreation(e.to_string())))?;
         Ok(EventProducer {
+            pending_rescues,
             inner,
             config,
             healthy,
@@ -406,10 +415,19 @@ impl EventProducer {
     /// number of records still unacknowledged. Call before dropping: a dropped producer
     /// discards what it holds.
     pub fn flush(&self, grace: Duration) -> usize {
-        if let Err(error) = self.inner.flush(grace) {
-            tracing::warn!(%error, "kafka flush did not finish");
+        let deadline = Instant::now() + grace;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if let Err(error) = self.inner.flush(left) {
+                tracing::warn!(%error, "kafka flush did not finish");
+            }
+            // Records whose delivery just failed are on their way to the retry topic.
+            let pending = self.pending_rescues.load(Ordering::SeqCst);
+            if (pending == 0 && self.in_flight() == 0) || Instant::now() >= deadline {
+                return self.in_flight() + pending;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
-        self.in_flight()
     }
 }
 
@@ -459,6 +477,7 @@ struct Rescuer {
     topics: Topics,
     retry_delay: Duration,
     metrics: Arc<ProducerMetrics>,
+    pending: Arc<AtomicUsize>,
 }
 
 impl Rescuer {
@@ -466,6 +485,7 @@ impl Rescuer {
         for f in failed {
             let Some(producer) = self.producer.upgrade() else {
                 self.lost(&f, "the producer is shut down");
+                self.pending.fetch_sub(1, Ordering::SeqCst);
                 continue;
             };
             let to = if is_permanent(&f.error) { "dlq" } else { "retry" };
@@ -476,6 +496,8 @@ impl Rescuer {
                 }
                 Err(error) => self.lost(&f, &error.to_string()),
             }
+            // Enqueued (in flight now) or lost: either way no longer pending.
+            self.pending.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
@@ -497,18 +519,17 @@ impl Rescuer {
             )
         } else {
             let text = |name| header_text(f.message.headers(), name).unwrap_or_default();
-            let envelope = DlqEnvelope {
-                workspace_id: text("workspace_id"),
-                source_id: text("source_id"),
-                message_id: f.message_id.clone(),
-                reason: DELIVERY_REJECTED.to_string(),
-                field: String::new(),
-                raw_payload: String::from_utf8_lossy(&value).into_owned(),
-                raw_payload_truncated: false,
-                received_at: None,
-                client_ip: None,
-                event_type: None,
-            };
+            // `new` cuts the raw payload: a record too large for Kafka still fits as a DLQ record.
+            let rejection =
+                event_model::Rejection::new(event_model::Reason::TooLarge, "", f.error.to_string());
+            let mut envelope = DlqEnvelope::new(
+                &text("workspace_id"),
+                &text("source_id"),
+                &f.message_id,
+                &rejection,
+                String::from_utf8_lossy(&value).into_owned(),
+            );
+            envelope.reason = DELIVERY_REJECTED.to_string();
             let headers = OwnedHeaders::new().insert(Header {
                 key: "reason",
                 value: Some(DELIVERY_REJECTED),
@@ -520,8 +541,9 @@ impl Rescuer {
                 envelope.to_json(),
             )
         };
-        // A full queue is waited out here, briefly: this thread is not on the request path.
-        let deadline = Instant::now() + Duration::from_secs(5);
+        // A full queue is waited out here: this thread is not on the request path, and the
+        // record already got its 200.
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let delivery = Box::new(Delivery::Rescue {
                 message_id: f.message_id.clone(),

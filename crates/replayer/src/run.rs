@@ -155,8 +155,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
             }
             Err(_) => continue,
         };
+        // With a rate, a chunk is at most ~10 s of work: the consumer must poll often enough to
+        // stay in its group.
+        let chunk_size = match config.rate {
+            0 => CHUNK,
+            rate => (rate as usize * 10).clamp(1, CHUNK),
+        };
         let mut chunk = vec![first];
-        while chunk.len() < CHUNK {
+        while chunk.len() < chunk_size {
             match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
                 Ok(m) => chunk.push(m?),
                 Err(_) => break,
@@ -172,7 +178,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
                             ends.remove(&m.partition());
                         }
                     }
-                    _ => continue, // past the end seen at start
+                    _ => {
+                        // Past the end seen at start: this partition is done.
+                        ends.remove(&m.partition());
+                        continue;
+                    }
                 }
             }
             if config.rate > 0 {
@@ -317,7 +327,8 @@ async fn assign_all(
     for p in partitions {
         let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
         let start = match committed.find_partition(topic, p).map(|e| e.offset()) {
-            Some(Offset::Offset(c)) if !from_beginning => c,
+            // Records below the low watermark are gone (retention): start at the first kept one.
+            Some(Offset::Offset(c)) if !from_beginning => c.max(low),
             _ => low,
         };
         let offset = if from_beginning {

@@ -31,3 +31,8 @@ pub(crate) fn held(n: usize) {
 pub(crate) fn lag(partition: i32, lag: i64) {
     gauge!("cdp_retry_forwarder_consumer_lag_records", "partition" => partition.to_string()).set(lag as f64);
 }
+
+/// Retry-topic partitions assigned to this instance.
+pub(crate) fn assigned(n: usize) {
+    gauge!("cdp_retry_forwarder_assigned_partitions").set(n as f64);
+}

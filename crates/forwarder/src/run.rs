@@ -87,11 +87,13 @@ impl ConsumerContext for Context {
             Rebalance::Revoke(tpl) => {
                 // librdkafka keeps our pause across a re-assignment: lift it with the queue.
                 let _ = consumer.resume(tpl);
+                metrics::assigned(0);
                 let partitions = tpl.elements().iter().map(|e| e.partition()).collect();
                 let _ = self.revoked.send(Some(partitions));
             }
             Rebalance::Assign(tpl) => {
                 let _ = consumer.resume(tpl);
+                metrics::assigned(tpl.count());
             }
             Rebalance::Error(error) => {
                 // Everything is unassigned: drop every queue, as for a revoke of all.
@@ -198,7 +200,14 @@ struct Forwarder {
 impl Forwarder {
     fn push(&mut self, message: rdkafka::message::OwnedMessage) {
         let p = message.partition();
-        let info = RetryInfo::from_headers(message.headers());
+        let mut info = RetryInfo::from_headers(message.headers());
+        if let Some(info) = info.as_mut() {
+            // A not-before far ahead (a skewed clock where it was written) would block the
+            // partition: no record waits longer than the backoff cap.
+            let latest =
+                now_ms() + i64::try_from(self.config.retry_backoff_cap.as_millis()).unwrap_or(i64::MAX);
+            info.not_before_ms = info.not_before_ms.min(latest);
+        }
         let generation = &mut self.generations;
         let queue = self.queues.entry(p).or_insert_with(|| {
             *generation += 1;

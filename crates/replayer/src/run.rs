@@ -148,7 +148,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
             m = tokio::time::timeout(IDLE_END, consumer.recv()) => m,
         };
         let first = match first {
-            Ok(m) => m?,
+            Ok(Ok(m)) => m,
+            Ok(Err(error)) => {
+                // Transient (a broker going away, a rebalance): librdkafka recovers; keep polling.
+                tracing::warn!(%error, "DLQ consumer error");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
             Err(_) if ends.is_some() => {
                 tracing::warn!(partitions = ?ends, "no records for a while before the end offsets seen at start: stopping");
                 break;
@@ -164,8 +170,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
         let mut chunk = vec![first];
         while chunk.len() < chunk_size {
             match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
-                Ok(m) => chunk.push(m?),
-                Err(_) => break,
+                Ok(Ok(m)) => chunk.push(m),
+                _ => break,
             }
         }
 

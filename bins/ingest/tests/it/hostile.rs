@@ -215,7 +215,7 @@ async fn a_thousand_idle_connections_do_not_starve_real_requests() {
             .unwrap();
         assert_eq!(response.status(), 200);
         assert!(
-            started.elapsed() < Duration::from_secs(2),
+            started.elapsed() < Duration::from_secs(5),
             "request {i} took {:?}",
             started.elapsed()
         );

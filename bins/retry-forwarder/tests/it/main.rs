@@ -50,16 +50,23 @@ impl Forwarder {
         self.child.wait().unwrap().success()
     }
 
-    async fn forwarded(&self) -> f64 {
-        let text = reqwest::get(&self.metrics_url)
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+    async fn metric(&self, name: &str) -> f64 {
+        let Ok(response) = reqwest::get(&self.metrics_url).await else {
+            return 0.0;
+        };
+        let text = response.text().await.unwrap_or_default();
         text.lines()
-            .find(|l| l.starts_with("cdp_retry_forwarder_forwarded_total"))
+            .find(|l| l.starts_with(name))
             .map_or(0.0, |l| l.rsplit(' ').next().unwrap().parse().unwrap())
+    }
+
+    /// Waits until the instance has retry partitions assigned.
+    async fn wait_assigned(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.metric("cdp_retry_forwarder_assigned_partitions").await < 1.0 {
+            assert!(Instant::now() < deadline, "no partitions assigned within 60 s");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }
 
@@ -152,7 +159,8 @@ async fn sigterm_commits_what_was_forwarded_so_a_restart_repeats_nothing() {
     assert!(first.wait(), "forwarder did not exit cleanly on SIGTERM");
 
     let second = Forwarder::start(&topics, &group);
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    second.wait_assigned().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let records = consume(&topics.ingest, usize::MAX, Duration::from_secs(3)).await;
     assert_eq!(
         records.len(),
@@ -173,14 +181,17 @@ async fn two_forwarders_in_one_group_share_the_partitions_and_deliver_each_recor
         retry: retry4,
         ..topics
     };
-    // Due in 10 s: both instances have joined the group by then.
-    let expected = fill(&topics, 200, now_ms() + 10_000).await;
     let group = format!("g-{}", topics.retry);
     let a = Forwarder::start(&topics, &group);
     let b = Forwarder::start(&topics, &group);
+    // Both instances hold partitions before the records fall due.
+    a.wait_assigned().await;
+    b.wait_assigned().await;
+    let expected = fill(&topics, 200, now_ms() + 2_000).await;
     let (ids, _) = forwarded_ids(&topics, expected.len(), Duration::from_secs(60)).await;
     assert_eq!(ids, expected);
-    let (by_a, by_b) = (a.forwarded().await, b.forwarded().await);
+    let forwarded = "cdp_retry_forwarder_forwarded_total";
+    let (by_a, by_b) = (a.metric(forwarded).await, b.metric(forwarded).await);
     assert!(
         by_a > 0.0 && by_b > 0.0,
         "one instance did all the work: {by_a} and {by_b}"

@@ -188,6 +188,11 @@ async fn malformed_and_oversized_requests_get_clear_statuses_and_memory_stays_bo
 
     assert_serving(&ingest).await;
     let (peak, now) = ingest.memory();
+    eprintln!(
+        "peak RSS through the hostile requests: {} MiB (now {} MiB)",
+        peak >> 20,
+        now >> 20
+    );
     assert!(
         peak < RSS_BOUND,
         "peak RSS {} MiB (now {} MiB)",
@@ -221,7 +226,9 @@ async fn a_thousand_idle_connections_do_not_starve_real_requests() {
         );
     }
     assert_eq!(consume(&ingest.topics.ingest, 20, WAIT).await.len(), 20);
+    assert_serving(&ingest).await;
     let (peak, _) = ingest.memory();
+    eprintln!("peak RSS with 1000 idle connections: {} MiB", peak >> 20);
     assert!(peak < RSS_BOUND, "peak RSS {} MiB", peak >> 20);
     drop(idle);
 }
@@ -285,4 +292,6 @@ async fn a_flooding_source_gets_429_while_another_is_unaffected_and_guessed_keys
         "{metrics}"
     );
     assert_serving(&ingest).await;
+    let (peak, _) = ingest.memory();
+    assert!(peak < RSS_BOUND, "peak RSS {} MiB", peak >> 20);
 }

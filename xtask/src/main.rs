@@ -11,6 +11,7 @@
 //! `cargo install` into a cache outside the repo. `KAFKA_BROKERS=host:port` skips it and uses
 //! an existing cluster.
 
+mod bench;
 mod broker;
 mod deploy;
 mod stack;
@@ -54,6 +55,8 @@ enum Task {
     Deploy,
     /// Bring up the whole stack on free ports, send events, check them through Prometheus, stop.
     Smoke,
+    /// Throughput, latency and memory of ingest against a bare producer and a bare HTTP server.
+    Bench,
 }
 
 #[tokio::main]
@@ -82,6 +85,7 @@ async fn main() -> Result<()> {
         Task::Test { args } => test(&root, &args).await,
         Task::Deploy => deploy::check(&root).await,
         Task::Smoke => smoke(&root).await,
+        Task::Bench => bench::bench(&root).await,
         Task::Broker => {
             let broker = Broker::start_or_existing(&root).await?;
             broker.create_topics(&TOPICS).await?;

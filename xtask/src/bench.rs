@@ -1,0 +1,501 @@
+//! `cargo xtask bench`: ingest against what the machine allows, in one run against one broker.
+//!
+//! 1. a seeded corpus (85% single events, 15% batches of 10-100, 2% invalid, 300 B - 4 KB with a
+//!    few near 32 KiB);
+//! 2. `bare-producer` (rdkafka with ingest's settings) pushing the corpus's events;
+//! 3. `bare-http` (hyper, reads each body, answers 200) under oha;
+//! 4. `ingest` (release) under the same oha runs; then every accepted event is looked for on
+//!    the topic.
+//!
+//! Saturation is closed-loop; latencies are open-loop at 25/50/75% of saturation with oha's
+//! coordinated-omission correction. CPU comes from `/proc/<pid>/stat`, peak RSS from `VmHWM`.
+//! Results: a Markdown table on stdout and in `target/bench/report.md`, JSON in `report.json`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::{json, Value};
+use tokio::process::{Child, Command};
+
+use crate::broker::Broker;
+use crate::stack::{cargo, http};
+use crate::tools::{run, tools_dir};
+
+const OHA_VERSION: &str = "1.14.0";
+/// Requests in the corpus files (oha picks lines at random).
+const CORPUS_REQUESTS: usize = 4_000;
+/// Seconds of each saturation run, and of each latency run.
+const SATURATION_SECS: u64 = 8;
+const LATENCY_SECS: u64 = 5;
+/// Connections for singles and for batches in the closed-loop runs (about their share of requests).
+const CONNECTIONS: (u32, u32) = (42, 8);
+
+/// The corpus: request bodies and the events in them.
+struct Corpus {
+    singles: PathBuf,
+    batches: PathBuf,
+    payloads: PathBuf,
+    /// Mean events per batch request.
+    batch_events: f64,
+}
+
+/// One load test's results.
+#[derive(Debug, Default, Clone)]
+struct Load {
+    requests_per_sec: f64,
+    events_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+}
+
+/// Runs the whole benchmark.
+pub async fn bench(root: &Path) -> Result<()> {
+    let started = Instant::now();
+    let out = root.join("target").join("bench");
+    std::fs::create_dir_all(&out)?;
+    let oha = install_oha().await?;
+    cargo(
+        root,
+        &["build", "--release", "--quiet", "-p", "ingest", "-p", "bench"],
+    )
+    .await?;
+    let release = root.join("target").join("release");
+    let broker = Broker::start_or_existing(root).await?;
+    let run_id = std::process::id();
+    let topics = [
+        format!("bench-{run_id}.ingest"),
+        format!("bench-{run_id}.dlq"),
+        format!("bench-{run_id}.retry"),
+        format!("bench-{run_id}.bare"),
+    ];
+    broker
+        .create_topics(&[(&topics[0], 3), (&topics[1], 1), (&topics[2], 1), (&topics[3], 3)])
+        .await?;
+    let corpus = corpus(&out)?;
+    let events_per_request = 0.85 + 0.15 * corpus.batch_events;
+
+    println!("bench: bare producer");
+    let output = Command::new(release.join("bare-producer"))
+        .args([
+            "--brokers",
+            broker.address(),
+            "--topic",
+            &topics[3],
+            "--count",
+            "200000",
+            "--payloads",
+        ])
+        .arg(&corpus.payloads)
+        .output()
+        .await?;
+    ensure!(
+        output.status.success(),
+        "bare-producer: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let bare: Value = serde_json::from_slice(&output.stdout)?;
+    let producer_eps = bare["events"].as_f64().unwrap_or(0.0) / bare["seconds"].as_f64().unwrap_or(1.0);
+    let producer_cpu_per_k =
+        bare["cpu_seconds"].as_f64().unwrap_or(0.0) / bare["events"].as_f64().unwrap_or(1.0) * 1000.0;
+
+    println!("bench: bare HTTP");
+    let port = free_port()?;
+    let server = Command::new(release.join("bare-http"))
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .kill_on_drop(true)
+        .spawn()?;
+    wait_port(port).await?;
+    let (http_sat, http_cpu, http_rss) = saturate(&oha, &server, port, &corpus, None).await?;
+    let http_lat = latencies(&oha, port, &corpus, http_sat.requests_per_sec, None).await?;
+    drop(server);
+
+    println!("bench: ingest (release)");
+    let sources = out.join("sources.toml");
+    std::fs::write(&sources, "[[source]]\nworkspace_id = \"ws_bench\"\nsource_id = \"src_bench\"\nwrite_key = \"bench-key\"\nrate_limit = 0\n")?;
+    let port = free_port()?;
+    let metrics_port = free_port()?;
+    let ingest = Command::new(release.join("ingest"))
+        .env("CDP_KAFKA_BROKERS", broker.address())
+        .env("CDP_TOPIC_INGEST", &topics[0])
+        .env("CDP_TOPIC_DLQ", &topics[1])
+        .env("CDP_TOPIC_RETRY", &topics[2])
+        .env("CDP_SOURCES_FILE", &sources)
+        .env("CDP_LISTEN", format!("127.0.0.1:{port}"))
+        .env("CDP_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
+        .env("RUST_LOG", "error")
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    wait_port(port).await?;
+    let auth = Some("bench-key:");
+    let (ingest_sat, ingest_cpu, _) = saturate(&oha, &ingest, port, &corpus, auth).await?;
+    let ingest_lat = latencies(&oha, port, &corpus, ingest_sat.requests_per_sec, auth).await?;
+    let ingest_rss = peak_rss(&ingest)?;
+    let accepted = accepted_events(metrics_port).await?;
+    let on_topic = count_records(
+        broker.address(),
+        &topics[0],
+        accepted as usize,
+        Duration::from_secs(60),
+    )
+    .await?;
+    drop(ingest);
+
+    let http_cpu_per_k =
+        http_cpu / (http_sat.requests_per_sec * SATURATION_SECS as f64) * 1000.0 / events_per_request;
+    let ingest_cpu_per_k = ingest_cpu / (ingest_sat.events_per_sec * SATURATION_SECS as f64) * 1000.0;
+    let cpu_target = 1.3 * (http_cpu_per_k + producer_cpu_per_k);
+    let p99_target = http_lat[1].p99_ms + 1.0;
+    let rss_mib = ingest_rss as f64 / (1 << 20) as f64;
+    let checks = [
+        (
+            "ingest CPU per event <= 1.3 x (bare HTTP per event + bare producer per event)",
+            ingest_cpu_per_k <= cpu_target,
+            format!("{ingest_cpu_per_k:.3} <= {cpu_target:.3} CPU ms/event"),
+        ),
+        (
+            "p99 at 50% of saturation <= bare HTTP p99 + 1 ms",
+            ingest_lat[1].p99_ms <= p99_target,
+            format!("{:.2} <= {p99_target:.2} ms", ingest_lat[1].p99_ms),
+        ),
+        (
+            "RSS under load <= 150 MiB",
+            rss_mib <= 150.0,
+            format!("{rss_mib:.0} MiB"),
+        ),
+        (
+            "every accepted event is on the topic",
+            on_topic >= accepted as usize,
+            format!("{on_topic} records for {accepted} accepted events"),
+        ),
+    ];
+
+    let mut md = String::new();
+    md.push_str("| | bare producer | bare HTTP | ingest | ingest / bare HTTP |\n|---|---:|---:|---:|---:|\n");
+    md.push_str(&format!(
+        "| events/s at saturation | {producer_eps:.0} | {:.0} | {:.0} | {:.2} |\n",
+        http_sat.events_per_sec,
+        ingest_sat.events_per_sec,
+        ingest_sat.events_per_sec / http_sat.events_per_sec
+    ));
+    md.push_str(&format!(
+        "| requests/s at saturation | | {:.0} | {:.0} | {:.2} |\n",
+        http_sat.requests_per_sec,
+        ingest_sat.requests_per_sec,
+        ingest_sat.requests_per_sec / http_sat.requests_per_sec
+    ));
+    md.push_str(&format!(
+        "| CPU ms per 1 000 events (server process) | {:.1} | {:.1} | {:.1} | {:.2} |\n",
+        producer_cpu_per_k * 1000.0,
+        http_cpu_per_k * 1000.0,
+        ingest_cpu_per_k * 1000.0,
+        ingest_cpu_per_k / http_cpu_per_k
+    ));
+    for (i, share) in ["25%", "50%", "75%"].iter().enumerate() {
+        let (h, g) = (&http_lat[i], &ingest_lat[i]);
+        md.push_str(&format!("| p50 / p99 / p99.9 ms at {share} | | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {:.2} (p99) |\n", h.p50_ms, h.p99_ms, h.p999_ms, g.p50_ms, g.p99_ms, g.p999_ms, g.p99_ms / h.p99_ms.max(0.001)));
+    }
+    md.push_str(&format!(
+        "| peak RSS MiB | | {:.0} | {rss_mib:.0} | |\n",
+        http_rss as f64 / (1 << 20) as f64
+    ));
+    md.push_str(&format!(
+        "| ingest / bare producer events/s | | | {:.2} | |\n\n",
+        ingest_sat.events_per_sec / producer_eps
+    ));
+    for (name, ok, detail) in &checks {
+        md.push_str(&format!("- [{}] {name}: {detail}\n", if *ok { "x" } else { " " }));
+    }
+    md.push_str(&format!("\nCorpus: {CORPUS_REQUESTS} requests per file, {events_per_request:.1} events per request on average. Took {:.0} s.\n", started.elapsed().as_secs_f64()));
+    println!("\n{md}");
+    std::fs::write(out.join("report.md"), &md)?;
+    let report = json!({
+        "bare_producer": {"events_per_sec": producer_eps, "cpu_ms_per_1000_events": producer_cpu_per_k * 1000.0},
+        "bare_http": {"events_per_sec": http_sat.events_per_sec, "requests_per_sec": http_sat.requests_per_sec, "cpu_ms_per_1000_events": http_cpu_per_k * 1000.0, "latency_ms": lat_json(&http_lat), "peak_rss_bytes": http_rss},
+        "ingest": {"events_per_sec": ingest_sat.events_per_sec, "requests_per_sec": ingest_sat.requests_per_sec, "cpu_ms_per_1000_events": ingest_cpu_per_k * 1000.0, "latency_ms": lat_json(&ingest_lat), "peak_rss_bytes": ingest_rss, "accepted_events": accepted, "records_on_topic": on_topic},
+        "checks": checks.iter().map(|(n, ok, d)| json!({"check": n, "passed": ok, "detail": d})).collect::<Vec<_>>(),
+    });
+    std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&report)?)?;
+    println!(
+        "written: {}, {}",
+        out.join("report.md").display(),
+        out.join("report.json").display()
+    );
+    Ok(())
+}
+
+fn lat_json(lat: &[Load]) -> Value {
+    json!(["25%", "50%", "75%"]
+        .iter()
+        .zip(lat)
+        .map(|(s, l)| json!({"load": s, "p50": l.p50_ms, "p99": l.p99_ms, "p99_9": l.p999_ms}))
+        .collect::<Vec<_>>())
+}
+
+/// Closed-loop saturation: singles and batches at once; returns the load, the server's CPU
+/// seconds during it, and its peak RSS.
+async fn saturate(
+    oha: &Path,
+    server: &Child,
+    port: u16,
+    corpus: &Corpus,
+    auth: Option<&str>,
+) -> Result<(Load, f64, u64)> {
+    let pid = server.id().context("server exited")?;
+    let cpu_before = process_cpu(pid)?;
+    let duration = format!("{SATURATION_SECS}s");
+    let (c_singles, c_batches) = (CONNECTIONS.0.to_string(), CONNECTIONS.1.to_string());
+    let singles_args = ["-c", c_singles.as_str(), "-z", duration.as_str()];
+    let batches_args = ["-c", c_batches.as_str(), "-z", duration.as_str()];
+    let singles = oha_run(oha, port, "/v1/track", &corpus.singles, auth, &singles_args);
+    let batches = oha_run(oha, port, "/v1/batch", &corpus.batches, auth, &batches_args);
+    let (singles, batches) = tokio::try_join!(singles, batches)?;
+    let cpu = process_cpu(pid)? - cpu_before;
+    let rss = peak_rss_pid(pid)?;
+    let rps = |v: &Value| v["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0);
+    let load = Load {
+        requests_per_sec: rps(&singles) + rps(&batches),
+        events_per_sec: rps(&singles) + rps(&batches) * corpus.batch_events,
+        ..Load::default()
+    };
+    Ok((load, cpu, rss))
+}
+
+/// Open-loop latency of singles at 25/50/75% of the saturation request rate (batches ride
+/// along at their share), with coordinated-omission correction.
+async fn latencies(
+    oha: &Path,
+    port: u16,
+    corpus: &Corpus,
+    saturation_rps: f64,
+    auth: Option<&str>,
+) -> Result<Vec<Load>> {
+    let mut out = Vec::new();
+    for share in [0.25, 0.5, 0.75] {
+        let rate = saturation_rps * share;
+        let duration = format!("{LATENCY_SECS}s");
+        let (singles_q, batches_q) = (
+            format!("{:.0}", (rate * 0.85).max(1.0)),
+            format!("{:.0}", (rate * 0.15).max(1.0)),
+        );
+        let common = ["--latency-correction", "-z", duration.as_str(), "-c", "64"];
+        let singles_args = [&common[..], &["-q", singles_q.as_str()]].concat();
+        let batches_args = [&common[..], &["-q", batches_q.as_str()]].concat();
+        let singles = oha_run(oha, port, "/v1/track", &corpus.singles, auth, &singles_args);
+        let batches = oha_run(oha, port, "/v1/batch", &corpus.batches, auth, &batches_args);
+        let (singles, _) = tokio::try_join!(singles, batches)?;
+        let p = |k: &str| singles["latencyPercentiles"][k].as_f64().unwrap_or(f64::NAN) * 1000.0;
+        out.push(Load {
+            p50_ms: p("p50"),
+            p99_ms: p("p99"),
+            p999_ms: p("p99.9"),
+            ..Load::default()
+        });
+    }
+    Ok(out)
+}
+
+async fn oha_run(
+    oha: &Path,
+    port: u16,
+    path: &str,
+    bodies: &Path,
+    auth: Option<&str>,
+    extra: &[&str],
+) -> Result<Value> {
+    let mut command = Command::new(oha);
+    command
+        .args([
+            "--no-tui",
+            "--output-format",
+            "json",
+            "-m",
+            "POST",
+            "-T",
+            "application/json",
+            "-Z",
+        ])
+        .arg(bodies)
+        .args(extra)
+        .arg(format!("http://127.0.0.1:{port}{path}"));
+    if let Some(auth) = auth {
+        command.args(["-a", auth]);
+    }
+    let output = command.output().await.context("running oha")?;
+    ensure!(
+        output.status.success(),
+        "oha: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).context("oha JSON output")
+}
+
+/// The seeded corpus.
+fn corpus(out: &Path) -> Result<Corpus> {
+    let mut rng = Rng(0x5eed_cafe_f00d_d00d);
+    let mut singles = String::new();
+    let mut batches = String::new();
+    let mut payloads = String::new();
+    let mut batch_events = 0usize;
+    let mut n = 0usize;
+    for i in 0..CORPUS_REQUESTS {
+        let e = event(&mut rng, i * 1000, Some("track"));
+        payloads.push_str(&e.to_string());
+        payloads.push('\n');
+        singles.push_str(&e.to_string());
+        singles.push('\n');
+        let size = 10 + rng.below(91) as usize;
+        let items: Vec<Value> = (0..size)
+            .map(|j| event(&mut rng, i * 1000 + j + 1, None))
+            .collect();
+        batch_events += size;
+        n += 1;
+        batches.push_str(&json!({ "batch": items }).to_string());
+        batches.push('\n');
+    }
+    let corpus = Corpus {
+        singles: out.join("corpus-singles.jsonl"),
+        batches: out.join("corpus-batches.jsonl"),
+        payloads: out.join("corpus-payloads.jsonl"),
+        batch_events: batch_events as f64 / n as f64,
+    };
+    std::fs::write(&corpus.singles, singles)?;
+    std::fs::write(&corpus.batches, batches)?;
+    std::fs::write(&corpus.payloads, payloads)?;
+    Ok(corpus)
+}
+
+/// One event: 300 B - 4 KB (0.5% near 32 KiB), 2% invalid.
+fn event(rng: &mut Rng, id: usize, fixed_type: Option<&str>) -> Value {
+    const TYPES: [&str; 9] = [
+        "track", "track", "track", "track", "identify", "page", "screen", "group", "alias",
+    ];
+    let kind = fixed_type.unwrap_or(TYPES[rng.below(TYPES.len() as u64) as usize]);
+    let size = if rng.below(200) == 0 {
+        31_000
+    } else {
+        300 + rng.below(3_700) as usize
+    };
+    let mut e = json!({
+        "type": kind, "anonymousId": format!("visitor-{}", rng.below(10_000)), "userId": format!("user-{}", rng.below(5_000)),
+        "messageId": format!("bench-{id}"), "event": "Product Viewed", "name": "Home", "groupId": "g-1", "previousId": "p-1",
+        "timestamp": "2026-11-26T12:00:00.000Z", "context": {"library": {"name": "bench", "version": "1"}, "locale": "en-US"},
+    });
+    let base = e.to_string().len();
+    e["properties"] =
+        json!({"sku": format!("sku-{}", rng.below(1000)), "pad": "x".repeat(size.saturating_sub(base + 40))});
+    if rng.below(50) == 0 {
+        e["properties"] = json!("not an object"); // 2% invalid
+    }
+    if fixed_type.is_some() {
+        e.as_object_mut().expect("object").remove("type");
+    }
+    e
+}
+
+/// xorshift64*: a seeded, reproducible corpus without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+async fn install_oha() -> Result<PathBuf> {
+    let root = tools_dir()?.join("oha");
+    let oha = root.join("bin").join("oha");
+    if !oha.exists() {
+        println!("installing oha {OHA_VERSION} with cargo install (a few minutes, once)");
+        run(Command::new("cargo")
+            .args(["install", "oha", "--locked", "--version", OHA_VERSION, "--root"])
+            .arg(&root))
+        .await?;
+    }
+    Ok(oha)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn wait_port(port: u16) -> Result<()> {
+    for _ in 0..300 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("nothing listens on {port}")
+}
+
+/// CPU seconds (user + system) of a process.
+fn process_cpu(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, r)| r)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    Ok((ticks(11) + ticks(12)) / 100.0)
+}
+
+fn peak_rss(child: &Child) -> Result<u64> {
+    peak_rss_pid(child.id().context("process exited")?)
+}
+
+fn peak_rss_pid(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .context("no VmHWM")?;
+    Ok(line.split_whitespace().nth(1).unwrap_or("0").parse::<u64>()? * 1024)
+}
+
+/// `sum(cdp_ingest_events_total{outcome="accepted"})` from ingest's metrics.
+async fn accepted_events(metrics_port: u16) -> Result<f64> {
+    let (_, text) = http(metrics_port, "GET", "/metrics", &[], "").await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("cdp_ingest_events_total{") && l.contains("outcome=\"accepted\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// Records on `topic`, read until `expected` or `timeout`.
+async fn count_records(brokers: &str, topic: &str, expected: usize, timeout: Duration) -> Result<usize> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let (brokers, topic) = (brokers.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || -> Result<usize> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", "bench-count")
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+        let mut tpl = TopicPartitionList::new();
+        for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+            tpl.add_partition_offset(&topic, p.id(), Offset::Beginning)?;
+        }
+        consumer.assign(&tpl)?;
+        let deadline = Instant::now() + timeout;
+        let mut n = 0;
+        while n < expected && Instant::now() < deadline {
+            if let Some(Ok(_)) = consumer.poll(Duration::from_millis(200)) {
+                n += 1;
+            }
+        }
+        Ok(n)
+    })
+    .await?
+}

@@ -23,7 +23,7 @@ use crate::broker::Broker;
 use crate::stack::{cargo, http};
 use crate::tools::{run, tools_dir};
 
-const OHA_VERSION: &str = "1.14.0";
+const OHA_VERSION: &str = "1.16.0";
 /// Requests in the corpus files (oha picks lines at random).
 const CORPUS_REQUESTS: usize = 4_000;
 /// Seconds of each saturation run, and of each latency run.
@@ -438,14 +438,7 @@ async fn wait_port(port: u16) -> Result<()> {
 
 /// CPU seconds (user + system) of a process.
 fn process_cpu(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, r)| r)
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-    Ok((ticks(11) + ticks(12)) / 100.0)
+    Ok(bench::cpu_seconds_of(&pid.to_string()))
 }
 
 fn peak_rss(child: &Child) -> Result<u64> {

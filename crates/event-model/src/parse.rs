@@ -42,7 +42,8 @@ pub struct BatchFields {
 /// events); per-event problems are left to [`crate::normalize`].
 pub fn parse_body(body: &mut [u8], endpoint: Endpoint, limits: &Limits) -> Result<Parsed, Rejection> {
     check_depth(body, limits.max_depth)?;
-    let value = simd_json::to_owned_value(body)
+    let value = BUFFERS
+        .with(|buffers| simd_json::owned::to_value_with_buffers(body, &mut buffers.borrow_mut()))
         .map_err(|e| Rejection::new(Reason::InvalidJson, "", format!("body is not valid JSON: {e}")))?;
     let OwnedValue::Object(mut obj) = value else {
         return Err(Rejection::new(
@@ -149,35 +150,44 @@ impl BatchFields {
     }
 }
 
+thread_local! {
+    /// simd-json's scratch buffers, reused by every parse on this thread.
+    static BUFFERS: std::cell::RefCell<simd_json::Buffers> = std::cell::RefCell::new(simd_json::Buffers::default());
+}
+
 /// Refuses JSON nested deeper than `max` before parsing, so that no later recursive walk
-/// (serialisation, drop) can exhaust the stack.
+/// (serialisation, drop) can exhaust the stack. Strings are skipped with a SIMD search.
 fn check_depth(bytes: &[u8], max: usize) -> Result<(), Rejection> {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &b in bytes {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
+    let mut depth = 0usize;
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
         match b {
-            b'"' => in_string = true,
+            b'"' => {
+                // Skip to the closing quote; an unterminated string is the parser's to report.
+                i += 1;
+                loop {
+                    let rest = bytes.get(i..).unwrap_or_default();
+                    match memchr::memchr2(b'"', b'\\', rest) {
+                        None => return Ok(()),
+                        Some(j) if rest[j] == b'\\' => i += j + 2,
+                        Some(j) => {
+                            i += j + 1;
+                            break;
+                        }
+                    }
+                }
+                continue;
+            }
             b'{' | b'[' => {
                 depth += 1;
                 if depth > max {
-                    return Err(Rejection::new(
-                        Reason::TooDeep,
-                        "",
-                        format!("JSON nested deeper than {max} levels"),
-                    ));
+                    return Err(Rejection::new(Reason::TooDeep, "", format!("JSON nested deeper than {max} levels")));
                 }
             }
             b'}' | b']' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        i += 1;
     }
     Ok(())
 }

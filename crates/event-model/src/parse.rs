@@ -181,7 +181,11 @@ fn check_depth(bytes: &[u8], max: usize) -> Result<(), Rejection> {
             b'{' | b'[' => {
                 depth += 1;
                 if depth > max {
-                    return Err(Rejection::new(Reason::TooDeep, "", format!("JSON nested deeper than {max} levels")));
+                    return Err(Rejection::new(
+                        Reason::TooDeep,
+                        "",
+                        format!("JSON nested deeper than {max} levels"),
+                    ));
                 }
             }
             b'}' | b']' => depth = depth.saturating_sub(1),

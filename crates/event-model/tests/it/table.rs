@@ -365,7 +365,10 @@ fn deeply_nested_json_is_refused_before_parsing() {
     // Brackets inside strings do not count, escaped quotes included.
     let body = format!(r#"{{"anonymousId":"a","event":"{}"}}"#, "[".repeat(100));
     accept(Track, &body);
-    let body = format!(r#"{{"anonymousId":"a","event":"x\"{}\\","p":1}}"#, "[".repeat(100));
+    let body = format!(
+        r#"{{"anonymousId":"a","event":"x\"{}\\","p":1}}"#,
+        "[".repeat(100)
+    );
     accept(Track, &body);
 }
 

@@ -178,8 +178,8 @@ struct RejectedEvent {
 
 /// Where and when a request arrived, recorded in its DLQ envelopes for faithful replays.
 struct Origin {
-    received_at: String,
-    client_ip: String,
+    received_at: chrono::DateTime<chrono::Utc>,
+    client_ip: IpAddr,
     /// The type a single-event endpoint's path sets.
     path_type: Option<&'static str>,
 }
@@ -200,8 +200,8 @@ async fn ingest(
     let received_at = chrono::Utc::now();
     let client_ip = client_ip(&parts.headers, peer, &state.trusted_proxies);
     let origin = Origin {
-        received_at: received_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        client_ip: client_ip.to_string(),
+        received_at,
+        client_ip,
         path_type: match endpoint {
             Endpoint::Single(t) => Some(t.as_str()),
             Endpoint::Batch => None,
@@ -352,8 +352,12 @@ async fn write_dlq(
             &r.rejection,
             r.raw.clone(),
         );
-        envelope.received_at = Some(origin.received_at.clone());
-        envelope.client_ip = Some(origin.client_ip.clone());
+        envelope.received_at = Some(
+            origin
+                .received_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        );
+        envelope.client_ip = Some(origin.client_ip.to_string());
         envelope.event_type = origin.path_type.map(str::to_string);
         acks.push(state.producer.send_dlq(&envelope));
     }

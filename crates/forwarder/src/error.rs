@@ -11,6 +11,9 @@ pub enum Error {
     /// The cluster does not answer, or the retry topic is missing.
     #[error(transparent)]
     Kafka(#[from] kafka_producer::Error),
+    /// The producer hit a fatal error (idempotence): restart the process.
+    #[error("the Kafka producer hit a fatal error; restart to resume from the committed offsets")]
+    FatalProducer,
     /// Subscribing to the retry topic failed.
     #[error("cannot subscribe to {topic}: {source}")]
     Subscribe {

@@ -4,10 +4,32 @@ use std::time::Duration;
 
 use event_model::DlqEnvelope;
 use kafka_producer::retry::{header_text, unix_ms_after, without_retry_headers, RetryInfo};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientContext;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crate::{metrics, Config, INVALID_RETRY_RECORD, RETRIES_EXHAUSTED};
+
+/// The forwarder's producer: awaited writes, with fatal errors noticed.
+pub(crate) type Producer = FutureProducer<FatalWatch>;
+
+/// Notices a fatal producer error (the idempotent producer cannot go on): the forwarder then
+/// stops instead of retrying forever; a restart resumes from the committed offsets.
+pub(crate) struct FatalWatch {
+    pub fatal: Arc<AtomicBool>,
+}
+
+impl ClientContext for FatalWatch {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+            self.fatal.store(true, Ordering::SeqCst);
+        }
+        tracing::error!(%error, reason, "kafka producer error");
+    }
+}
 
 /// What became of a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +48,7 @@ pub(crate) type Entry = (OwnedMessage, Option<RetryInfo>);
 /// settled, and the records from the first one that could not be written anywhere on (to be
 /// tried again later).
 pub(crate) async fn process_batch(
-    producer: &FutureProducer,
+    producer: &Producer,
     config: &Config,
     batch: Vec<Entry>,
 ) -> (Option<i64>, Vec<Entry>) {
@@ -73,7 +95,7 @@ pub(crate) async fn process_batch(
 
 /// Settles one record after its forward: done, or re-queued, or dead-lettered.
 async fn settle(
-    producer: &FutureProducer,
+    producer: &Producer,
     config: &Config,
     message: &OwnedMessage,
     info: Option<&RetryInfo>,
@@ -149,7 +171,7 @@ async fn settle(
 }
 
 async fn dead_letter(
-    producer: &FutureProducer,
+    producer: &Producer,
     config: &Config,
     message: &OwnedMessage,
     message_id: &str,
@@ -194,7 +216,7 @@ async fn dead_letter(
 
 /// Produces one record and waits for the broker's acknowledgement.
 async fn produce(
-    producer: &FutureProducer,
+    producer: &Producer,
     topic: &str,
     key: Option<&[u8]>,
     value: Option<&[u8]>,

@@ -15,12 +15,11 @@ use kafka_producer::ProducerConfig;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::producer::FutureProducer;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
-use crate::job::{self, Entry};
+use crate::job::{self, Entry, FatalWatch, Producer};
 use crate::{metrics, Config, Error};
 
 /// Queued records per partition above which the partition is paused.
@@ -120,11 +119,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let mut producer_config = ProducerConfig::new(&config.kafka.brokers, config.kafka.topics());
     producer_config.client_id = "cdp-retry-forwarder".into();
     producer_config.message_timeout = config.produce_timeout;
-    let producer: Arc<FutureProducer> = Arc::new(
+    let fatal = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producer: Arc<Producer> = Arc::new(
         producer_config
             .client_config()
             .set("statistics.interval.ms", "0")
-            .create()
+            .create_with_context(FatalWatch { fatal: fatal.clone() })
             .map_err(Error::Create)?,
     );
 
@@ -180,6 +180,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             },
         }
         metrics::held(forwarder.queues.values().map(|q| q.entries.len()).sum());
+        if fatal.load(std::sync::atomic::Ordering::SeqCst) {
+            forwarder.shutdown().await;
+            return Err(Error::FatalProducer);
+        }
     }
     forwarder.shutdown().await;
     Ok(())
@@ -187,7 +191,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
 struct Forwarder {
     consumer: StreamConsumer<Context>,
-    producer: Arc<FutureProducer>,
+    producer: Arc<Producer>,
     config: Arc<Config>,
     topic: String,
     queues: HashMap<i32, Queue>,

@@ -1,0 +1,488 @@
+//! The local on-disk spool: where `ingest` keeps records that Kafka could not take, until the
+//! cluster is back.
+//!
+//! The spool is a directory of append-only segment files, `<sequence>.spool`, written in order.
+//! Each record is one frame:
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 4 | body length, little-endian |
+//! | 4 | CRC-32 of the body, little-endian |
+//! | n | body: message id, key, headers, value (each length-prefixed) |
+//!
+//! Appends go straight to the file (so a SIGKILL loses nothing that was appended: the page
+//! cache keeps it); a background thread calls `fdatasync` in groups, every `fsync_interval`
+//! (so a power loss loses at most that much). The drainer takes whole segments, oldest first:
+//! [`Spool::take_segment`] seals the active segment when no sealed one is left, and
+//! [`Spool::remove`] deletes a segment once every record of it is delivered. A crash between
+//! delivery and removal re-sends the segment: duplicates, never a loss.
+//!
+//! On [`Spool::open`], existing segments are scanned: a torn last frame (a crash mid-write) or
+//! a frame whose checksum fails is cut off with an error log, and the rest is kept for draining.
+//!
+//! The spool does no Kafka I/O; it knows nothing of topics.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+/// Everything that can go wrong with the spool.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The spool holds `cap` bytes already: the caller should shed load (HTTP 503).
+    #[error("the local spool is full ({cap} bytes)")]
+    Full {
+        /// The configured cap, in bytes.
+        cap: u64,
+    },
+    /// A record larger than a segment can hold.
+    #[error("a record of {0} bytes does not fit in a spool segment")]
+    TooLarge(usize),
+    /// A file system error.
+    #[error("spool I/O on {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// One spooled record: an ingest record as it would go to Kafka.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The event's `message_id`, for logs.
+    pub message_id: String,
+    /// The Kafka key.
+    pub key: Vec<u8>,
+    /// The Kafka headers, in order.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The Kafka value.
+    pub value: Vec<u8>,
+}
+
+/// How to open a spool.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Most bytes on disk; appends beyond it fail with [`Error::Full`].
+    pub max_bytes: u64,
+    /// Size at which the active segment is sealed and a new one started.
+    pub segment_bytes: u64,
+    /// How often appended records are synced to disk.
+    pub fsync_interval: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            max_bytes: 1 << 30,
+            segment_bytes: 8 << 20,
+            fsync_interval: Duration::from_millis(50),
+        }
+    }
+}
+
+/// A sealed segment, taken by the drainer: read it, deliver it, then [`Spool::remove`] it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    sequence: u64,
+    path: PathBuf,
+    bytes: u64,
+    records: u64,
+}
+
+impl Segment {
+    /// The segment file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Records in the segment.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// Reads every record of the segment, in append order. Frames were checked when the spool
+    /// was opened or written by this process; a frame that fails now is an I/O error.
+    pub fn read(&self) -> Result<Vec<Record>, Error> {
+        let data = std::fs::read(&self.path).map_err(|source| self.io(source))?;
+        let (records, valid) = decode_all(&data);
+        if valid != data.len() {
+            return Err(self.io(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("corrupt frame at byte {valid}"),
+            )));
+        }
+        Ok(records)
+    }
+
+    fn io(&self, source: io::Error) -> Error {
+        Error::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
+/// The spool of one `ingest` process. Share it as `Arc<Spool>`; every method takes `&self`.
+pub struct Spool {
+    dir: PathBuf,
+    options: Options,
+    state: Mutex<State>,
+    bytes: AtomicU64,
+    records: AtomicU64,
+    dirty: AtomicBool,
+}
+
+struct State {
+    /// The segment appends go to: sequence, file, bytes, records.
+    active: Option<(u64, File, u64, u64)>,
+    sealed: VecDeque<Segment>,
+    next_sequence: u64,
+}
+
+impl Spool {
+    /// Opens (creating it if needed) the spool in `dir`, recovers the segments a previous
+    /// process left, and starts the group-fsync thread.
+    pub fn open(dir: impl Into<PathBuf>, options: Options) -> Result<Arc<Spool>, Error> {
+        let dir = dir.into();
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Io { path, source }
+        };
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
+            let path = entry.map_err(io(&dir))?.path();
+            let sequence = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".spool"))
+                .and_then(|n| n.parse::<u64>().ok());
+            if let Some(sequence) = sequence {
+                found.push((sequence, path));
+            }
+        }
+        found.sort();
+        let mut sealed = VecDeque::new();
+        for (sequence, path) in found {
+            let data = std::fs::read(&path).map_err(io(&path))?;
+            let (records, valid) = decode_all(&data);
+            if valid != data.len() {
+                tracing::error!(
+                    file = %path.display(),
+                    kept = records.len(),
+                    cut_bytes = data.len() - valid,
+                    "spool segment ends in a torn or corrupt frame: cutting it off"
+                );
+                let file = OpenOptions::new().write(true).open(&path).map_err(io(&path))?;
+                file.set_len(valid as u64).map_err(io(&path))?;
+                file.sync_all().map_err(io(&path))?;
+            }
+            if records.is_empty() {
+                std::fs::remove_file(&path).map_err(io(&path))?;
+                continue;
+            }
+            sealed.push_back(Segment {
+                sequence,
+                path,
+                bytes: valid as u64,
+                records: records.len() as u64,
+            });
+        }
+        let next_sequence = sealed.back().map_or(0, |s| s.sequence + 1);
+        let spool = Arc::new(Spool {
+            bytes: AtomicU64::new(sealed.iter().map(|s| s.bytes).sum()),
+            records: AtomicU64::new(sealed.iter().map(|s| s.records).sum()),
+            dir,
+            options,
+            state: Mutex::new(State {
+                active: None,
+                sealed,
+                next_sequence,
+            }),
+            dirty: AtomicBool::new(false),
+        });
+        let weak = Arc::downgrade(&spool);
+        let interval = spool.options.fsync_interval;
+        std::thread::Builder::new()
+            .name("spool-fsync".into())
+            .spawn(move || fsync_loop(weak, interval))
+            .map_err(io(&spool.dir))?;
+        Ok(spool)
+    }
+
+    /// The spool directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Bytes on disk.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// The configured cap, in bytes.
+    pub fn max_bytes(&self) -> u64 {
+        self.options.max_bytes
+    }
+
+    /// Records waiting to be drained.
+    pub fn records(&self) -> u64 {
+        self.records.load(Ordering::Relaxed)
+    }
+
+    /// True when no record waits.
+    pub fn is_empty(&self) -> bool {
+        self.records() == 0
+    }
+
+    /// Appends a record. It survives a crash of the process at once, and a power loss after the
+    /// next group fsync. Fails with [`Error::Full`] above the cap.
+    pub fn append(&self, record: &Record) -> Result<(), Error> {
+        let frame = encode(record);
+        let len = frame.len() as u64;
+        if len > self.options.segment_bytes.max(1 << 20) {
+            return Err(Error::TooLarge(frame.len()));
+        }
+        let mut state = self.lock();
+        if self.bytes() + len > self.options.max_bytes {
+            return Err(Error::Full {
+                cap: self.options.max_bytes,
+            });
+        }
+        let roll = match &state.active {
+            Some((_, _, bytes, _)) => bytes + len > self.options.segment_bytes,
+            None => true,
+        };
+        if roll {
+            self.seal(&mut state)?;
+            let sequence = state.next_sequence;
+            let path = self.segment_path(sequence);
+            let file = OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .open(&path)
+                .map_err(|source| Error::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+            state.next_sequence += 1;
+            state.active = Some((sequence, file, 0, 0));
+        }
+        let Some((sequence, file, bytes, records)) = state.active.as_mut() else {
+            unreachable!("a segment was just opened");
+        };
+        if let Err(source) = file.write_all(&frame) {
+            // A partial frame would be cut off at the next open; start a fresh segment.
+            let path = self.segment_path(*sequence);
+            let _ = file.set_len(*bytes);
+            state.active = None;
+            return Err(Error::Io { path, source });
+        }
+        *bytes += len;
+        *records += 1;
+        self.bytes.fetch_add(len, Ordering::Relaxed);
+        self.records.fetch_add(1, Ordering::Relaxed);
+        self.dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Syncs appended records to disk now (the group fsync does it every interval).
+    pub fn sync(&self) -> Result<(), Error> {
+        let state = self.lock();
+        if self.dirty.swap(false, Ordering::AcqRel) {
+            if let Some((sequence, file, ..)) = &state.active {
+                file.sync_data().map_err(|source| Error::Io {
+                    path: self.segment_path(*sequence),
+                    source,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The oldest segment to drain, sealing the active one when no sealed segment is left;
+    /// `None` when the spool is empty. The segment stays on disk (and is returned again) until
+    /// [`Spool::remove`].
+    pub fn take_segment(&self) -> Result<Option<Segment>, Error> {
+        let mut state = self.lock();
+        if state.sealed.is_empty() {
+            self.seal(&mut state)?;
+        }
+        Ok(state.sealed.front().cloned())
+    }
+
+    /// Deletes a drained segment.
+    pub fn remove(&self, segment: &Segment) -> Result<(), Error> {
+        let mut state = self.lock();
+        let Some(at) = state.sealed.iter().position(|s| s == segment) else {
+            return Ok(());
+        };
+        std::fs::remove_file(&segment.path).map_err(|source| Error::Io {
+            path: segment.path.clone(),
+            source,
+        })?;
+        state.sealed.remove(at);
+        self.bytes.fetch_sub(segment.bytes, Ordering::Relaxed);
+        self.records.fetch_sub(segment.records, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Seals the active segment (synced, closed) if it holds records.
+    fn seal(&self, state: &mut MutexGuard<'_, State>) -> Result<(), Error> {
+        let Some((sequence, file, bytes, records)) = state.active.take() else {
+            return Ok(());
+        };
+        let path = self.segment_path(sequence);
+        file.sync_data().map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        if records == 0 {
+            let _ = std::fs::remove_file(&path);
+            return Ok(());
+        }
+        state.sealed.push_back(Segment {
+            sequence,
+            path,
+            bytes,
+            records,
+        });
+        Ok(())
+    }
+
+    fn segment_path(&self, sequence: u64) -> PathBuf {
+        self.dir.join(format!("{sequence:020}.spool"))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the state consistent enough to go on.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn fsync_loop(spool: Weak<Spool>, interval: Duration) {
+    loop {
+        std::thread::sleep(interval);
+        let Some(spool) = spool.upgrade() else { return };
+        if let Err(error) = spool.sync() {
+            tracing::error!(%error, "spool fsync failed");
+        }
+    }
+}
+
+const HEADER: usize = 8;
+
+/// The frame of a record: length, CRC-32, body.
+fn encode(record: &Record) -> Vec<u8> {
+    let mut body = Vec::with_capacity(record.message_id.len() + record.key.len() + record.value.len() + 64);
+    put(&mut body, record.message_id.as_bytes());
+    put(&mut body, &record.key);
+    body.extend_from_slice(&(record.headers.len() as u32).to_le_bytes());
+    for (name, value) in &record.headers {
+        put(&mut body, name.as_bytes());
+        put(&mut body, value);
+    }
+    put(&mut body, &record.value);
+    let mut frame = Vec::with_capacity(HEADER + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    frame.extend_from_slice(&body);
+    frame
+}
+
+fn put(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// Decodes frames from the start of `data`; returns the records and the length of the valid
+/// prefix (shorter than `data` after a torn or corrupt frame).
+fn decode_all(data: &[u8]) -> (Vec<Record>, usize) {
+    let mut records = Vec::new();
+    let mut at = 0;
+    while let Some((record, len)) = decode(&data[at..]) {
+        records.push(record);
+        at += len;
+    }
+    (records, at)
+}
+
+fn decode(data: &[u8]) -> Option<(Record, usize)> {
+    let mut header = Cursor(data);
+    let len = header.u32()? as usize;
+    let crc = header.u32()?;
+    let body = data.get(HEADER..HEADER.checked_add(len)?)?;
+    if crc32fast::hash(body) != crc {
+        return None;
+    }
+    let mut body = Cursor(body);
+    let message_id = String::from_utf8(body.bytes()?.to_vec()).ok()?;
+    let key = body.bytes()?.to_vec();
+    let count = body.u32()?;
+    let mut headers = Vec::new();
+    for _ in 0..count {
+        let name = String::from_utf8(body.bytes()?.to_vec()).ok()?;
+        headers.push((name, body.bytes()?.to_vec()));
+    }
+    let value = body.bytes()?.to_vec();
+    let record = Record {
+        message_id,
+        key,
+        headers,
+        value,
+    };
+    body.0.is_empty().then_some((record, HEADER + len))
+}
+
+/// Reads length-prefixed fields off the front of a slice.
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn u32(&mut self) -> Option<u32> {
+        let bytes = self.0.get(..4)?;
+        self.0 = &self.0[4..];
+        Some(u32::from_le_bytes(bytes.try_into().ok()?))
+    }
+
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let n = self.u32()? as usize;
+        let bytes = self.0.get(..n)?;
+        self.0 = &self.0[n..];
+        Some(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_round_trips_and_any_cut_or_flip_is_refused() {
+        let record = Record {
+            message_id: "m-1".into(),
+            key: b"visitor".to_vec(),
+            headers: vec![
+                ("workspace_id".into(), b"ws".to_vec()),
+                ("type".into(), b"track".to_vec()),
+            ],
+            value: br#"{"event":"e"}"#.to_vec(),
+        };
+        let frame = encode(&record);
+        assert_eq!(decode(&frame), Some((record, frame.len())));
+        for cut in 0..frame.len() {
+            assert_eq!(decode(&frame[..cut]), None, "cut at {cut}");
+        }
+        for at in 0..frame.len() {
+            let mut flipped = frame.clone();
+            flipped[at] ^= 0x40;
+            assert_eq!(decode(&flipped), None, "flip at {at}");
+        }
+    }
+}

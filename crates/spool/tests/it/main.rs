@@ -1,0 +1,177 @@
+//! The spool through its public API, on a real directory: append, reopen after a crash,
+//! torn and corrupt tails, the cap, draining segment by segment.
+
+use std::time::Duration;
+
+use proptest::prelude::*;
+use spool::{Error, Options, Record, Spool};
+
+fn record(i: usize, size: usize) -> Record {
+    Record {
+        message_id: format!("m-{i}"),
+        key: format!("visitor-{}", i % 7).into_bytes(),
+        headers: vec![
+            ("workspace_id".into(), b"ws".to_vec()),
+            ("type".into(), b"track".to_vec()),
+        ],
+        value: vec![b'x'; size],
+    }
+}
+
+fn options(max_bytes: u64, segment_bytes: u64) -> Options {
+    Options {
+        max_bytes,
+        segment_bytes,
+        fsync_interval: Duration::from_millis(10),
+    }
+}
+
+/// Takes, reads and removes every segment: the records in drain order.
+fn drain(spool: &Spool) -> Vec<Record> {
+    let mut out = Vec::new();
+    while let Some(segment) = spool.take_segment().unwrap() {
+        let records = segment.read().unwrap();
+        assert_eq!(records.len() as u64, segment.records());
+        out.extend(records);
+        spool.remove(&segment).unwrap();
+    }
+    assert!(spool.is_empty());
+    assert_eq!(spool.bytes(), 0);
+    out
+}
+
+#[test]
+fn records_come_back_in_append_order_across_segments_and_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let written: Vec<Record> = (0..300).map(|i| record(i, 100 + i)).collect();
+    {
+        let spool = Spool::open(dir.path(), options(1 << 20, 4096)).unwrap();
+        for r in &written {
+            spool.append(r).unwrap();
+        }
+        assert_eq!(spool.records(), 300);
+        // Dropped without a sync or seal, as a killed process would leave it.
+    }
+    let files = std::fs::read_dir(dir.path()).unwrap().count();
+    assert!(
+        files > 10,
+        "only {files} segments for 300 records of 4 KiB segments"
+    );
+    let spool = Spool::open(dir.path(), options(1 << 20, 4096)).unwrap();
+    assert_eq!(spool.records(), 300, "recovered count");
+    // New appends go after the recovered ones.
+    spool.append(&record(300, 10)).unwrap();
+    let drained = drain(&spool);
+    assert_eq!(drained[..300], written[..]);
+    assert_eq!(drained[300], record(300, 10));
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "drained segments are deleted"
+    );
+}
+
+#[test]
+fn a_torn_or_corrupt_tail_is_cut_off_and_the_rest_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let spool = Spool::open(dir.path(), options(1 << 20, 1 << 20)).unwrap();
+        for i in 0..10 {
+            spool.append(&record(i, 50)).unwrap();
+        }
+        spool.sync().unwrap();
+    }
+    let segment = std::fs::read_dir(dir.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let full = std::fs::read(&segment).unwrap();
+    // A crash mid-write: the last frame is half there.
+    std::fs::write(&segment, &full[..full.len() - 20]).unwrap();
+    let spool = Spool::open(dir.path(), options(1 << 20, 1 << 20)).unwrap();
+    assert_eq!(spool.records(), 9);
+    drop(spool);
+    // A flipped bit in the 5th record: it and everything after it in the segment are cut.
+    let data = std::fs::read(&segment).unwrap();
+    let frame = data.len() / 9;
+    let mut corrupt = data.clone();
+    corrupt[4 * frame + 30] ^= 1;
+    std::fs::write(&segment, &corrupt).unwrap();
+    let spool = Spool::open(dir.path(), options(1 << 20, 1 << 20)).unwrap();
+    let drained = drain(&spool);
+    assert_eq!(drained, (0..4).map(|i| record(i, 50)).collect::<Vec<_>>());
+}
+
+#[test]
+fn appends_over_the_cap_fail_with_full_until_a_segment_is_drained() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), options(10_000, 2_000)).unwrap();
+    let mut appended = 0;
+    let error = loop {
+        match spool.append(&record(appended, 500)) {
+            Ok(()) => appended += 1,
+            Err(error) => break error,
+        }
+    };
+    assert!(matches!(error, Error::Full { cap: 10_000 }), "{error}");
+    assert_eq!(error.to_string(), "the local spool is full (10000 bytes)");
+    assert!(spool.bytes() <= 10_000);
+    assert!(
+        (15..20).contains(&appended),
+        "{appended} records of ~560 bytes under 10 000"
+    );
+    let segment = spool.take_segment().unwrap().unwrap();
+    spool.remove(&segment).unwrap();
+    spool.append(&record(appended, 500)).unwrap();
+}
+
+#[test]
+fn a_segment_is_offered_again_until_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), options(1 << 20, 1 << 20)).unwrap();
+    assert_eq!(spool.take_segment().unwrap(), None);
+    spool.append(&record(0, 10)).unwrap();
+    let first = spool.take_segment().unwrap().unwrap();
+    // Appends after the seal go to a new segment; the sealed one is offered until removed.
+    spool.append(&record(1, 10)).unwrap();
+    assert_eq!(spool.take_segment().unwrap().as_ref(), Some(&first));
+    spool.remove(&first).unwrap();
+    let second = spool.take_segment().unwrap().unwrap();
+    assert_eq!(second.read().unwrap(), vec![record(1, 10)]);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn any_records_round_trip_through_disk(
+        records in prop::collection::vec(
+            (".{0,20}", prop::collection::vec(any::<u8>(), 0..40),
+             prop::collection::vec((".{0,10}", prop::collection::vec(any::<u8>(), 0..20)), 0..4),
+             prop::collection::vec(any::<u8>(), 0..300)),
+            0..40),
+        garbage in prop::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let records: Vec<Record> = records
+            .into_iter()
+            .map(|(message_id, key, headers, value)| Record { message_id, key, headers, value })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let spool = Spool::open(dir.path(), options(1 << 24, 1024)).unwrap();
+            for r in &records {
+                spool.append(r).unwrap();
+            }
+        }
+        // Garbage after the last frame (a torn write) never costs a complete record.
+        if let Some(last) = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).max() {
+            let mut data = std::fs::read(&last).unwrap();
+            data.extend_from_slice(&garbage);
+            std::fs::write(&last, data).unwrap();
+        }
+        let spool = Spool::open(dir.path(), options(1 << 24, 1024)).unwrap();
+        prop_assert_eq!(drain(&spool), records);
+    }
+}

@@ -42,6 +42,11 @@ pub enum Error {
     /// A record larger than a segment can hold.
     #[error("a record of {0} bytes does not fit in a spool segment")]
     TooLarge(usize),
+    /// Another process holds the spool directory.
+    #[error(
+        "the spool directory {0} is in use by another process: give each ingest process its own --spool-dir"
+    )]
+    Locked(PathBuf),
     /// A file system error.
     #[error("spool I/O on {path}: {source}")]
     Io {
@@ -132,6 +137,8 @@ impl Segment {
 /// The spool of one `ingest` process. Share it as `Arc<Spool>`; every method takes `&self`.
 pub struct Spool {
     dir: PathBuf,
+    /// Held (with an exclusive lock) for the spool's lifetime: one process per directory.
+    _lock: File,
     options: Options,
     state: Mutex<State>,
     bytes: AtomicU64,
@@ -156,6 +163,18 @@ impl Spool {
             move |source| Error::Io { path, source }
         };
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Locked(dir)),
+            Err(std::fs::TryLockError::Error(source)) => return Err(io(&lock_path)(source)),
+        }
         let mut found = Vec::new();
         for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
             let path = entry.map_err(io(&dir))?.path();
@@ -200,6 +219,7 @@ impl Spool {
             bytes: AtomicU64::new(sealed.iter().map(|s| s.bytes).sum()),
             records: AtomicU64::new(sealed.iter().map(|s| s.records).sum()),
             dir,
+            _lock: lock,
             options,
             state: Mutex::new(State {
                 active: None,

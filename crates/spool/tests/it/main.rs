@@ -26,6 +26,20 @@ fn options(max_bytes: u64, segment_bytes: u64) -> Options {
     }
 }
 
+/// Segment files in `dir`.
+fn segments(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "spool")
+        })
+        .count()
+}
+
 /// Takes, reads and removes every segment: the records in drain order.
 fn drain(spool: &Spool) -> Vec<Record> {
     let mut out = Vec::new();
@@ -52,7 +66,7 @@ fn records_come_back_in_append_order_across_segments_and_a_reopen() {
         assert_eq!(spool.records(), 300);
         // Dropped without a sync or seal, as a killed process would leave it.
     }
-    let files = std::fs::read_dir(dir.path()).unwrap().count();
+    let files = segments(dir.path());
     assert!(
         files > 10,
         "only {files} segments for 300 records of 4 KiB segments"
@@ -64,11 +78,7 @@ fn records_come_back_in_append_order_across_segments_and_a_reopen() {
     let drained = drain(&spool);
     assert_eq!(drained[..300], written[..]);
     assert_eq!(drained[300], record(300, 10));
-    assert_eq!(
-        std::fs::read_dir(dir.path()).unwrap().count(),
-        0,
-        "drained segments are deleted"
-    );
+    assert_eq!(segments(dir.path()), 0, "drained segments are deleted");
 }
 
 #[test]
@@ -81,12 +91,7 @@ fn a_torn_or_corrupt_tail_is_cut_off_and_the_rest_is_kept() {
         }
         spool.sync().unwrap();
     }
-    let segment = std::fs::read_dir(dir.path())
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let segment = dir.path().join(format!("{:020}.spool", 0));
     let full = std::fs::read(&segment).unwrap();
     // A crash mid-write: the last frame is half there.
     std::fs::write(&segment, &full[..full.len() - 20]).unwrap();
@@ -166,7 +171,7 @@ proptest! {
             }
         }
         // Garbage after the last frame (a torn write) never costs a complete record.
-        if let Some(last) = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).max() {
+        if let Some(last) = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "spool")).max() {
             let mut data = std::fs::read(&last).unwrap();
             data.extend_from_slice(&garbage);
             std::fs::write(&last, data).unwrap();
@@ -174,4 +179,13 @@ proptest! {
         let spool = Spool::open(dir.path(), options(1 << 24, 1024)).unwrap();
         prop_assert_eq!(drain(&spool), records);
     }
+}
+
+#[test]
+fn a_second_process_cannot_open_the_same_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = Spool::open(dir.path(), Options::default()).unwrap();
+    let error = Spool::open(dir.path(), Options::default()).err().unwrap();
+    assert!(matches!(error, Error::Locked(_)), "{error}");
+    assert!(error.to_string().contains("in use by another process"), "{error}");
 }

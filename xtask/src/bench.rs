@@ -118,12 +118,15 @@ pub async fn bench(root: &Path) -> Result<()> {
     std::fs::write(&sources, "[[source]]\nworkspace_id = \"ws_bench\"\nsource_id = \"src_bench\"\nwrite_key = \"bench-key\"\nrate_limit = 0\n")?;
     let port = free_port()?;
     let metrics_port = free_port()?;
+    let spool = out.join("spool");
+    let _ = std::fs::remove_dir_all(&spool);
     let ingest = Command::new(release.join("ingest"))
         .env("CDP_KAFKA_BROKERS", broker.address())
         .env("CDP_TOPIC_INGEST", &topics[0])
         .env("CDP_TOPIC_DLQ", &topics[1])
         .env("CDP_TOPIC_RETRY", &topics[2])
         .env("CDP_SOURCES_FILE", &sources)
+        .env("CDP_SPOOL_DIR", &spool)
         .env("CDP_LISTEN", format!("127.0.0.1:{port}"))
         .env("CDP_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
         .env("RUST_LOG", "error")

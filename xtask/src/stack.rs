@@ -87,6 +87,8 @@ impl Stack {
             .command(&bin("ingest"), ports.metrics[0])
             .env("CDP_LISTEN", format!("127.0.0.1:{}", ports.events))
             .env("CDP_SOURCES_FILE", &sources)
+            // Survives restarts of the stack: what a killed ingest spooled is drained next time.
+            .env("CDP_SPOOL_DIR", stack.dir.join("spool"))
             .spawn()
             .context("starting ingest")?;
         stack.services.push(("ingest", ingest));

@@ -51,7 +51,8 @@ pub struct Config {
     /// Time allowed for a client to send the request body.
     #[arg(long, env = "CDP_BODY_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub body_read_timeout: Duration,
-    /// Time allowed for a DLQ write to be acknowledged before the client gets a 503.
+    /// Time allowed for a DLQ write (and in acked mode, every event) to be acknowledged before
+    /// the client gets a 503.
     #[arg(long, env = "CDP_DLQ_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub dlq_timeout: Duration,
     /// Most records buffered in the producer; beyond it requests get 503.
@@ -80,15 +81,48 @@ pub struct Config {
     /// Seconds sent in `Retry-After` with a 503.
     #[arg(long, env = "CDP_RETRY_AFTER_SECS", default_value_t = 5)]
     pub retry_after_secs: u32,
+    /// `buffered`: 200 once the events are buffered, in memory or (while Kafka is unreachable)
+    /// in the local spool; a SIGKILL loses what memory held. `acked`: 200 only after the
+    /// broker acknowledged every event of the request (within --dlq-timeout), else 503.
+    #[arg(long, env = "CDP_DELIVERY_MODE", value_enum, default_value = "buffered")]
+    pub delivery_mode: DeliveryMode,
+    /// Directory of the local spool, where events go that Kafka cannot take; one per process.
+    /// Records a previous process left in it are drained at start.
+    #[arg(long, env = "CDP_SPOOL_DIR", default_value = "spool")]
+    pub spool_dir: PathBuf,
+    /// Most bytes the spool may hold; beyond it requests get 503.
+    #[arg(long, env = "CDP_SPOOL_MAX_BYTES", default_value_t = 1 << 30)]
+    pub spool_max_bytes: u64,
+    /// How often spooled records are synced to disk (fsync in groups).
+    #[arg(long, env = "CDP_SPOOL_FSYNC_INTERVAL", default_value = "50ms", value_parser = parse_duration)]
+    pub spool_fsync_interval: Duration,
     /// Proxies (IPs or CIDRs, comma-separated) whose `X-Forwarded-For` is trusted for the client IP.
     #[arg(long, env = "CDP_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<IpNet>,
+}
+
+/// When a request's events count as taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeliveryMode {
+    /// 200 once buffered (the Go service's fire-and-forget, plus the spool).
+    Buffered,
+    /// 200 only after the broker's acknowledgement.
+    Acked,
 }
 
 impl Config {
     /// The event-model limits from the flags.
     pub fn limits(&self) -> event_model::Limits {
         self.limits.limits()
+    }
+
+    /// The spool settings from the flags.
+    pub fn spool(&self) -> kafka_producer::spool::Options {
+        kafka_producer::spool::Options {
+            max_bytes: self.spool_max_bytes,
+            segment_bytes: (self.spool_max_bytes / 16).clamp(1 << 20, 64 << 20),
+            fsync_interval: self.spool_fsync_interval,
+        }
     }
 
     /// The producer settings from the flags (S2 defaults otherwise).

@@ -17,6 +17,9 @@ pub enum Error {
     /// The sources file cannot be used (start-up).
     #[error(transparent)]
     Sources(#[from] SourcesError),
+    /// The spool directory cannot be used (start-up).
+    #[error(transparent)]
+    Spool(#[from] kafka_producer::spool::Error),
     /// Kafka is unreachable or misconfigured (start-up).
     #[error(transparent)]
     Kafka(#[from] kafka_producer::Error),
@@ -103,7 +106,7 @@ impl Error {
             Error::Unavailable { .. } | Error::Kafka(_) | Error::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Error::Sources(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Sources(_) | Error::Spool(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -158,10 +161,6 @@ impl Reply {
             accepted: None,
             rejected: Vec::new(),
         }
-    }
-
-    pub(crate) fn failure_text(error: &str) -> Self {
-        Reply::failure(error.to_string())
     }
 
     fn failure(error: String) -> Self {

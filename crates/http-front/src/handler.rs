@@ -21,6 +21,7 @@ use simd_json::OwnedValue;
 use tracing::Instrument;
 
 use crate::body::{self, BodyLimits};
+use crate::config::DeliveryMode;
 use crate::error::{json_response, RejectedItem, Reply};
 use crate::metrics::{self, Outcome};
 use crate::sources::{RateLimited, Source, Sources};
@@ -34,6 +35,7 @@ pub(crate) struct State {
     pub body_limits: BodyLimits,
     pub trusted_proxies: Vec<IpNet>,
     pub retry_after_secs: u32,
+    pub delivery_mode: DeliveryMode,
     /// Set at shutdown: `/readyz` answers 503.
     pub shutting_down: AtomicBool,
     /// Set when the drain time is over: requests still running enqueue nothing (503), since
@@ -135,18 +137,58 @@ async fn handle_in_span(state: &State, req: Request<Incoming>, peer: SocketAddr)
     response
 }
 
+/// `/readyz`: 200 while events can be taken (Kafka reachable, or in buffered mode the spool has
+/// room), with the spool's fill either way.
 fn readiness(state: &State) -> Response<Full<Bytes>> {
-    if state.shutting_down.load(Ordering::Relaxed) {
-        let reply = Reply::failure_text("shutting down");
-        json_response(StatusCode::SERVICE_UNAVAILABLE, &reply)
-    } else if !state.producer.is_healthy() {
-        json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &Reply::failure_text("no Kafka broker reachable"),
-        )
+    let producer = &state.producer;
+    let spool = producer.spool().map(|s| SpoolFill {
+        records: s.records(),
+        bytes: s.bytes(),
+        max_bytes: s.max_bytes(),
+    });
+    // Room for a large request (1 MiB), or an eighth of a small spool.
+    let spool_has_room = spool.is_some_and(|s| s.bytes + (s.max_bytes / 8).min(1024 * 1024) < s.max_bytes);
+    let buffered = state.delivery_mode == DeliveryMode::Buffered;
+    let not_ready = if state.shutting_down.load(Ordering::Relaxed) {
+        Some("shutting down")
+    } else if producer.is_rebuilding() {
+        Some("replacing the Kafka producer after a fatal error")
+    } else if buffered && !spool_has_room {
+        Some("the local spool is full")
+    } else if !producer.is_healthy() && !buffered {
+        Some("no Kafka broker reachable")
     } else {
-        json_response(StatusCode::OK, &Reply::success())
-    }
+        None
+    };
+    let (status, error) = match not_ready {
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, Some(why)),
+        None => (StatusCode::OK, None),
+    };
+    let reply = Readiness {
+        success: error.is_none(),
+        error,
+        kafka_reachable: producer.is_healthy(),
+        spool,
+    };
+    json_response(status, &reply)
+}
+
+/// The `/readyz` body.
+#[derive(serde::Serialize)]
+struct Readiness {
+    success: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'static str>,
+    kafka_reachable: bool,
+    spool: Option<SpoolFill>,
+}
+
+/// How full the spool is.
+#[derive(Clone, Copy, serde::Serialize)]
+struct SpoolFill {
+    records: u64,
+    bytes: u64,
+    max_bytes: u64,
 }
 
 /// CORS preflight: any origin may POST events with the headers the SDKs send.
@@ -284,7 +326,10 @@ async fn ingest(
         refuse(&accepted, "shutting down");
         return Err(Error::ShuttingDown);
     }
-    enqueue(state, &source, &accepted)?;
+    match state.delivery_mode {
+        DeliveryMode::Buffered => enqueue(state, &source, &accepted)?,
+        DeliveryMode::Acked => enqueue_acked(state, &source, &accepted).await?,
+    }
     if rejected.is_empty() {
         return Ok(json_response(StatusCode::OK, &Reply::success()));
     }
@@ -418,6 +463,52 @@ fn enqueue(state: &State, source: &Source, accepted: &[Accepted]) -> Result<(), 
         }
     }
     result
+}
+
+/// Acked mode: enqueues valid events, then waits for every acknowledgement. A failure refuses
+/// the events from the first unacknowledged one on (503); `accepted` counts those before it.
+async fn enqueue_acked(state: &State, source: &Source, accepted: &[Accepted]) -> Result<(), Error> {
+    let mut acks = Vec::with_capacity(accepted.len());
+    let mut failure = None;
+    for event in accepted {
+        match state
+            .producer
+            .send_event_acked(event, &source.workspace_id, &source.source_id)
+        {
+            Ok(ack) => acks.push(ack),
+            Err(error) => {
+                failure = Some((acks.len(), error));
+                break;
+            }
+        }
+    }
+    for (i, ack) in acks.into_iter().enumerate() {
+        if let Err(error) = ack.wait().await {
+            if failure.as_ref().is_none_or(|(first, _)| i < *first) {
+                failure = Some((i, error));
+            }
+        }
+    }
+    let taken = failure.as_ref().map_or(accepted.len(), |(first, _)| *first);
+    let mut counts = [0u64; EventType::ALL.len()];
+    for event in &accepted[..taken] {
+        counts[event.event_type as usize] += 1;
+    }
+    for (t, n) in EventType::ALL.iter().zip(counts) {
+        if n > 0 {
+            metrics::events(t.as_str(), Outcome::Accepted, n);
+        }
+    }
+    match failure {
+        None => Ok(()),
+        Some((first, source_error)) => {
+            refuse(&accepted[first..], &source_error.to_string());
+            Err(Error::Unavailable {
+                accepted: first,
+                source: source_error,
+            })
+        }
+    }
 }
 
 /// Counts and logs valid events that the client must send again.

@@ -11,6 +11,7 @@ use hyper::server::conn::http1;
 use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use kafka_producer::spool::Spool;
 use kafka_producer::EventProducer;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
@@ -25,7 +26,7 @@ use crate::Config;
 /// Runs `ingest`: loads the sources file, connects the producer (failing fast when Kafka does
 /// not answer, S3), serves `listener` until `shutdown` resolves, then stops accepting, lets
 /// in-flight requests finish (up to the drain timeout) and flushes the producer (up to the
-/// flush grace), logging how many records were left undelivered.
+/// flush grace), spooling what is left undelivered.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -39,8 +40,9 @@ pub async fn run(
     if sources.is_empty() {
         tracing::warn!(file = %config.sources_file.display(), "the sources file lists no source: every request will get 401");
     }
+    let spool = Spool::open(&config.spool_dir, config.spool())?;
     let producer_config = config.producer();
-    let producer = tokio::task::spawn_blocking(move || EventProducer::connect(producer_config))
+    let producer = tokio::task::spawn_blocking(move || EventProducer::connect(producer_config, Some(spool)))
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
     tracing::info!(
@@ -58,6 +60,7 @@ pub async fn run(
             timeout: config.body_read_timeout,
         },
         trusted_proxies: config.trusted_proxies.clone(),
+        delivery_mode: config.delivery_mode,
         retry_after_secs: config.retry_after_secs,
         shutting_down: AtomicBool::new(false),
         closed: AtomicBool::new(false),
@@ -66,16 +69,26 @@ pub async fn run(
 
     let grace = config.flush_grace;
     let flushing = state.clone();
-    let unflushed = tokio::task::spawn_blocking(move || flushing.producer.flush(grace))
+    let closed = tokio::task::spawn_blocking(move || flushing.producer.close(grace))
         .await
         .map_err(|e| Error::Internal(e.to_string()))?;
-    if unflushed == 0 {
+    let spool_records = state.producer.spool().map_or(0, |s| s.records());
+    if closed.unflushed == 0 && spool_records == 0 {
         tracing::info!("shutdown complete: every record delivered");
+    } else if closed.lost == 0 {
+        tracing::warn!(
+            unflushed = closed.unflushed,
+            spooled = closed.spooled,
+            spool_records,
+            ?grace,
+            "shutdown complete: records not delivered are in the spool, the next start drains them"
+        );
     } else {
         tracing::error!(
-            unflushed,
+            unflushed = closed.unflushed,
+            lost = closed.lost,
             ?grace,
-            "shutdown: records still undelivered after the flush grace"
+            "shutdown: records lost, neither delivered nor spooled"
         );
     }
     Ok(())

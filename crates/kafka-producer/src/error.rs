@@ -36,6 +36,18 @@ pub enum Error {
     /// No broker is reachable right now: the caller should shed load (HTTP 503).
     #[error("no Kafka broker is reachable")]
     Unavailable,
+    /// The cluster cannot take the event and the local spool is full: shed load (HTTP 503).
+    #[error("Kafka cannot take events and the local spool is full ({cap} bytes)")]
+    SpoolFull {
+        /// The spool's cap, in bytes.
+        cap: u64,
+    },
+    /// The local spool failed (disk error).
+    #[error("the local spool failed: {0}")]
+    Spool(#[source] spool::Error),
+    /// The record needed the spool, and there is none.
+    #[error("no spool is configured")]
+    NoSpool,
     /// librdkafka refused the record at enqueue time.
     #[error("cannot enqueue a record for {topic}: {source}")]
     Enqueue {

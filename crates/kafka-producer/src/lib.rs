@@ -9,8 +9,11 @@ mod admin;
 mod error;
 mod metrics;
 mod producer;
+mod rescue;
 pub mod retry;
 
 pub use admin::{ensure_topics, fetch_topics};
 pub use error::Error;
-pub use producer::{Ack, EventProducer, ProducerConfig, Topics, DELIVERY_REJECTED};
+pub use producer::{Ack, Closed, EventProducer, ProducerConfig, Sent, Topics};
+pub use rescue::DELIVERY_REJECTED;
+pub use spool;

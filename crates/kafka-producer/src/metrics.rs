@@ -16,8 +16,18 @@ pub(crate) struct ProducerMetrics {
     pub broker_rtt_p99: Gauge,
     /// p99 time records wait in librdkafka's queue before they are sent, seconds.
     pub queue_latency_p99: Gauge,
-    /// Records lost: delivery failed and neither the retry topic nor the DLQ took them.
+    /// Records lost: delivery failed and neither the retry topic, the DLQ nor the spool took them.
     pub lost: Counter,
+    /// Producers replaced after a fatal error.
+    pub rebuilds: Counter,
+    /// Bytes in the spool.
+    pub spool_bytes: Gauge,
+    /// Records in the spool.
+    pub spool_records: Gauge,
+    /// The spool's cap, in bytes.
+    pub spool_max_bytes: Gauge,
+    /// Spooled records produced to the ingest topic.
+    pub spool_drained: Counter,
     per_topic: Vec<TopicMetrics>,
 }
 
@@ -41,6 +51,11 @@ impl ProducerMetrics {
             broker_rtt_p99: gauge!(format!("{prefix}_kafka_broker_rtt_p99_seconds")),
             queue_latency_p99: gauge!(format!("{prefix}_kafka_queue_latency_p99_seconds")),
             lost: counter!(format!("{prefix}_kafka_records_lost_total")),
+            rebuilds: counter!(format!("{prefix}_kafka_producer_rebuilds_total")),
+            spool_bytes: gauge!(format!("{prefix}_spool_bytes")),
+            spool_records: gauge!(format!("{prefix}_spool_records")),
+            spool_max_bytes: gauge!(format!("{prefix}_spool_max_bytes")),
+            spool_drained: counter!(format!("{prefix}_spool_drained_total")),
             per_topic: Vec::new(),
         };
         metrics.per_topic = topics.iter().map(|t| metrics.register(t)).collect();
@@ -59,6 +74,12 @@ impl ProducerMetrics {
     /// Failed records written to the retry topic (`to="retry"`) or the DLQ (`to="dlq"`).
     pub(crate) fn rescued(&self, to: &'static str) -> Counter {
         counter!(format!("{}_kafka_rescued_total", self.prefix), "to" => to)
+    }
+
+    /// Records appended to the spool: by a request (`from="request"`), or after their delivery
+    /// failed (`from="rescue"`).
+    pub(crate) fn spooled(&self, from: &'static str) -> Counter {
+        counter!(format!("{}_spool_appended_total", self.prefix), "from" => from)
     }
 
     /// The counters of `topic` (one of the configured topics, or registered on the fly).

@@ -1,20 +1,22 @@
 //! [`EventProducer`]: the ingest, DLQ and retry writes of the Go service, on librdkafka.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use event_model::{Accepted, DlqEnvelope};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
 use tokio::sync::oneshot;
 
+use spool::Spool;
+
 use crate::metrics::ProducerMetrics;
-use crate::retry::{header_text, unix_ms_after, RetryInfo};
+use crate::rescue::{Drainer, Rescuer};
 use crate::Error;
 
 /// The three topics (S9).
@@ -90,31 +92,78 @@ impl ProducerConfig {
     }
 }
 
+/// What became of an event handed to [`EventProducer::send_event`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// librdkafka holds it for the ingest topic.
+    Queued,
+    /// The cluster is unreachable (or the spool is still draining, which keeps per-key order):
+    /// it is in the local spool, and the drainer will produce it.
+    Spooled,
+}
+
 /// What the delivery callback does with a record's outcome.
-enum Delivery {
-    /// Fire-and-forget (S1): log and count a failure (S7).
+pub(crate) enum Delivery {
+    /// Fire-and-forget (S1): a failure goes to the rescuer.
     Logged { message_id: String },
     /// Awaited (S8): hand the outcome to the waiting request.
     Awaited(oneshot::Sender<Result<(), KafkaError>>),
-    /// The retry or DLQ copy of a record whose delivery failed: a failure now is a loss.
-    Rescue { message_id: String },
+    /// The retry or DLQ copy of a record whose delivery failed: a failure now spools the
+    /// original record.
+    Rescue { original: spool::Record },
+    /// A record the drainer produced from the spool: its outcome goes back to the drainer.
+    Drained {
+        index: usize,
+        done: mpsc::Sender<(usize, Result<(), KafkaError>)>,
+    },
 }
 
-/// An ingest record whose delivery failed, on its way to the rescue thread.
-struct Failed {
-    message: OwnedMessage,
-    message_id: String,
-    error: KafkaError,
+/// Which write failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// The ingest record itself.
+    Ingest,
+    /// Its retry or DLQ copy.
+    Rescue,
+}
+
+/// A record whose delivery failed, on its way to the rescue thread.
+pub(crate) struct Failed {
+    /// The ingest record (for [`Stage::Rescue`], the original behind the failed copy).
+    pub record: spool::Record,
+    pub error: KafkaError,
+    pub stage: Stage,
+}
+
+/// Work for the rescue thread.
+pub(crate) enum Job {
+    Failed(Failed),
+    /// The producer reported an error: if it is fatal, build a new producer.
+    CheckFatal,
+    Stop,
 }
 
 /// librdkafka callbacks: delivery reports, statistics and errors.
-struct Callbacks {
+pub(crate) struct Callbacks {
     metrics: Arc<ProducerMetrics>,
     healthy: Arc<AtomicBool>,
-    fatal: AtomicBool,
-    rescue: mpsc::Sender<Failed>,
-    /// Failed records sent to the rescue thread and not yet re-enqueued.
-    pending_rescues: Arc<AtomicUsize>,
+    jobs: mpsc::Sender<Job>,
+    /// Failed records sent to the rescue thread and not yet re-routed.
+    pending: Arc<AtomicUsize>,
+}
+
+impl Callbacks {
+    fn rescue(&self, failed: Failed) {
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        if let Err(mpsc::SendError(Job::Failed(failed))) = self.jobs.send(Job::Failed(failed)) {
+            self.pending.fetch_sub(1, Ordering::SeqCst);
+            self.metrics.lost.increment(1);
+            tracing::error!(
+                message_id = failed.record.message_id,
+                "record lost: delivery failed after the producer shut down"
+            );
+        }
+    }
 }
 
 impl ClientContext for Callbacks {
@@ -133,7 +182,7 @@ impl ClientContext for Callbacks {
         self.metrics.broker_rtt_p99.set(rtt as f64 / 1e6);
         self.metrics.queue_latency_p99.set(queued as f64 / 1e6);
         // Stats only raise health; AllBrokersDown and fatal errors lower it.
-        if up > 0 && !self.fatal.load(Ordering::Relaxed) {
+        if up > 0 {
             self.healthy.store(true, Ordering::Relaxed);
         }
     }
@@ -141,12 +190,10 @@ impl ClientContext for Callbacks {
     fn error(&self, error: KafkaError, reason: &str) {
         match error.rdkafka_error_code() {
             Some(RDKafkaErrorCode::AllBrokersDown) => self.healthy.store(false, Ordering::Relaxed),
-            Some(RDKafkaErrorCode::Fatal) => {
-                // The idempotent producer cannot go on: stay unready until restarted.
-                self.fatal.store(true, Ordering::Relaxed);
-                self.healthy.store(false, Ordering::Relaxed);
-            }
-            _ => {}
+            Some(RDKafkaErrorCode::BrokerTransportFailure) => {}
+            // A fatal error reaches this callback under its cause's code (a sequence error,
+            // say): the rescuer asks the client whether it is fatal.
+            _ => drop(self.jobs.send(Job::CheckFatal)),
         }
         tracing::error!(%error, reason, "kafka client error");
     }
@@ -165,37 +212,58 @@ impl ProducerContext for Callbacks {
             Ok(()) => metrics.delivered.increment(1),
             Err(_) => metrics.failed.increment(1),
         }
-        match *delivery {
-            Delivery::Logged { message_id } => {
-                if let (Err(error), Err((_, message))) = (outcome, result) {
-                    tracing::warn!(topic, message_id, %error, "kafka delivery failed, rescuing the record");
-                    let failed = Failed {
-                        message: message.detach(),
-                        message_id,
-                        error,
-                    };
-                    self.pending_rescues.fetch_add(1, Ordering::SeqCst);
-                    if let Err(mpsc::SendError(failed)) = self.rescue.send(failed) {
-                        self.pending_rescues.fetch_sub(1, Ordering::SeqCst);
-                        self.metrics.lost.increment(1);
-                        tracing::error!(
-                            topic,
-                            message_id = failed.message_id,
-                            "record lost: the producer is shutting down"
-                        );
-                    }
-                }
+        match (*delivery, outcome, result) {
+            (Delivery::Logged { message_id }, Err(error), Err((_, message))) => {
+                tracing::warn!(topic, message_id, %error, "kafka delivery failed, rescuing the record");
+                self.rescue(Failed {
+                    record: record_of(message_id, message),
+                    error,
+                    stage: Stage::Ingest,
+                });
             }
-            Delivery::Rescue { message_id } => {
-                if let Err(error) = outcome {
-                    self.metrics.lost.increment(1);
-                    tracing::error!(topic, message_id, %error, "record lost: its retry/DLQ copy failed too");
-                }
+            (Delivery::Rescue { original }, Err(error), _) => {
+                tracing::warn!(topic, message_id = original.message_id, %error, "the retry/DLQ copy failed too, spooling the record");
+                self.rescue(Failed {
+                    record: original,
+                    error,
+                    stage: Stage::Rescue,
+                });
             }
             // The request may have given up waiting; then nobody listens.
-            Delivery::Awaited(tx) => drop(tx.send(outcome)),
+            (Delivery::Awaited(tx), outcome, _) => drop(tx.send(outcome)),
+            (Delivery::Drained { index, done }, outcome, _) => drop(done.send((index, outcome))),
+            (Delivery::Logged { .. } | Delivery::Rescue { .. }, _, _) => {}
         }
     }
+}
+
+/// A Kafka message as a spool record.
+fn record_of(message_id: String, message: &impl Message) -> spool::Record {
+    let headers = message.headers().map_or_else(Vec::new, |headers| {
+        headers
+            .iter()
+            .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+            .collect()
+    });
+    spool::Record {
+        message_id,
+        key: message.key().unwrap_or_default().to_vec(),
+        headers,
+        value: message.payload().unwrap_or_default().to_vec(),
+    }
+}
+
+/// Kafka headers from a spool record's.
+pub(crate) fn headers_of(record: &spool::Record) -> OwnedHeaders {
+    record.headers.iter().fold(
+        OwnedHeaders::new_with_capacity(record.headers.len()),
+        |h, (key, value)| {
+            h.insert(Header {
+                key,
+                value: Some(value),
+            })
+        },
+    )
 }
 
 /// The pending acknowledgement of an awaited write (DLQ records, replayed events).
@@ -226,109 +294,275 @@ impl Ack {
     }
 }
 
+/// What [`EventProducer::close`] did with the records it held.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Closed {
+    /// Records not acknowledged within the grace period.
+    pub unflushed: usize,
+    /// Records written to the spool during the close (the unflushed ones, when there is a spool).
+    pub spooled: u64,
+    /// Records lost during the close (the unflushed ones, without a spool).
+    pub lost: u64,
+}
+
+/// State shared by the producer handle, the callbacks' owner and the background threads.
+pub(crate) struct Core {
+    pub config: ProducerConfig,
+    pub metrics: Arc<ProducerMetrics>,
+    pub healthy: Arc<AtomicBool>,
+    pub pending: Arc<AtomicUsize>,
+    pub spool: Option<Arc<Spool>>,
+    pub jobs: Mutex<mpsc::Sender<Job>>,
+    /// The librdkafka producer; replaced after a fatal error, taken at close.
+    current: RwLock<Option<ThreadedProducer<Callbacks>>>,
+    /// Set when the flush grace is over: failed records go straight to the spool.
+    pub closing: AtomicBool,
+    /// Set at close: the drainer stops.
+    pub stopping: AtomicBool,
+    /// Set while a producer with a fatal error is being replaced.
+    pub rebuilding: AtomicBool,
+    pub spooled: AtomicU64,
+    pub lost: AtomicU64,
+}
+
+impl Core {
+    /// A new librdkafka producer whose callbacks feed this core.
+    pub fn build(&self) -> Result<ThreadedProducer<Callbacks>, Error> {
+        let callbacks = Callbacks {
+            metrics: self.metrics.clone(),
+            healthy: self.healthy.clone(),
+            jobs: self.jobs.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            pending: self.pending.clone(),
+        };
+        self.config
+            .client_config()
+            .create_with_context(callbacks)
+            .map_err(Error::Create)
+    }
+
+    /// Swaps in a new producer; returns the old one.
+    pub fn replace(
+        &self,
+        producer: Option<ThreadedProducer<Callbacks>>,
+    ) -> Option<ThreadedProducer<Callbacks>> {
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        std::mem::replace(&mut *current, producer)
+    }
+
+    /// Hands a record to librdkafka without waiting. Never blocks.
+    pub fn enqueue(&self, record: BaseRecord<'_, [u8], Vec<u8>, Box<Delivery>>) -> Result<(), Error> {
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+        let Some(producer) = current.as_ref() else {
+            return Err(Error::Unavailable);
+        };
+        let topic = record.topic;
+        producer
+            .send(record)
+            .map_err(|(error, _)| match error.rdkafka_error_code() {
+                Some(RDKafkaErrorCode::QueueFull) => Error::QueueFull,
+                _ => Error::Enqueue {
+                    topic: topic.to_string(),
+                    source: error,
+                },
+            })
+    }
+
+    /// True when the cluster answers a metadata request (within a second).
+    pub fn probe(&self) -> bool {
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+        current.as_ref().is_some_and(|p| {
+            p.client()
+                .fetch_metadata(Some(&self.config.topics.ingest), Duration::from_secs(1))
+                .is_ok()
+        })
+    }
+
+    /// The fatal error the current producer raised, if it did.
+    pub fn fatal_error(&self) -> Option<String> {
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+        let (code, reason) = current.as_ref()?.client().fatal_error()?;
+        Some(format!("{code}: {reason}"))
+    }
+
+    /// Records librdkafka holds.
+    pub fn in_flight(&self) -> usize {
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+        current
+            .as_ref()
+            .map_or(0, |p| usize::try_from(p.in_flight_count()).unwrap_or(0))
+    }
+
+    /// Appends a record to the spool; `from` labels the metric.
+    pub fn spool(&self, record: &spool::Record, from: &'static str) -> Result<(), Error> {
+        let Some(spool) = &self.spool else {
+            return Err(Error::NoSpool);
+        };
+        spool.append(record).map_err(|error| match error {
+            spool::Error::Full { cap } => Error::SpoolFull { cap },
+            other => Error::Spool(other),
+        })?;
+        self.spooled.fetch_add(1, Ordering::Relaxed);
+        self.metrics.spooled(from).increment(1);
+        Ok(())
+    }
+
+    /// Spools a record that Kafka could not take, or counts and logs it as lost.
+    pub fn spool_or_lose(&self, record: &spool::Record, why: &str) {
+        match self.spool(record, "rescue") {
+            Ok(()) => tracing::warn!(message_id = record.message_id, why, "record spooled"),
+            Err(error) => {
+                self.lost.fetch_add(1, Ordering::Relaxed);
+                self.metrics.lost.increment(1);
+                tracing::error!(message_id = record.message_id, why, %error, "record lost: Kafka could not take it and the spool neither");
+            }
+        }
+    }
+}
+
 /// The event producer shared by all requests of a process.
 pub struct EventProducer {
-    inner: Arc<ThreadedProducer<Callbacks>>,
-    pending_rescues: Arc<AtomicUsize>,
-    config: ProducerConfig,
-    healthy: Arc<AtomicBool>,
+    core: Arc<Core>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 impl EventProducer {
     /// Creates the producer and pings the cluster (S3): fails when the cluster does not answer
     /// metadata within the ping timeout, or when one of the three topics does not exist.
     /// Blocks for up to the ping timeout.
-    pub fn connect(config: ProducerConfig) -> Result<Self, Error> {
-        let healthy = Arc::new(AtomicBool::new(false));
-        let topics = [&config.topics.ingest, &config.topics.dlq, &config.topics.retry];
+    ///
+    /// With a `spool`, records Kafka cannot take are kept on disk and drained once the cluster
+    /// is back; records already in it (a previous process's) are drained first.
+    pub fn connect(config: ProducerConfig, spool: Option<Arc<Spool>>) -> Result<Self, Error> {
+        let topics = [
+            config.topics.ingest.clone(),
+            config.topics.dlq.clone(),
+            config.topics.retry.clone(),
+        ];
         let metrics = Arc::new(ProducerMetrics::new(
             &config.metric_prefix,
-            &topics.map(String::as_str),
+            &topics.each_ref().map(String::as_str),
         ));
         metrics
             .queue_max_messages
             .set(f64::from(config.queue_max_messages));
-        let (rescue, failed) = mpsc::channel();
-        let pending_rescues = Arc::new(AtomicUsize::new(0));
-        let callbacks = Callbacks {
-            metrics: metrics.clone(),
-            healthy: healthy.clone(),
-            fatal: AtomicBool::new(false),
-            rescue,
-            pending_rescues: pending_rescues.clone(),
-        };
-        let inner: Arc<ThreadedProducer<Callbacks>> = Arc::new(
-            config
-                .client_config()
-                .create_with_context(callbacks)
-                .map_err(Error::Create)?,
-        );
-        let metadata = inner
+        let (jobs, job_queue) = mpsc::channel();
+        let core = Arc::new(Core {
+            metrics,
+            healthy: Arc::new(AtomicBool::new(false)),
+            pending: Arc::new(AtomicUsize::new(0)),
+            spool,
+            jobs: Mutex::new(jobs),
+            current: RwLock::new(None),
+            closing: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            rebuilding: AtomicBool::new(false),
+            spooled: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            config,
+        });
+        let producer = core.build()?;
+        let metadata = producer
             .client()
-            .fetch_metadata(None, config.ping_timeout)
+            .fetch_metadata(None, core.config.ping_timeout)
             .map_err(|source| Error::Unreachable {
-                brokers: config.brokers.clone(),
+                brokers: core.config.brokers.clone(),
                 source,
             })?;
         for topic in topics {
             let found = metadata
                 .topics()
                 .iter()
-                .any(|t| t.name() == topic.as_str() && t.error().is_none() && !t.partitions().is_empty());
+                .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
             if !found {
-                return Err(Error::MissingTopic(topic.clone()));
+                return Err(Error::MissingTopic(topic));
             }
         }
-        healthy.store(true, Ordering::Relaxed);
-        let rescuer = Rescuer {
-            producer: Arc::downgrade(&inner),
-            topics: config.topics.clone(),
-            retry_delay: config.retry_delay,
-            metrics,
-            pending: pending_rescues.clone(),
+        core.replace(Some(producer));
+        core.healthy.store(true, Ordering::Relaxed);
+        if let Some(spool) = &core.spool {
+            if !spool.is_empty() {
+                tracing::warn!(records = spool.records(), dir = %spool.dir().display(), "the spool holds records from before: draining them first");
+            }
+        }
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map_err(|e| Error::Create(KafkaError::ClientCreation(e.to_string())))
         };
-        std::thread::Builder::new()
-            .name("kafka-rescue".into())
-            .spawn(move || rescuer.run(failed))
-            .map_err(|e| Error::Create(KafkaError::ClientCreation(e.to_string())))?;
+        let rescuer = Rescuer::new(core.clone());
+        let mut threads = vec![spawn("kafka-rescue", Box::new(move || rescuer.run(job_queue)))?];
+        if core.spool.is_some() {
+            let drainer = Drainer::new(core.clone());
+            threads.push(spawn("spool-drain", Box::new(move || drainer.run()))?);
+        }
         Ok(EventProducer {
-            pending_rescues,
-            inner,
-            config,
-            healthy,
+            core,
+            threads: Mutex::new(threads),
         })
     }
 
     /// The configured topics.
     pub fn topics(&self) -> &Topics {
-        &self.config.topics
+        &self.core.config.topics
     }
 
-    /// True while at least one broker is connected (from librdkafka's statistics and errors).
+    /// True while at least one broker is connected and the producer is not being rebuilt
+    /// (from librdkafka's statistics and errors).
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.core.healthy.load(Ordering::Relaxed)
     }
 
-    /// Enqueues a valid event for the ingest topic without waiting (S1, S4, S5, S6).
+    /// True while a producer that raised a fatal error is being replaced.
+    pub fn is_rebuilding(&self) -> bool {
+        self.core.rebuilding.load(Ordering::Relaxed)
+    }
+
+    /// The spool, if there is one.
+    pub fn spool(&self) -> Option<&Spool> {
+        self.core.spool.as_deref()
+    }
+
+    /// Takes a valid event for the ingest topic without waiting (S1, S4, S5, S6).
     ///
-    /// Returns as soon as librdkafka holds the record; the record then lives on its own,
-    /// whatever happens to the caller. Never blocks: a full buffer is [`Error::QueueFull`].
-    pub fn send_event(&self, event: &Accepted, workspace_id: &str, source_id: &str) -> Result<(), Error> {
+    /// Returns as soon as librdkafka holds the record, or (with a spool, while the cluster is
+    /// unreachable or the spool is still draining) the spool does; the record then lives on its
+    /// own, whatever happens to the caller. Never blocks: a full buffer is
+    /// [`Error::QueueFull`], a full spool [`Error::SpoolFull`].
+    pub fn send_event(&self, event: &Accepted, workspace_id: &str, source_id: &str) -> Result<Sent, Error> {
+        let spool_it = |why: Option<&Error>| {
+            let record = event_record(event, workspace_id, source_id);
+            self.core.spool(&record, "request")?;
+            if let Some(why) = why {
+                tracing::warn!(message_id = event.message_id, %why, "event spooled");
+            }
+            Ok(Sent::Spooled)
+        };
+        if let Some(spool) = &self.core.spool {
+            if !spool.is_empty() || !self.is_healthy() {
+                return spool_it(None);
+            }
+        }
         let delivery = Delivery::Logged {
             message_id: event.message_id.clone(),
         };
-        self.enqueue_event(event, workspace_id, source_id, delivery)
+        match self.enqueue_event(event, workspace_id, source_id, delivery) {
+            Ok(()) => Ok(Sent::Queued),
+            Err(Error::QueueFull) => Err(Error::QueueFull),
+            Err(error) if self.core.spool.is_some() => spool_it(Some(&error)),
+            Err(error) => Err(error),
+        }
     }
 
-    /// Like [`EventProducer::send_event`], but the caller awaits the acknowledgement (for
-    /// replays, which store their offset only after it).
+    /// Like [`EventProducer::send_event`], but the caller awaits the acknowledgement (acked
+    /// delivery mode; replays, which store their offset only after it). Never spools.
     pub fn send_event_acked(
         &self,
         event: &Accepted,
         workspace_id: &str,
         source_id: &str,
     ) -> Result<Ack, Error> {
-        let (tx, ack) = self.ack(&self.config.topics.ingest);
+        let (tx, ack) = self.ack(&self.core.config.topics.ingest);
         self.enqueue_event(event, workspace_id, source_id, Delivery::Awaited(tx))?;
         Ok(ack)
     }
@@ -357,17 +591,17 @@ impl EventProducer {
                 key: "type",
                 value: Some(event.event_type.as_str()),
             });
-        let record = BaseRecord::with_opaque_to(&self.config.topics.ingest, Box::new(delivery))
+        let record = BaseRecord::with_opaque_to(&self.core.config.topics.ingest, Box::new(delivery))
             .key(event.key.as_bytes())
             .payload(&event.value)
             .headers(headers);
-        self.enqueue(record)
+        self.core.enqueue(record)
     }
 
     /// Enqueues a rejected event for the DLQ (S8); await the returned [`Ack`] before
     /// answering the client. Enqueue several first, then await them, to write them concurrently.
     pub fn send_dlq(&self, envelope: &DlqEnvelope) -> Result<Ack, Error> {
-        self.send_envelope(&self.config.topics.dlq, envelope)
+        self.send_envelope(&self.core.config.topics.dlq, envelope)
     }
 
     /// Enqueues a DLQ envelope for `topic` (the DLQ, or a park topic): key `workspace_id`,
@@ -383,13 +617,13 @@ impl EventProducer {
             .key(envelope.workspace_id.as_bytes())
             .payload(&payload)
             .headers(headers);
-        self.enqueue(record)?;
+        self.core.enqueue(record)?;
         Ok(ack)
     }
 
     fn ack(&self, topic: &str) -> (oneshot::Sender<Result<(), KafkaError>>, Ack) {
         let (tx, rx) = oneshot::channel();
-        let timeout = self.config.dlq_timeout;
+        let timeout = self.core.config.dlq_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         (
             tx,
@@ -402,167 +636,87 @@ impl EventProducer {
         )
     }
 
-    fn enqueue(&self, record: BaseRecord<'_, [u8], Vec<u8>, Box<Delivery>>) -> Result<(), Error> {
-        enqueue(&self.inner, record)
-    }
-
     /// Records held by librdkafka and not yet acknowledged.
     pub fn in_flight(&self) -> usize {
-        usize::try_from(self.inner.in_flight_count()).unwrap_or(0)
+        self.core.in_flight()
     }
 
     /// Waits up to `grace` for every held record to be acknowledged (blocking). Returns the
-    /// number of records still unacknowledged. Call before dropping: a dropped producer
-    /// discards what it holds.
+    /// number of records still unacknowledged.
     pub fn flush(&self, grace: Duration) -> usize {
         let deadline = Instant::now() + grace;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            if let Err(error) = self.inner.flush(left) {
-                tracing::warn!(%error, "kafka flush did not finish");
+            {
+                let current = self.core.current.read().unwrap_or_else(|e| e.into_inner());
+                if let Some(producer) = current.as_ref() {
+                    if let Err(error) = producer.flush(left.min(Duration::from_millis(100))) {
+                        tracing::debug!(%error, "kafka flush not finished yet");
+                    }
+                }
             }
             // Records whose delivery just failed are on their way to the retry topic.
-            let pending = self.pending_rescues.load(Ordering::SeqCst);
+            let pending = self.core.pending.load(Ordering::SeqCst);
             if (pending == 0 && self.in_flight() == 0) || Instant::now() >= deadline {
                 return self.in_flight() + pending;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-}
 
-fn enqueue(
-    producer: &ThreadedProducer<Callbacks>,
-    record: BaseRecord<'_, [u8], Vec<u8>, Box<Delivery>>,
-) -> Result<(), Error> {
-    let topic = record.topic;
-    producer
-        .send(record)
-        .map_err(|(error, _)| match error.rdkafka_error_code() {
-            Some(RDKafkaErrorCode::QueueFull) => Error::QueueFull,
-            _ => Error::Enqueue {
-                topic: topic.to_string(),
-                source: error,
-            },
-        })
-}
-
-/// Delivery errors that no retry can fix: the record goes to the DLQ instead.
-fn is_permanent(error: &KafkaError) -> bool {
-    use RDKafkaErrorCode::*;
-    matches!(
-        error.rdkafka_error_code(),
-        Some(
-            MessageSizeTooLarge
-                | InvalidMessage
-                | InvalidMessageSize
-                | InvalidRecord
-                | InvalidTopic
-                | InvalidRequiredAcks
-                | UnsupportedForMessageFormat
-                | TopicAuthorizationFailed
-                | ClusterAuthorizationFailed
-                | BadMessage
-        )
-    )
-}
-
-/// The DLQ reason of records whose delivery failed permanently.
-pub const DELIVERY_REJECTED: &str = "delivery_rejected";
-
-/// Writes failed ingest records to the retry topic (transient errors) or the DLQ (permanent
-/// ones), on its own thread: the delivery callback must not block.
-struct Rescuer {
-    producer: Weak<ThreadedProducer<Callbacks>>,
-    topics: Topics,
-    retry_delay: Duration,
-    metrics: Arc<ProducerMetrics>,
-    pending: Arc<AtomicUsize>,
-}
-
-impl Rescuer {
-    fn run(self, failed: mpsc::Receiver<Failed>) {
-        for f in failed {
-            let Some(producer) = self.producer.upgrade() else {
-                self.lost(&f, "the producer is shut down");
-                self.pending.fetch_sub(1, Ordering::SeqCst);
-                continue;
-            };
-            let to = if is_permanent(&f.error) { "dlq" } else { "retry" };
-            match self.write(&producer, &f, to) {
-                Ok(()) => {
-                    self.metrics.rescued(to).increment(1);
-                    tracing::info!(message_id = f.message_id, to, error = %f.error, "failed record re-routed");
-                }
-                Err(error) => self.lost(&f, &error.to_string()),
-            }
-            // Enqueued (in flight now) or lost: either way no longer pending.
-            self.pending.fetch_sub(1, Ordering::SeqCst);
+    /// Shuts the producer down (blocking): waits up to `grace` for every held record to be
+    /// acknowledged, then moves what is left to the spool (or, without one, drops it, logged
+    /// and counted), stops the background threads and syncs the spool. Later sends fail with
+    /// [`Error::Unavailable`].
+    pub fn close(&self, grace: Duration) -> Closed {
+        let unflushed = self.flush(grace);
+        let (spooled, lost) = (
+            self.core.spooled.load(Ordering::Relaxed),
+            self.core.lost.load(Ordering::Relaxed),
+        );
+        self.core.closing.store(true, Ordering::SeqCst);
+        self.core.stopping.store(true, Ordering::SeqCst);
+        self.core.healthy.store(false, Ordering::Relaxed);
+        // Dropping purges what librdkafka holds: each record comes back through the delivery
+        // callback as failed, and the rescuer spools it.
+        drop(self.core.replace(None));
+        if let Ok(jobs) = self.core.jobs.lock() {
+            let _ = jobs.send(Job::Stop);
         }
-    }
-
-    fn write(&self, producer: &ThreadedProducer<Callbacks>, f: &Failed, to: &str) -> Result<(), Error> {
-        let key = f.message.key().unwrap_or_default().to_vec();
-        let value = f.message.payload().unwrap_or_default().to_vec();
-        let (topic, headers, key, value) = if to == "retry" {
-            let info = RetryInfo {
-                attempt: 1,
-                target: f.message.topic().to_string(),
-                not_before_ms: unix_ms_after(self.retry_delay),
-                last_error: f.error.to_string(),
-            };
-            (
-                &self.topics.retry,
-                info.to_headers(f.message.headers()),
-                key,
-                value,
-            )
-        } else {
-            let text = |name| header_text(f.message.headers(), name).unwrap_or_default();
-            // `new` cuts the raw payload: a record too large for Kafka still fits as a DLQ record.
-            let rejection =
-                event_model::Rejection::new(event_model::Reason::TooLarge, "", f.error.to_string());
-            let mut envelope = DlqEnvelope::new(
-                &text("workspace_id"),
-                &text("source_id"),
-                &f.message_id,
-                &rejection,
-                String::from_utf8_lossy(&value).into_owned(),
-            );
-            envelope.reason = DELIVERY_REJECTED.to_string();
-            let headers = OwnedHeaders::new().insert(Header {
-                key: "reason",
-                value: Some(DELIVERY_REJECTED),
-            });
-            (
-                &self.topics.dlq,
-                headers,
-                envelope.workspace_id.clone().into_bytes(),
-                envelope.to_json(),
-            )
-        };
-        // A full queue is waited out here: this thread is not on the request path, and the
-        // record already got its 200.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let delivery = Box::new(Delivery::Rescue {
-                message_id: f.message_id.clone(),
-            });
-            let record = BaseRecord::with_opaque_to(topic, delivery)
-                .key(&key[..])
-                .payload(&value)
-                .headers(headers.clone());
-            match enqueue(producer, record) {
-                Err(Error::QueueFull) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                other => return other,
+        for thread in std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner())) {
+            let _ = thread.join();
+        }
+        if let Some(spool) = &self.core.spool {
+            if let Err(error) = spool.sync() {
+                tracing::error!(%error, "spool sync at shutdown failed");
             }
         }
+        Closed {
+            unflushed,
+            spooled: self.core.spooled.load(Ordering::Relaxed) - spooled,
+            lost: self.core.lost.load(Ordering::Relaxed) - lost,
+        }
     }
+}
 
-    fn lost(&self, f: &Failed, why: &str) {
-        self.metrics.lost.increment(1);
-        tracing::error!(topic = f.message.topic(), message_id = f.message_id, error = %f.error, why, "record lost: delivery failed and it could not be re-routed");
+impl Drop for EventProducer {
+    fn drop(&mut self) {
+        if !self.core.stopping.load(Ordering::SeqCst) {
+            self.close(Duration::ZERO);
+        }
+    }
+}
+
+/// The spool record of an ingest event: the same key, headers and value as on Kafka.
+fn event_record(event: &Accepted, workspace_id: &str, source_id: &str) -> spool::Record {
+    spool::Record {
+        message_id: event.message_id.clone(),
+        key: event.key.as_bytes().to_vec(),
+        headers: vec![
+            ("workspace_id".into(), workspace_id.as_bytes().to_vec()),
+            ("source_id".into(), source_id.as_bytes().to_vec()),
+            ("type".into(), event.event_type.as_str().as_bytes().to_vec()),
+        ],
+        value: event.value.clone(),
     }
 }

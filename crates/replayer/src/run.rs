@@ -86,7 +86,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     producer_config.metric_prefix = "cdp_dlq_replayer".into();
     producer_config.dlq_timeout = config.produce_timeout;
     producer_config.message_timeout = config.produce_timeout;
-    let producer = tokio::task::spawn_blocking(move || EventProducer::connect(producer_config))
+    let producer = tokio::task::spawn_blocking(move || EventProducer::connect(producer_config, None))
         .await
         .map_err(|e| KafkaError::ClientCreation(e.to_string()))??;
     if let Some(park) = &config.park_topic {

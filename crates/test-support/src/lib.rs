@@ -5,15 +5,19 @@
 //! - [`consume`]: collects records (key, headers, value, partition) until a count or a timeout;
 //! - [`sources_file`]: a sources file with development keys;
 //! - [`assert_schema_valid`]: checks an ingest record against the published JSON Schema;
-//! - [`python`]: a Python with `segment-analytics-python` installed.
+//! - [`python`]: a Python with `segment-analytics-python` installed;
+//! - [`mock`]: librdkafka's mock cluster with faults on cue;
+//! - [`assert_nothing_lost`]: the fault tests' oracle over the three topics.
 
 #![allow(clippy::missing_panics_doc)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+pub mod mock;
 
 pub use kafka_producer::Topics;
 use rdkafka::config::ClientConfig;
@@ -153,6 +157,96 @@ fn consume_blocking(brokers: &str, topic: &str, count: usize, timeout: Duration)
     }
     records.sort_by_key(|r| (r.partition, r.offset));
     records
+}
+
+/// Where the events that got a 2xx ended up: the oracle of the fault tests.
+#[derive(Debug)]
+pub struct Landed {
+    /// Records found per accepted `message_id`, over the ingest, retry and DLQ topics.
+    pub counts: HashMap<String, usize>,
+    /// Accepted ids found on none of them.
+    pub missing: Vec<String>,
+}
+
+impl Landed {
+    /// Records beyond the first of each id.
+    pub fn duplicates(&self) -> usize {
+        self.counts.values().map(|c| c.saturating_sub(1)).sum()
+    }
+}
+
+/// Reads the ingest, retry and DLQ topics of `brokers` until every id of `accepted` was seen
+/// or `timeout` passed, counting the records of each id (the `message_id` of the value).
+pub async fn landed(brokers: &str, topics: &Topics, accepted: &[String], timeout: Duration) -> Landed {
+    let brokers = brokers.to_string();
+    let topics = [topics.ingest.clone(), topics.retry.clone(), topics.dlq.clone()];
+    let accepted = accepted.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", format!("test-{}", uuid::Uuid::new_v4()))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .create()
+            .expect("creating test consumer");
+        let mut assignment = TopicPartitionList::new();
+        for topic in &topics {
+            let metadata = consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .expect("fetching topic metadata");
+            for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+                assignment
+                    .add_partition_offset(topic, p.id(), Offset::Beginning)
+                    .expect("adding partition");
+            }
+        }
+        consumer.assign(&assignment).expect("assigning partitions");
+        let mut counts: HashMap<String, usize> = accepted.iter().map(|id| (id.clone(), 0)).collect();
+        let mut unseen = accepted.len();
+        let deadline = Instant::now() + timeout;
+        while unseen > 0 && Instant::now() < deadline {
+            let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let value: serde_json::Value =
+                serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or(serde_json::Value::Null);
+            if let Some(count) = value["message_id"].as_str().and_then(|id| counts.get_mut(id)) {
+                if *count == 0 {
+                    unseen -= 1;
+                }
+                *count += 1;
+            }
+        }
+        let mut missing: Vec<String> = accepted.into_iter().filter(|id| counts[id] == 0).collect();
+        missing.sort();
+        counts.retain(|_, c| *c > 0);
+        Landed { counts, missing }
+    })
+    .await
+    .expect("consumer thread")
+}
+
+/// The fault tests' oracle: every event that got a 2xx is on the ingest, retry or DLQ topic
+/// (duplicates allowed). Panics naming the missing ones; returns what landed.
+pub async fn assert_nothing_lost(
+    brokers: &str,
+    topics: &Topics,
+    accepted: &[String],
+    timeout: Duration,
+) -> Landed {
+    assert!(
+        !accepted.is_empty(),
+        "no event was accepted: the test proves nothing"
+    );
+    let landed = landed(brokers, topics, accepted, timeout).await;
+    assert!(
+        landed.missing.is_empty(),
+        "{} of {} events that got a 2xx are on no topic: {:?}",
+        landed.missing.len(),
+        accepted.len(),
+        &landed.missing[..landed.missing.len().min(20)]
+    );
+    landed
 }
 
 /// Produces one record to `topic` and waits for the acknowledgement.

@@ -24,6 +24,8 @@ struct Ingest {
     /// Reads the log as it is written, so a full pipe never blocks the process.
     log: Option<std::thread::JoinHandle<String>>,
     _sources: tempfile::NamedTempFile,
+    /// The spool directory (`CDP_SPOOL_DIR`).
+    spool: tempfile::TempDir,
 }
 
 impl Ingest {
@@ -41,12 +43,14 @@ impl Ingest {
     async fn start_custom(env: &[(&str, &str)], sources: tempfile::NamedTempFile) -> Ingest {
         let topics = test_support::fresh_topics(3).await;
         let (port, metrics_port) = (free_port(), free_port());
+        let spool = tempfile::tempdir().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_ingest"))
             .env("CDP_KAFKA_BROKERS", test_support::brokers())
             .env("CDP_TOPIC_INGEST", &topics.ingest)
             .env("CDP_TOPIC_DLQ", &topics.dlq)
             .env("CDP_TOPIC_RETRY", &topics.retry)
             .env("CDP_SOURCES_FILE", sources.path())
+            .env("CDP_SPOOL_DIR", spool.path())
             .env("CDP_LISTEN", format!("127.0.0.1:{port}"))
             .env("CDP_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
             .env("CDP_LOG_FORMAT", "json")
@@ -68,6 +72,7 @@ impl Ingest {
             port,
             topics,
             _sources: sources,
+            spool,
         };
         let client = reqwest::Client::new();
         for _ in 0..200 {

@@ -43,10 +43,12 @@ fn help_documents_every_flag_of_the_interface_table() {
 #[test]
 fn without_a_cluster_it_exits_non_zero_with_a_clear_error() {
     let sources = test_support::sources_file();
+    let spool = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_ingest"))
         .env("CDP_KAFKA_BROKERS", "127.0.0.1:1")
         .env("CDP_KAFKA_PING_TIMEOUT", "2s")
         .env("CDP_SOURCES_FILE", sources.path())
+        .env("CDP_SPOOL_DIR", spool.path())
         .env("CDP_LISTEN", "127.0.0.1:0")
         .env("CDP_METRICS_LISTEN", "127.0.0.1:0")
         .output()

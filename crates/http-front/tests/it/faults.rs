@@ -1,80 +1,15 @@
 //! Faults: a full producer queue (real broker), a failing DLQ and an unreachable cluster
 //! (librdkafka's mock cluster, the only fault injector allowed), and start-up failures.
 
-use std::sync::mpsc;
 use std::time::Duration;
 
 use http_front::Error;
-use kafka_producer::Topics;
-use rdkafka::mocking::MockCluster;
-use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use rdkafka::types::RDKafkaRespErr;
 use serde_json::json;
+use test_support::mock::{mock_topics, Fault, Mock};
 use test_support::{brokers, consume, consume_from, fresh_topics};
 
 use super::{status_json, Server, WAIT};
-
-/// A mock cluster on its own thread (it is neither `Send` nor `Sync`), driven by commands.
-struct Mock {
-    bootstrap: String,
-    commands: mpsc::Sender<(Fault, mpsc::Sender<()>)>,
-}
-
-enum Fault {
-    ProduceErrors(RDKafkaRespErr),
-    BrokerDown(i32),
-}
-
-impl Mock {
-    /// A one-broker cluster with the three topics.
-    fn start(topics: &Topics) -> Mock {
-        Mock::start_with_brokers(topics, 1)
-    }
-
-    /// A cluster of `brokers` brokers; the ingest topic's leader is the last one, the other
-    /// topics' the first, so that taking the last one down fails only the ingest topic.
-    fn start_with_brokers(topics: &Topics, brokers: i32) -> Mock {
-        let topics = topics.clone();
-        let (bootstrap_tx, bootstrap_rx) = mpsc::channel();
-        let (commands, received) = mpsc::channel::<(Fault, mpsc::Sender<()>)>();
-        std::thread::spawn(move || {
-            let cluster = MockCluster::new(brokers).unwrap();
-            for topic in [&topics.ingest, &topics.dlq, &topics.retry] {
-                cluster.create_topic(topic, 1, 1).unwrap();
-                let leader = if *topic == topics.ingest { brokers } else { 1 };
-                cluster.partition_leader(topic, 0, Some(leader)).unwrap();
-            }
-            bootstrap_tx.send(cluster.bootstrap_servers()).unwrap();
-            // Runs until the test drops its `Mock`.
-            for (fault, done) in received {
-                match fault {
-                    Fault::ProduceErrors(error) => {
-                        cluster.request_errors(RDKafkaApiKey::Produce, &[error; 50])
-                    }
-                    Fault::BrokerDown(id) => cluster.broker_down(id).unwrap(),
-                }
-                let _ = done.send(());
-            }
-        });
-        Mock {
-            bootstrap: bootstrap_rx.recv().unwrap(),
-            commands,
-        }
-    }
-
-    fn inject(&self, fault: Fault) {
-        let (done, wait) = mpsc::channel();
-        self.commands.send((fault, done)).unwrap();
-        wait.recv().unwrap();
-    }
-}
-
-fn mock_topics() -> Topics {
-    Topics {
-        ingest: "m.ingest".into(),
-        dlq: "m.dlq".into(),
-        retry: "m.retry".into(),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_dlq_write_gives_503_and_the_valid_events_are_not_produced() {
@@ -121,49 +56,6 @@ async fn a_failed_dlq_write_gives_503_and_the_valid_events_are_not_produced() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_cluster_turns_readiness_off_and_requests_get_503() {
-    let topics = mock_topics();
-    let mock = Mock::start(&topics);
-    let server = Server::start_with(&mock.bootstrap, topics.clone(), |c| {
-        c.flush_grace = Duration::from_secs(1)
-    })
-    .await;
-    let event = json!({"anonymousId": "a", "event": "e"});
-    assert_eq!(server.post("/v1/track", &event).await.status(), 200);
-    assert_eq!(
-        consume_from(&mock.bootstrap, &topics.ingest, 1, WAIT).await.len(),
-        1
-    );
-
-    mock.inject(Fault::BrokerDown(1));
-    let mut ready = 200;
-    for _ in 0..100 {
-        ready = server
-            .client
-            .get(server.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16();
-        if ready == 503 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(ready, 503, "readiness stayed up with the broker down");
-    let response = server.post("/v1/track", &event).await;
-    assert_eq!(response.headers()["retry-after"], "5");
-    let (status, reply) = status_json(response).await;
-    assert_eq!(status, 503);
-    assert_eq!(
-        reply["error"],
-        "cannot take events now: no Kafka broker is reachable"
-    );
-    server.stop().await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_producer_queue_refuses_the_rest_with_503_and_reports_what_was_taken() {
     let server = Server::start_with(&brokers(), fresh_topics(1).await, |c| {
         c.kafka_queue_max_messages = 5
@@ -199,6 +91,7 @@ async fn a_full_producer_queue_refuses_the_rest_with_503_and_reports_what_was_ta
 async fn start_up_fails_clearly_without_a_cluster_or_a_topic() {
     use clap::Parser;
     let sources = test_support::sources_file();
+    let spool = tempfile::tempdir().unwrap();
     let config = |brokers: &str, ingest: &str| {
         http_front::Config::parse_from([
             "ingest",
@@ -210,6 +103,8 @@ async fn start_up_fails_clearly_without_a_cluster_or_a_topic() {
             "2s",
             "--sources",
             sources.path().to_str().unwrap(),
+            "--spool-dir",
+            spool.path().to_str().unwrap(),
         ])
     };
     let listener = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };

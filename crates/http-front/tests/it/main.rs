@@ -5,6 +5,7 @@ mod auth;
 mod body;
 mod endpoints;
 mod faults;
+mod lossless;
 mod operations;
 mod ordering;
 
@@ -30,6 +31,7 @@ struct Server {
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), http_front::Error>>,
     _sources: tempfile::NamedTempFile,
+    spool: tempfile::TempDir,
 }
 
 impl Server {
@@ -41,6 +43,7 @@ impl Server {
     /// `ingest` with `brokers`, `topics`, and the default flags changed by `adjust`.
     async fn start_with(brokers: &str, topics: Topics, adjust: impl FnOnce(&mut Config)) -> Server {
         let sources = sources_file();
+        let spool = tempfile::tempdir().unwrap();
         let mut config = Config::parse_from([
             "ingest",
             "--brokers",
@@ -53,6 +56,8 @@ impl Server {
             &topics.retry,
             "--sources",
             sources.path().to_str().unwrap(),
+            "--spool-dir",
+            spool.path().to_str().unwrap(),
         ]);
         adjust(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -68,6 +73,7 @@ impl Server {
             stop: Some(stop),
             task,
             _sources: sources,
+            spool,
         };
         server.wait_listening().await;
         server

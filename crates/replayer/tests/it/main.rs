@@ -41,6 +41,7 @@ async fn replay(topics: &Topics, group: &str, extra: &[&str]) -> Summary {
 async fn ingest_rejects(topics: &Topics, requests: &[(&str, serde_json::Value)]) {
     use clap::Parser as _;
     let sources = sources_file();
+    let spool = tempfile::tempdir().unwrap();
     let config = http_front::Config::parse_from([
         "ingest",
         "--brokers",
@@ -53,6 +54,8 @@ async fn ingest_rejects(topics: &Topics, requests: &[(&str, serde_json::Value)])
         &topics.retry,
         "--sources",
         sources.path().to_str().unwrap(),
+        "--spool-dir",
+        spool.path().to_str().unwrap(),
     ]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

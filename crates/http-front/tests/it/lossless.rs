@@ -1,0 +1,217 @@
+//! Nothing accepted is ever lost: an outage longer than the message timeout, a full queue under
+//! a slow broker, a fatal idempotence error and a full spool, injected with librdkafka's mock
+//! cluster. Each test's oracle: every event that got a 200 is on the ingest, retry or DLQ topic.
+
+use std::time::Duration;
+
+use rdkafka::types::RDKafkaRespErr;
+use serde_json::{json, Value};
+use test_support::assert_nothing_lost;
+
+use test_support::mock::{mock_topics, Fault, Mock};
+use super::{status_json, Server, WAIT};
+
+/// Posts single events `{prefix}-0..n` (three visitors) one after the other; returns the ids
+/// that got a 200 and every status.
+async fn post_events(server: &Server, prefix: &str, n: usize) -> (Vec<String>, Vec<u16>) {
+    let (mut accepted, mut statuses) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let id = format!("{prefix}-{i}");
+        let event = json!({"anonymousId": format!("v{}", i % 3), "event": "e", "messageId": id});
+        let status = server.post("/v1/track", &event).await.status().as_u16();
+        if status == 200 {
+            accepted.push(id);
+        }
+        statuses.push(status);
+    }
+    (accepted, statuses)
+}
+
+async fn readyz(server: &Server) -> (u16, Value) {
+    status_json(server.client.get(server.url("/readyz")).send().await.unwrap()).await
+}
+
+/// Polls `/readyz` until `check` holds on its body (20 s at most).
+async fn wait_ready_body(server: &Server, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..200 {
+        last = readyz(server).await.1;
+        if check(&last) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("/readyz never showed {what}: {last}");
+}
+
+/// The value of an unlabelled metric in the text exposition.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_the_message_timeout_is_spooled_then_drained() {
+    let metrics = ::ops::install_metrics();
+    let topics = mock_topics();
+    let mock = Mock::start(&topics);
+    let server = Server::start_with(&mock.bootstrap, topics.clone(), |c| {
+        c.kafka_message_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let (mut accepted, _) = post_events(&server, "before", 5).await;
+    mock.inject(Fault::BrokerDown(1));
+    // Some of these reach librdkafka's queue before it notices and time out there; the rest
+    // are spooled at once.
+    for round in 0..4 {
+        let (ids, statuses) = post_events(&server, &format!("down{round}"), 5).await;
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+        accepted.extend(ids);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    // Everything not delivered is in the spool, and ingest stays ready: the spool has room.
+    // (The five sent before the outage may be among them.)
+    let body = wait_ready_body(&server, "20 spooled records", |b| {
+        b["spool"]["records"].as_u64().unwrap() >= 20
+    })
+    .await;
+    assert_eq!(body["kafka_reachable"], false, "{body}");
+    assert_eq!(readyz(&server).await.0, 200);
+    let spool_files = std::fs::read_dir(server.spool.path()).unwrap().count();
+    assert!(spool_files >= 2, "a lock file and a segment: {spool_files}");
+
+    mock.inject(Fault::BrokerUp(1));
+    let landed = assert_nothing_lost(&mock.bootstrap, &topics, &accepted, WAIT).await;
+    assert_eq!(landed.counts.len(), 25);
+    wait_ready_body(&server, "an empty spool", |b| b["spool"]["records"] == 0).await;
+    let text = metrics.render();
+    assert!(metric(&text, "cdp_ingest_spool_drained_total") >= 20.0, "{text}");
+    assert_eq!(metric(&text, "cdp_ingest_kafka_records_lost_total"), 0.0);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_under_a_slow_broker_gives_503s_and_every_200_is_delivered() {
+    let topics = mock_topics();
+    let mock = Mock::start(&topics);
+    let server = Server::start_with(&mock.bootstrap, topics.clone(), |c| {
+        c.kafka_queue_max_messages = 5;
+    })
+    .await;
+    mock.inject(Fault::Rtt(1, Duration::from_millis(500)));
+    let server = std::sync::Arc::new(server);
+    let mut clients = Vec::new();
+    for client in 0..4 {
+        let server = server.clone();
+        clients.push(tokio::spawn(async move {
+            post_events(&server, &format!("c{client}"), 25).await
+        }));
+    }
+    let (mut accepted, mut statuses) = (Vec::new(), Vec::new());
+    for client in clients {
+        let (ids, s) = client.await.unwrap();
+        accepted.extend(ids);
+        statuses.extend(s);
+    }
+    assert!(
+        statuses.contains(&503),
+        "the 5-record queue never filled: {statuses:?}"
+    );
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 503), "{statuses:?}");
+    mock.inject(Fault::Rtt(1, Duration::ZERO));
+    assert_nothing_lost(&mock.bootstrap, &topics, &accepted, WAIT).await;
+    let server = std::sync::Arc::into_inner(server).unwrap();
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_idempotence_error_replaces_the_producer_and_loses_nothing() {
+    let metrics = ::ops::install_metrics();
+    let topics = mock_topics();
+    let mock = Mock::start(&topics);
+    let server = Server::start_with(&mock.bootstrap, topics.clone(), |_| {}).await;
+    let (mut accepted, _) = post_events(&server, "before", 5).await;
+    // The head-of-line produce request fails with a sequence error: librdkafka raises a
+    // fatal error, the idempotent producer cannot go on.
+    mock.inject(Fault::ProduceErrorsN(
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+        1,
+    ));
+    let (ids, statuses) = post_events(&server, "fatal", 20).await;
+    accepted.extend(ids);
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let mut rebuilds = 0.0;
+    for _ in 0..100 {
+        rebuilds = metric(&metrics.render(), "cdp_ingest_kafka_producer_rebuilds_total");
+        if rebuilds > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        rebuilds,
+        1.0,
+        "the producer was not replaced:\n{}",
+        metrics.render()
+    );
+    wait_ready_body(&server, "readiness back", |b| b["success"] == true).await;
+    let (ids, statuses) = post_events(&server, "after", 5).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    accepted.extend(ids);
+    assert_nothing_lost(&mock.bootstrap, &topics, &accepted, WAIT).await;
+    assert_eq!(
+        metric(&metrics.render(), "cdp_ingest_kafka_records_lost_total"),
+        0.0
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_gives_503_and_the_process_stays_healthy() {
+    let topics = mock_topics();
+    let mock = Mock::start(&topics);
+    let server = Server::start_with(&mock.bootstrap, topics.clone(), |c| {
+        c.spool_max_bytes = 20_000;
+    })
+    .await;
+    mock.inject(Fault::BrokerDown(1));
+    wait_ready_body(&server, "Kafka unreachable", |b| b["kafka_reachable"] == false).await;
+    let mut accepted = Vec::new();
+    let mut refused = None;
+    for i in 0..200 {
+        let id = format!("s-{i}");
+        let event = json!({"anonymousId": "v", "event": "e", "messageId": id, "properties": {"pad": "x".repeat(500)}});
+        let response = server.post("/v1/track", &event).await;
+        match response.status().as_u16() {
+            200 => accepted.push(id),
+            503 => {
+                assert_eq!(response.headers()["retry-after"], "5");
+                refused = Some(status_json(response).await.1);
+                break;
+            }
+            other => panic!("status {other}"),
+        }
+    }
+    let refused = refused.expect("the 20 kB spool never filled");
+    assert_eq!(
+        refused["error"],
+        "cannot take events now: Kafka cannot take events and the local spool is full (20000 bytes)"
+    );
+    assert!(accepted.len() >= 10, "only {} spooled", accepted.len());
+    // Alive, but not ready: the load balancer should send events elsewhere.
+    let health = server.client.get(server.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let (status, body) = readyz(&server).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "the local spool is full");
+    assert_eq!(body["spool"]["records"], accepted.len());
+
+    mock.inject(Fault::BrokerUp(1));
+    wait_ready_body(&server, "readiness back", |b| b["success"] == true).await;
+    let (ids, statuses) = post_events(&server, "after", 5).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    accepted.extend(ids);
+    assert_nothing_lost(&mock.bootstrap, &topics, &accepted, WAIT).await;
+    server.stop().await.unwrap();
+}

@@ -1,0 +1,91 @@
+//! librdkafka's mock cluster, the one fault injector the tests use: broker outages, slow
+//! brokers, produce errors.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+use crate::Topics;
+
+/// A mock cluster on its own thread (it is neither `Send` nor `Sync`), driven by commands.
+pub struct Mock {
+    /// Its bootstrap address.
+    pub bootstrap: String,
+    commands: mpsc::Sender<(Fault, mpsc::Sender<()>)>,
+}
+
+/// A fault to inject.
+pub enum Fault {
+    /// The next 50 produce requests fail with this error.
+    ProduceErrors(RDKafkaRespErr),
+    /// The next `n` produce requests fail with this error.
+    ProduceErrorsN(RDKafkaRespErr, usize),
+    /// The broker stops answering (connections refused).
+    BrokerDown(i32),
+    /// The broker is back.
+    BrokerUp(i32),
+    /// Every request to this broker takes this long.
+    Rtt(i32, Duration),
+}
+
+impl Mock {
+    /// A one-broker cluster with the three topics.
+    pub fn start(topics: &Topics) -> Mock {
+        Mock::start_with_brokers(topics, 1)
+    }
+
+    /// A cluster of `brokers` brokers; the ingest topic's leader is the last one, the other
+    /// topics' the first, so that taking the last one down fails only the ingest topic.
+    pub fn start_with_brokers(topics: &Topics, brokers: i32) -> Mock {
+        let topics = topics.clone();
+        let (bootstrap_tx, bootstrap_rx) = mpsc::channel();
+        let (commands, received) = mpsc::channel::<(Fault, mpsc::Sender<()>)>();
+        std::thread::spawn(move || {
+            let cluster = MockCluster::new(brokers).unwrap();
+            for topic in [&topics.ingest, &topics.dlq, &topics.retry] {
+                cluster.create_topic(topic, 1, 1).unwrap();
+                let leader = if *topic == topics.ingest { brokers } else { 1 };
+                cluster.partition_leader(topic, 0, Some(leader)).unwrap();
+            }
+            bootstrap_tx.send(cluster.bootstrap_servers()).unwrap();
+            // Runs until the test drops its `Mock`.
+            for (fault, done) in received {
+                match fault {
+                    Fault::ProduceErrors(error) => {
+                        cluster.request_errors(RDKafkaApiKey::Produce, &[error; 50])
+                    }
+                    Fault::ProduceErrorsN(error, n) => {
+                        cluster.request_errors(RDKafkaApiKey::Produce, &vec![error; n])
+                    }
+                    Fault::BrokerDown(id) => cluster.broker_down(id).unwrap(),
+                    Fault::BrokerUp(id) => cluster.broker_up(id).unwrap(),
+                    Fault::Rtt(id, rtt) => cluster.broker_round_trip_time(id, rtt).unwrap(),
+                }
+                let _ = done.send(());
+            }
+        });
+        Mock {
+            bootstrap: bootstrap_rx.recv().unwrap(),
+            commands,
+        }
+    }
+
+    /// Applies a fault and waits until it is in effect.
+    pub fn inject(&self, fault: Fault) {
+        let (done, wait) = mpsc::channel();
+        self.commands.send((fault, done)).unwrap();
+        wait.recv().unwrap();
+    }
+}
+
+/// The topic names of [`Mock::start`]'s tests.
+pub fn mock_topics() -> Topics {
+    Topics {
+        ingest: "m.ingest".into(),
+        dlq: "m.dlq".into(),
+        retry: "m.retry".into(),
+    }
+}
+

@@ -109,7 +109,7 @@ impl Drop for Broker {
 }
 
 /// The tansu binary, built with `cargo install` the first time.
-async fn install() -> Result<PathBuf> {
+pub async fn install() -> Result<PathBuf> {
     let root = tools_dir()?.join(format!("tansu-{TANSU_VERSION}"));
     let binary = root.join("bin").join("tansu");
     if binary.exists() {

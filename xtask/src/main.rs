@@ -107,6 +107,8 @@ async fn test(root: &Path, args: &[String]) -> Result<()> {
     deploy::check(root).await?;
     let broker = Broker::start_or_existing(root).await?;
     broker.create_topics(&TOPICS).await?;
+    // The broker-restart test runs a tansu of its own, even against an existing cluster.
+    let tansu = broker::install().await?;
     let nextest = Command::new("cargo")
         .args(["nextest", "--version"])
         .stdout(Stdio::null())
@@ -125,6 +127,7 @@ async fn test(root: &Path, args: &[String]) -> Result<()> {
         .args(args)
         .current_dir(root)
         .env("KAFKA_BROKERS", broker.address())
+        .env("CDP_TANSU_BIN", &tansu)
         .spawn()
         .context("running the tests")?;
     let status = tokio::select! {

@@ -7,7 +7,8 @@
 //! - [`assert_schema_valid`]: checks an ingest record against the published JSON Schema;
 //! - [`python`]: a Python with `segment-analytics-python` installed;
 //! - [`mock`]: librdkafka's mock cluster with faults on cue;
-//! - [`assert_nothing_lost`]: the fault tests' oracle over the three topics.
+//! - [`assert_nothing_lost`]: the fault tests' oracle over the three topics;
+//! - [`OwnBroker`]: a tansu process of the test's own, to kill and restart.
 
 #![allow(clippy::missing_panics_doc)]
 
@@ -18,6 +19,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub mod mock;
+mod own_broker;
+
+pub use own_broker::OwnBroker;
 
 pub use kafka_producer::Topics;
 use rdkafka::config::ClientConfig;

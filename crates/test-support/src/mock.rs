@@ -88,4 +88,3 @@ pub fn mock_topics() -> Topics {
         retry: "m.retry".into(),
     }
 }
-

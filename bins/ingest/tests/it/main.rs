@@ -2,6 +2,7 @@
 //! stream, hostile input, and a real Segment SDK (segment-analytics-python) pointed at it.
 
 mod hostile;
+mod lossless;
 mod process;
 mod sdk;
 
@@ -24,8 +25,8 @@ struct Ingest {
     /// Reads the log as it is written, so a full pipe never blocks the process.
     log: Option<std::thread::JoinHandle<String>>,
     _sources: tempfile::NamedTempFile,
-    /// The spool directory (`CDP_SPOOL_DIR`).
-    spool: tempfile::TempDir,
+    /// The spool directory (`CDP_SPOOL_DIR`), removed with the last handle.
+    _spool: std::sync::Arc<tempfile::TempDir>,
 }
 
 impl Ingest {
@@ -42,10 +43,22 @@ impl Ingest {
     /// [`Ingest::start`] with extra environment variables and a sources file of its own.
     async fn start_custom(env: &[(&str, &str)], sources: tempfile::NamedTempFile) -> Ingest {
         let topics = test_support::fresh_topics(3).await;
+        let spool = std::sync::Arc::new(tempfile::tempdir().unwrap());
+        Ingest::start_on(&test_support::brokers(), topics, spool, env, sources).await
+    }
+
+    /// `ingest` on `brokers` and `topics` with the spool in `spool` (shared with an earlier
+    /// process, to restart one).
+    async fn start_on(
+        brokers: &str,
+        topics: Topics,
+        spool: std::sync::Arc<tempfile::TempDir>,
+        env: &[(&str, &str)],
+        sources: tempfile::NamedTempFile,
+    ) -> Ingest {
         let (port, metrics_port) = (free_port(), free_port());
-        let spool = tempfile::tempdir().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_ingest"))
-            .env("CDP_KAFKA_BROKERS", test_support::brokers())
+            .env("CDP_KAFKA_BROKERS", brokers)
             .env("CDP_TOPIC_INGEST", &topics.ingest)
             .env("CDP_TOPIC_DLQ", &topics.dlq)
             .env("CDP_TOPIC_RETRY", &topics.retry)
@@ -72,7 +85,7 @@ impl Ingest {
             port,
             topics,
             _sources: sources,
-            spool,
+            _spool: spool,
         };
         let client = reqwest::Client::new();
         for _ in 0..200 {

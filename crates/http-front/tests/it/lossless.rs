@@ -8,8 +8,8 @@ use rdkafka::types::RDKafkaRespErr;
 use serde_json::{json, Value};
 use test_support::assert_nothing_lost;
 
-use test_support::mock::{mock_topics, Fault, Mock};
 use super::{status_json, Server, WAIT};
+use test_support::mock::{mock_topics, Fault, Mock};
 
 /// Posts single events `{prefix}-0..n` (three visitors) one after the other; returns the ids
 /// that got a 200 and every status.

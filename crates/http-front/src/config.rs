@@ -120,7 +120,8 @@ impl Config {
     pub fn spool(&self) -> kafka_producer::spool::Options {
         kafka_producer::spool::Options {
             max_bytes: self.spool_max_bytes,
-            segment_bytes: (self.spool_max_bytes / 16).clamp(1 << 20, 64 << 20),
+            // The drainer reads a whole segment at once: small enough to stay out of the RSS budget.
+            segment_bytes: (self.spool_max_bytes / 16).clamp(64 << 10, 8 << 20),
             fsync_interval: self.spool_fsync_interval,
         }
     }

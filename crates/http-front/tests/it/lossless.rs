@@ -215,3 +215,51 @@ async fn a_full_spool_gives_503_and_the_process_stays_healthy() {
     assert_nothing_lost(&mock.bootstrap, &topics, &accepted, WAIT).await;
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acked_mode_answers_200_only_after_the_broker_acknowledged_and_503_without_one() {
+    let topics = mock_topics();
+    let mock = Mock::start(&topics);
+    let server = Server::start_with(&mock.bootstrap, topics.clone(), |c| {
+        c.delivery_mode = http_front::config::DeliveryMode::Acked;
+        c.dlq_timeout = Duration::from_secs(2);
+    })
+    .await;
+    // A slow broker: each 200 comes only after the acknowledgement, so at least the RTT later.
+    mock.inject(Fault::Rtt(1, Duration::from_millis(400)));
+    let started = std::time::Instant::now();
+    let batch: Vec<Value> = (0..5)
+        .map(|i| json!({"type": "track", "anonymousId": "v", "event": "e", "messageId": format!("a-{i}")}))
+        .collect();
+    let (status, reply) = status_json(server.post("/v1/batch", &json!({ "batch": batch })).await).await;
+    assert_eq!(status, 200, "{reply}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "answered before the broker could ack"
+    );
+    let accepted: Vec<String> = (0..5).map(|i| format!("a-{i}")).collect();
+    assert_nothing_lost(&mock.bootstrap, &topics, &accepted, WAIT).await;
+
+    // No broker: 503 with Retry-After, nothing spooled, not ready.
+    mock.inject(Fault::Rtt(1, Duration::ZERO));
+    mock.inject(Fault::BrokerDown(1));
+    let mut refused = None;
+    for _ in 0..50 {
+        let response = server
+            .post("/v1/track", &json!({"anonymousId": "v", "event": "e"}))
+            .await;
+        if response.status() == 503 {
+            assert_eq!(response.headers()["retry-after"], "5");
+            refused = Some(status_json(response).await.1);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused = refused.expect("acked mode answered 200 with the broker down");
+    assert_eq!(refused["accepted"], 0, "{refused}");
+    let (status, body) = readyz(&server).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "no Kafka broker reachable");
+    assert_eq!(body["spool"]["records"], 0, "acked mode never spools a request");
+    server.stop().await.unwrap();
+}

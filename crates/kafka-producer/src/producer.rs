@@ -97,8 +97,7 @@ impl ProducerConfig {
 pub enum Sent {
     /// librdkafka holds it for the ingest topic.
     Queued,
-    /// The cluster is unreachable (or the spool is still draining, which keeps per-key order):
-    /// it is in the local spool, and the drainer will produce it.
+    /// The cluster is unreachable: it is in the local spool, and the drainer will produce it.
     Spooled,
 }
 
@@ -340,12 +339,16 @@ impl Core {
             .map_err(Error::Create)
     }
 
-    /// Swaps in a new producer; returns the old one.
+    /// Swaps in a new producer, or none; returns the old one. Once the producer is stopping,
+    /// a new one is refused (and returned, to be dropped).
     pub fn replace(
         &self,
         producer: Option<ThreadedProducer<Callbacks>>,
     ) -> Option<ThreadedProducer<Callbacks>> {
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if producer.is_some() && self.stopping.load(Ordering::SeqCst) {
+            return producer;
+        }
         std::mem::replace(&mut *current, producer)
     }
 
@@ -422,7 +425,8 @@ impl Core {
 /// The event producer shared by all requests of a process.
 pub struct EventProducer {
     core: Arc<Core>,
-    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    rescuer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    drainer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl EventProducer {
@@ -491,14 +495,18 @@ impl EventProducer {
                 .map_err(|e| Error::Create(KafkaError::ClientCreation(e.to_string())))
         };
         let rescuer = Rescuer::new(core.clone());
-        let mut threads = vec![spawn("kafka-rescue", Box::new(move || rescuer.run(job_queue)))?];
-        if core.spool.is_some() {
-            let drainer = Drainer::new(core.clone());
-            threads.push(spawn("spool-drain", Box::new(move || drainer.run()))?);
-        }
+        let rescuer = spawn("kafka-rescue", Box::new(move || rescuer.run(job_queue)))?;
+        let drainer = match core.spool.is_some() {
+            true => {
+                let drainer = Drainer::new(core.clone());
+                Some(spawn("spool-drain", Box::new(move || drainer.run()))?)
+            }
+            false => None,
+        };
         Ok(EventProducer {
             core,
-            threads: Mutex::new(threads),
+            rescuer: Mutex::new(Some(rescuer)),
+            drainer: Mutex::new(drainer),
         })
     }
 
@@ -526,9 +534,9 @@ impl EventProducer {
     /// Takes a valid event for the ingest topic without waiting (S1, S4, S5, S6).
     ///
     /// Returns as soon as librdkafka holds the record, or (with a spool, while the cluster is
-    /// unreachable or the spool is still draining) the spool does; the record then lives on its
-    /// own, whatever happens to the caller. Never blocks: a full buffer is
-    /// [`Error::QueueFull`], a full spool [`Error::SpoolFull`].
+    /// unreachable) the spool does; the record then lives on its own, whatever happens to the
+    /// caller. Never blocks on Kafka: a full buffer is [`Error::QueueFull`], a full spool
+    /// [`Error::SpoolFull`].
     pub fn send_event(&self, event: &Accepted, workspace_id: &str, source_id: &str) -> Result<Sent, Error> {
         let spool_it = |why: Option<&Error>| {
             let record = event_record(event, workspace_id, source_id);
@@ -538,17 +546,20 @@ impl EventProducer {
             }
             Ok(Sent::Spooled)
         };
-        if let Some(spool) = &self.core.spool {
-            if !spool.is_empty() || !self.is_healthy() {
-                return spool_it(None);
-            }
+        if self.core.spool.is_some() && !self.is_healthy() {
+            return spool_it(None);
         }
         let delivery = Delivery::Logged {
             message_id: event.message_id.clone(),
         };
         match self.enqueue_event(event, workspace_id, source_id, delivery) {
             Ok(()) => Ok(Sent::Queued),
+            // Back-pressure, and records Kafka would never take (over `message.max.bytes`),
+            // are the client's to handle.
             Err(Error::QueueFull) => Err(Error::QueueFull),
+            Err(Error::Enqueue { source, topic }) if crate::rescue::is_permanent(&source) => {
+                Err(Error::Enqueue { source, topic })
+            }
             Err(error) if self.core.spool.is_some() => spool_it(Some(&error)),
             Err(error) => Err(error),
         }
@@ -669,13 +680,21 @@ impl EventProducer {
     /// and counted), stops the background threads and syncs the spool. Later sends fail with
     /// [`Error::Unavailable`].
     pub fn close(&self, grace: Duration) -> Closed {
+        let join = |thread: &Mutex<Option<std::thread::JoinHandle<()>>>| {
+            if let Some(thread) = thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                let _ = thread.join();
+            }
+        };
+        // The drainer stops first, so that the flush is not fed new records; what it has
+        // enqueued is flushed (its segment stays in the spool until a later drain).
+        self.core.stopping.store(true, Ordering::SeqCst);
+        join(&self.drainer);
         let unflushed = self.flush(grace);
         let (spooled, lost) = (
             self.core.spooled.load(Ordering::Relaxed),
             self.core.lost.load(Ordering::Relaxed),
         );
         self.core.closing.store(true, Ordering::SeqCst);
-        self.core.stopping.store(true, Ordering::SeqCst);
         self.core.healthy.store(false, Ordering::Relaxed);
         // Dropping purges what librdkafka holds: each record comes back through the delivery
         // callback as failed, and the rescuer spools it.
@@ -683,9 +702,7 @@ impl EventProducer {
         if let Ok(jobs) = self.core.jobs.lock() {
             let _ = jobs.send(Job::Stop);
         }
-        for thread in std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner())) {
-            let _ = thread.join();
-        }
+        join(&self.rescuer);
         if let Some(spool) = &self.core.spool {
             if let Err(error) = spool.sync() {
                 tracing::error!(%error, "spool sync at shutdown failed");

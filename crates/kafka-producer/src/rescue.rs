@@ -262,27 +262,28 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// Re-produces spooled records once a broker is reachable.
 pub(crate) struct Drainer {
     core: Arc<Core>,
+    /// The segment being drained, and which of its records are acknowledged already: a retry
+    /// sends only the others.
+    progress: Option<(spool::Segment, Vec<bool>)>,
 }
 
 impl Drainer {
     pub fn new(core: Arc<Core>) -> Self {
-        Drainer { core }
+        Drainer { core, progress: None }
     }
 
-    pub fn run(self) {
+    pub fn run(mut self) {
         let Some(spool) = self.core.spool.clone() else {
             return;
         };
-        let core = &self.core;
+        let core = self.core.clone();
         core.metrics.spool_max_bytes.set(spool.max_bytes() as f64);
         let mut last_probe = Instant::now();
         while !core.stopping.load(Ordering::SeqCst) {
             core.metrics.spool_bytes.set(spool.bytes() as f64);
             core.metrics.spool_records.set(spool.records() as f64);
-            if !spool.is_empty()
-                && !core.healthy.load(Ordering::Relaxed)
-                && last_probe.elapsed() > PROBE_EVERY
-            {
+            let healthy = core.healthy.load(Ordering::Relaxed);
+            if !spool.is_empty() && !healthy && last_probe.elapsed() > PROBE_EVERY {
                 // librdkafka connects only when it has something to send, and everything is in
                 // the spool: ask for metadata to find out whether the cluster is back.
                 last_probe = Instant::now();
@@ -296,7 +297,7 @@ impl Drainer {
                 continue;
             }
             match self.drain_segment(&spool) {
-                Ok(0) => {}
+                Ok(0) => std::thread::sleep(Duration::from_millis(50)),
                 Ok(records) => {
                     core.metrics.spool_drained.increment(records);
                     tracing::info!(
@@ -305,14 +306,10 @@ impl Drainer {
                         "spool segment drained to the ingest topic"
                     );
                 }
+                Err(DrainError::Stopping) => {}
                 Err(error) => {
                     tracing::warn!(%error, left = spool.records(), "spool drain paused, retrying in 1 s");
-                    for _ in 0..20 {
-                        if core.stopping.load(Ordering::SeqCst) {
-                            break;
-                        }
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
+                    self.pause();
                 }
             }
         }
@@ -320,19 +317,40 @@ impl Drainer {
         core.metrics.spool_records.set(spool.records() as f64);
     }
 
-    /// Produces the oldest segment and deletes it once every record is acknowledged (records
-    /// rejected for good go to the DLQ through the rescuer). Returns the records drained.
-    fn drain_segment(&self, spool: &spool::Spool) -> Result<u64, DrainError> {
-        let core = &self.core;
+    fn pause(&self) {
+        for _ in 0..20 {
+            if self.core.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Produces the oldest segment (the records not acknowledged yet) and deletes it once every
+    /// record is acknowledged; records Kafka refuses for good go to the DLQ through the
+    /// rescuer. Returns the records drained.
+    fn drain_segment(&mut self, spool: &spool::Spool) -> Result<u64, DrainError> {
+        let core = self.core.clone();
         let Some(segment) = spool.take_segment()? else {
             return Ok(0);
         };
         let records = segment.read()?;
+        let acked = match self.progress.take() {
+            Some((s, acked)) if s == segment && acked.len() == records.len() => acked,
+            _ => vec![false; records.len()],
+        };
         let (done, outcomes) = mpsc::channel();
-        for (index, r) in records.iter().enumerate() {
+        let mut rejected = Vec::new();
+        let mut sent = 0;
+        let mut enqueue_error = None;
+        'records: for (index, r) in records.iter().enumerate() {
+            if acked[index] {
+                continue;
+            }
             loop {
                 if core.stopping.load(Ordering::SeqCst) {
-                    return Err(DrainError::Stopping);
+                    enqueue_error = Some(DrainError::Stopping);
+                    break 'records;
                 }
                 let delivery = Delivery::Drained {
                     index,
@@ -343,43 +361,92 @@ impl Drainer {
                     .payload(&r.value)
                     .headers(headers_of(r));
                 match core.enqueue(record) {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        sent += 1;
+                        break;
+                    }
                     Err(Error::QueueFull) => std::thread::sleep(Duration::from_millis(5)),
-                    Err(error) => return Err(error.into()),
+                    Err(Error::Enqueue { source, .. }) if is_permanent(&source) => {
+                        rejected.push((index, source));
+                        break;
+                    }
+                    Err(error) => {
+                        enqueue_error = Some(error.into());
+                        break 'records;
+                    }
                 }
             }
         }
         drop(done);
+        // Every outcome is collected, so that a retry does not send again what is still queued.
+        let mut acked = acked;
+        let mut failed = None;
         let deadline = Instant::now() + core.config.message_timeout + Duration::from_secs(10);
-        let mut rejected = Vec::new();
-        for _ in 0..records.len() {
-            let wait = deadline.saturating_duration_since(Instant::now());
-            match outcomes.recv_timeout(wait) {
-                Ok((_, Ok(()))) => {}
-                Ok((index, Err(error))) if is_permanent(&error) => rejected.push((index, error)),
-                Ok((_, Err(error))) => return Err(DrainError::Kafka(error)),
-                Err(_) => return Err(DrainError::Stopping),
+        let mut reported = 0;
+        while reported < sent && Instant::now() < deadline {
+            if core.stopping.load(Ordering::SeqCst) {
+                // Shutting down: what is enqueued is flushed, and the segment is sent again by
+                // the next start (duplicates, never a gap).
+                enqueue_error.get_or_insert(DrainError::Stopping);
+                break;
+            }
+            match outcomes.recv_timeout(Duration::from_millis(100)) {
+                Ok((index, Ok(()))) => {
+                    acked[index] = true;
+                    reported += 1;
+                }
+                Ok((index, Err(error))) => {
+                    reported += 1;
+                    if is_permanent(&error) {
+                        rejected.push((index, error));
+                    } else {
+                        failed.get_or_insert(error);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                // Every sender is gone: librdkafka dropped the remaining reports.
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
         for (index, error) in rejected {
-            core.pending.fetch_add(1, Ordering::SeqCst);
-            let failed = Failed {
-                record: records[index].clone(),
-                error,
-                stage: Stage::Ingest,
-            };
-            let sent = core
-                .jobs
-                .lock()
-                .map(|jobs| jobs.send(Job::Failed(failed)).is_ok())
-                .unwrap_or(false);
-            if !sent {
-                core.pending.fetch_sub(1, Ordering::SeqCst);
-                return Err(DrainError::Stopping);
+            if !self.reject(&records[index], error) {
+                enqueue_error.get_or_insert(DrainError::Stopping);
+            } else {
+                acked[index] = true;
             }
         }
-        spool.remove(&segment)?;
+        let error = enqueue_error
+            .or(failed.map(DrainError::Kafka))
+            .or((reported < sent).then_some(DrainError::Unacknowledged));
+        if let Some(error) = error {
+            self.progress = Some((segment, acked));
+            return Err(error);
+        }
+        if let Err(error) = spool.remove(&segment) {
+            tracing::error!(%error, "drained spool segment not deleted: the next start sends it again");
+        }
         Ok(records.len() as u64)
+    }
+
+    /// Hands a record Kafka refuses for good to the rescuer, which writes it to the DLQ (or
+    /// spools it again if that fails). False when the rescuer is gone.
+    fn reject(&self, record: &spool::Record, error: KafkaError) -> bool {
+        let core = &self.core;
+        core.pending.fetch_add(1, Ordering::SeqCst);
+        let failed = Failed {
+            record: record.clone(),
+            error,
+            stage: Stage::Ingest,
+        };
+        let sent = core
+            .jobs
+            .lock()
+            .map(|jobs| jobs.send(Job::Failed(failed)).is_ok())
+            .unwrap_or(false);
+        if !sent {
+            core.pending.fetch_sub(1, Ordering::SeqCst);
+        }
+        sent
     }
 }
 
@@ -392,6 +459,8 @@ enum DrainError {
     Enqueue(#[from] Error),
     #[error("a record was not acknowledged: {0}")]
     Kafka(KafkaError),
-    #[error("stopping, or no acknowledgement in time")]
+    #[error("no acknowledgement within the message timeout")]
+    Unacknowledged,
+    #[error("stopping")]
     Stopping,
 }

@@ -143,7 +143,10 @@ pub struct Spool {
     state: Mutex<State>,
     bytes: AtomicU64,
     records: AtomicU64,
+    /// Records appended since the last sync.
     dirty: AtomicBool,
+    /// A segment file was created since the last sync.
+    new_file: AtomicBool,
 }
 
 struct State {
@@ -193,8 +196,13 @@ impl Spool {
             let data = std::fs::read(&path).map_err(io(&path))?;
             let (records, valid) = decode_all(&data);
             if valid != data.len() {
+                // A torn last frame (a crash mid-write) is expected; anything else is kept in a
+                // copy for inspection before it is cut off.
+                let copy = path.with_extension("spool.corrupt");
+                std::fs::copy(&path, &copy).map_err(io(&copy))?;
                 tracing::error!(
                     file = %path.display(),
+                    copy = %copy.display(),
                     kept = records.len(),
                     cut_bytes = data.len() - valid,
                     "spool segment ends in a torn or corrupt frame: cutting it off"
@@ -227,6 +235,7 @@ impl Spool {
                 next_sequence,
             }),
             dirty: AtomicBool::new(false),
+            new_file: AtomicBool::new(false),
         });
         let weak = Arc::downgrade(&spool);
         let interval = spool.options.fsync_interval;
@@ -270,6 +279,15 @@ impl Spool {
         if len > self.options.segment_bytes.max(1 << 20) {
             return Err(Error::TooLarge(frame.len()));
         }
+        let mut sealed = None;
+        let result = self.append_locked(&frame, &mut sealed);
+        // The fsync of a full segment happens outside the lock: appends go on meanwhile.
+        sync_sealed(sealed);
+        result
+    }
+
+    fn append_locked(&self, frame: &[u8], sealed: &mut Option<(PathBuf, File)>) -> Result<(), Error> {
+        let len = frame.len() as u64;
         let mut state = self.lock();
         if self.bytes() + len > self.options.max_bytes {
             return Err(Error::Full {
@@ -281,7 +299,7 @@ impl Spool {
             None => true,
         };
         if roll {
-            self.seal(&mut state)?;
+            *sealed = self.seal(&mut state);
             let sequence = state.next_sequence;
             let path = self.segment_path(sequence);
             let file = OpenOptions::new()
@@ -294,15 +312,19 @@ impl Spool {
                 })?;
             state.next_sequence += 1;
             state.active = Some((sequence, file, 0, 0));
+            self.new_file.store(true, Ordering::Release);
         }
         let Some((sequence, file, bytes, records)) = state.active.as_mut() else {
             unreachable!("a segment was just opened");
         };
-        if let Err(source) = file.write_all(&frame) {
-            // A partial frame would be cut off at the next open; start a fresh segment.
+        if let Err(source) = file.write_all(frame) {
+            // Cut the partial frame (the next open would too) and seal what the segment holds,
+            // so its records still drain; the next append starts a fresh segment.
             let path = self.segment_path(*sequence);
             let _ = file.set_len(*bytes);
-            state.active = None;
+            let other = self.seal(&mut state);
+            drop(state);
+            sync_sealed(other);
             return Err(Error::Io { path, source });
         }
         *bytes += len;
@@ -313,16 +335,31 @@ impl Spool {
         Ok(())
     }
 
-    /// Syncs appended records to disk now (the group fsync does it every interval).
+    /// Syncs appended records to disk now (the group fsync does it every interval). The sync
+    /// itself runs outside the lock.
     pub fn sync(&self) -> Result<(), Error> {
-        let state = self.lock();
-        if self.dirty.swap(false, Ordering::AcqRel) {
-            if let Some((sequence, file, ..)) = &state.active {
-                file.sync_data().map_err(|source| Error::Io {
-                    path: self.segment_path(*sequence),
+        if self.new_file.swap(false, Ordering::AcqRel) {
+            // New segment files must survive a power loss too: sync the directory entry.
+            File::open(&self.dir)
+                .and_then(|dir| dir.sync_all())
+                .map_err(|source| Error::Io {
+                    path: self.dir.clone(),
                     source,
                 })?;
-            }
+        }
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let active = {
+            let state = self.lock();
+            state
+                .active
+                .as_ref()
+                .map(|(sequence, file, ..)| (self.segment_path(*sequence), file.try_clone()))
+        };
+        if let Some((path, file)) = active {
+            file.and_then(|f| f.sync_data())
+                .map_err(|source| Error::Io { path, source })?;
         }
         Ok(())
     }
@@ -331,50 +368,53 @@ impl Spool {
     /// `None` when the spool is empty. The segment stays on disk (and is returned again) until
     /// [`Spool::remove`].
     pub fn take_segment(&self) -> Result<Option<Segment>, Error> {
-        let mut state = self.lock();
-        if state.sealed.is_empty() {
-            self.seal(&mut state)?;
-        }
-        Ok(state.sealed.front().cloned())
+        let (segment, sealed) = {
+            let mut state = self.lock();
+            let sealed = if state.sealed.is_empty() {
+                self.seal(&mut state)
+            } else {
+                None
+            };
+            (state.sealed.front().cloned(), sealed)
+        };
+        sync_sealed(sealed);
+        Ok(segment)
     }
 
-    /// Deletes a drained segment.
+    /// Deletes a drained segment. It leaves the spool's accounting even when the file cannot
+    /// be deleted (the error says so): its records were delivered, and a file left behind is
+    /// only drained again, as duplicates, by the next process.
     pub fn remove(&self, segment: &Segment) -> Result<(), Error> {
         let mut state = self.lock();
         let Some(at) = state.sealed.iter().position(|s| s == segment) else {
             return Ok(());
         };
-        std::fs::remove_file(&segment.path).map_err(|source| Error::Io {
-            path: segment.path.clone(),
-            source,
-        })?;
         state.sealed.remove(at);
         self.bytes.fetch_sub(segment.bytes, Ordering::Relaxed);
         self.records.fetch_sub(segment.records, Ordering::Relaxed);
-        Ok(())
+        drop(state);
+        std::fs::remove_file(&segment.path).map_err(|source| Error::Io {
+            path: segment.path.clone(),
+            source,
+        })
     }
 
-    /// Seals the active segment (synced, closed) if it holds records.
-    fn seal(&self, state: &mut MutexGuard<'_, State>) -> Result<(), Error> {
-        let Some((sequence, file, bytes, records)) = state.active.take() else {
-            return Ok(());
-        };
+    /// Seals the active segment if it holds records (removes it if it is empty). Returns its
+    /// file, for the caller to sync once the lock is released.
+    fn seal(&self, state: &mut MutexGuard<'_, State>) -> Option<(PathBuf, File)> {
+        let (sequence, file, bytes, records) = state.active.take()?;
         let path = self.segment_path(sequence);
-        file.sync_data().map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
         if records == 0 {
             let _ = std::fs::remove_file(&path);
-            return Ok(());
+            return None;
         }
         state.sealed.push_back(Segment {
             sequence,
-            path,
+            path: path.clone(),
             bytes,
             records,
         });
-        Ok(())
+        Some((path, file))
     }
 
     fn segment_path(&self, sequence: u64) -> PathBuf {
@@ -384,6 +424,16 @@ impl Spool {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves the state consistent enough to go on.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Syncs a sealed segment's file; a failure is logged (the records stay readable from the page
+/// cache, and drain as usual unless the machine loses power).
+fn sync_sealed(sealed: Option<(PathBuf, File)>) {
+    if let Some((path, file)) = sealed {
+        if let Err(error) = file.sync_data() {
+            tracing::error!(file = %path.display(), %error, "spool segment fsync failed");
+        }
     }
 }
 

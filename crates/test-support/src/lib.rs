@@ -209,8 +209,14 @@ pub async fn landed(brokers: &str, topics: &Topics, accepted: &[String], timeout
         let mut unseen = accepted.len();
         let deadline = Instant::now() + timeout;
         while unseen > 0 && Instant::now() < deadline {
-            let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
-                continue;
+            let m = match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => m,
+                // Transport errors (a broker a test took down) are transient: keep polling.
+                Some(Err(e)) => {
+                    eprintln!("consuming: {e}");
+                    continue;
+                }
+                None => continue,
             };
             let value: serde_json::Value =
                 serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or(serde_json::Value::Null);
@@ -219,6 +225,22 @@ pub async fn landed(brokers: &str, topics: &Topics, accepted: &[String], timeout
                     unseen -= 1;
                 }
                 *count += 1;
+            }
+        }
+        if unseen > 0 {
+            // Where each partition stopped, for the failure message.
+            for tp in assignment.elements() {
+                let position = consumer
+                    .position()
+                    .ok()
+                    .and_then(|p| p.find_partition(tp.topic(), tp.partition()).map(|e| e.offset()));
+                let watermarks =
+                    consumer.fetch_watermarks(tp.topic(), tp.partition(), Duration::from_secs(5));
+                eprintln!(
+                    "{} [{}]: position {position:?}, watermarks {watermarks:?}",
+                    tp.topic(),
+                    tp.partition()
+                );
             }
         }
         let mut missing: Vec<String> = accepted.into_iter().filter(|id| counts[id] == 0).collect();

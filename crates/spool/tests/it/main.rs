@@ -97,6 +97,10 @@ fn a_torn_or_corrupt_tail_is_cut_off_and_the_rest_is_kept() {
     std::fs::write(&segment, &full[..full.len() - 20]).unwrap();
     let spool = Spool::open(dir.path(), options(1 << 20, 1 << 20)).unwrap();
     assert_eq!(spool.records(), 9);
+    assert!(
+        dir.path().join(format!("{:020}.spool.corrupt", 0)).exists(),
+        "the damaged segment is kept for inspection"
+    );
     drop(spool);
     // A flipped bit in the 5th record: it and everything after it in the segment are cut.
     let data = std::fs::read(&segment).unwrap();

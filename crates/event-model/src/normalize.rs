@@ -247,7 +247,9 @@ pub fn normalize(
     out.original_timestamp = original.map(time::format);
     out.sent_at = sent_at.map(time::format);
 
-    let value = simd_json::to_vec(&out)
+    // Sized for a typical event up front: growing the buffer was a visible share of the profile.
+    let mut value = Vec::with_capacity(2048);
+    simd_json::to_writer(&mut value, &out)
         .map_err(|e| Rejection::new(Reason::InvalidValue, "", format!("cannot serialise event: {e}")))?;
     if value.len() > limits.max_event_bytes {
         return Err(Rejection::new(
@@ -356,8 +358,26 @@ fn present_in<'a>(obj: &'a Object, name: &str) -> Option<&'a OwnedValue> {
 }
 
 /// Refuses an object with more than `max` keys anywhere in `value`, naming it by JSON Pointer.
-/// Iterative: the depth was bounded before parsing, but a walk needs no stack anyway.
+/// Iterative: the depth was bounded before parsing, but a walk needs no stack anyway. The
+/// pointer is built only for a refusal: the first walk carries no paths.
 fn check_object_keys(value: &OwnedValue, max: usize) -> Result<(), Rejection> {
+    let is_container = |v: &&OwnedValue| matches!(v, OwnedValue::Object(_) | OwnedValue::Array(_));
+    let mut stack = vec![value];
+    let mut too_many = false;
+    while let Some(value) = stack.pop() {
+        match value {
+            OwnedValue::Object(obj) if obj.len() > max => {
+                too_many = true;
+                break;
+            }
+            OwnedValue::Object(obj) => stack.extend(obj.values().filter(is_container)),
+            OwnedValue::Array(items) => stack.extend(items.iter().filter(is_container)),
+            _ => {}
+        }
+    }
+    if !too_many {
+        return Ok(());
+    }
     let mut stack: Vec<(&OwnedValue, String)> = vec![(value, String::new())];
     while let Some((value, path)) = stack.pop() {
         match value {

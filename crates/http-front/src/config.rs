@@ -58,6 +58,9 @@ pub struct Config {
     /// Most records buffered in the producer; beyond it requests get 503.
     #[arg(long, env = "CDP_KAFKA_QUEUE_MAX_MESSAGES", default_value_t = 100_000)]
     pub kafka_queue_max_messages: u32,
+    /// Most payload KiB buffered in the producer (bounds memory); beyond it requests get 503.
+    #[arg(long, env = "CDP_KAFKA_QUEUE_MAX_KBYTES", default_value_t = 64 * 1024)]
+    pub kafka_queue_max_kbytes: u32,
     /// How long the producer waits to fill a batch (`linger.ms`).
     #[arg(long, env = "CDP_KAFKA_LINGER", default_value = "5ms", value_parser = parse_duration)]
     pub kafka_linger: Duration,
@@ -130,6 +133,7 @@ impl Config {
     pub fn producer(&self) -> kafka_producer::ProducerConfig {
         let mut producer = kafka_producer::ProducerConfig::new(&self.kafka.brokers, self.kafka.topics());
         producer.queue_max_messages = self.kafka_queue_max_messages;
+        producer.queue_max_kbytes = self.kafka_queue_max_kbytes;
         producer.dlq_timeout = self.dlq_timeout;
         producer.ping_timeout = self.kafka_ping_timeout;
         producer.linger = self.kafka_linger;

@@ -41,6 +41,9 @@ pub struct ProducerConfig {
     pub client_id: String,
     /// Most records held in the producer's buffer (S2: 100 000).
     pub queue_max_messages: u32,
+    /// Most payload bytes held in the producer's buffer, in KiB: bounds memory whatever the
+    /// event sizes.
+    pub queue_max_kbytes: u32,
     /// `linger.ms` (S2: 5).
     pub linger: Duration,
     /// How long an awaited write (a DLQ record, a replayed event) may take.
@@ -63,6 +66,7 @@ impl ProducerConfig {
             topics,
             client_id: "cdp-ingest".into(),
             queue_max_messages: 100_000,
+            queue_max_kbytes: 64 * 1024,
             linger: Duration::from_millis(5),
             dlq_timeout: Duration::from_secs(5),
             ping_timeout: Duration::from_secs(10),
@@ -84,6 +88,7 @@ impl ProducerConfig {
                 "queue.buffering.max.messages",
                 self.queue_max_messages.to_string(),
             )
+            .set("queue.buffering.max.kbytes", self.queue_max_kbytes.to_string())
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("message.timeout.ms", self.message_timeout.as_millis().to_string())

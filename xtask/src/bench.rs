@@ -5,7 +5,9 @@
 //! 2. `bare-producer` (rdkafka with ingest's settings) pushing the corpus's events;
 //! 3. `bare-http` (hyper, reads each body, answers 200) under oha;
 //! 4. `ingest` (release) under the same oha runs; then every accepted event is looked for on
-//!    the topic.
+//!    the topic;
+//! 5. `ingest` again, SIGKILLed after 2 s of saturating single events: what buffered mode loses
+//!    to a crash (200s not on the topic).
 //!
 //! Saturation is closed-loop; latencies are open-loop at 25/50/75% of saturation with oha's
 //! coordinated-omission correction. CPU comes from `/proc/<pid>/stat`, peak RSS from `VmHWM`.
@@ -44,7 +46,11 @@ struct Corpus {
 /// One load test's results.
 #[derive(Debug, Default, Clone)]
 struct Load {
+    /// Requests served per second: answered 200, or 400 for the corpus's invalid events. A 503
+    /// (a full producer queue) is not throughput.
     requests_per_sec: f64,
+    /// Share of the requests refused (any other status).
+    refused_share: f64,
     events_per_sec: f64,
     p50_ms: f64,
     p99_ms: f64,
@@ -70,9 +76,16 @@ pub async fn bench(root: &Path) -> Result<()> {
         format!("bench-{run_id}.dlq"),
         format!("bench-{run_id}.retry"),
         format!("bench-{run_id}.bare"),
+        format!("bench-{run_id}.kill"),
     ];
     broker
-        .create_topics(&[(&topics[0], 3), (&topics[1], 1), (&topics[2], 1), (&topics[3], 3)])
+        .create_topics(&[
+            (&topics[0], 3),
+            (&topics[1], 1),
+            (&topics[2], 1),
+            (&topics[3], 3),
+            (&topics[4], 3),
+        ])
         .await?;
     let corpus = corpus(&out)?;
     let events_per_request = 0.85 + 0.15 * corpus.batch_events;
@@ -110,7 +123,7 @@ pub async fn bench(root: &Path) -> Result<()> {
         .spawn()?;
     wait_port(port).await?;
     let (http_sat, http_cpu, http_rss) = saturate(&oha, &server, port, &corpus, None).await?;
-    let http_lat = latencies(&oha, port, &corpus, http_sat.requests_per_sec, None).await?;
+    let http_lat = latencies(&oha, port, &corpus, http_sat.requests_per_sec, None, None).await?;
     drop(server);
 
     println!("bench: ingest (release)");
@@ -120,23 +133,34 @@ pub async fn bench(root: &Path) -> Result<()> {
     let metrics_port = free_port()?;
     let spool = out.join("spool");
     let _ = std::fs::remove_dir_all(&spool);
-    let ingest = Command::new(release.join("ingest"))
-        .env("CDP_KAFKA_BROKERS", broker.address())
-        .env("CDP_TOPIC_INGEST", &topics[0])
-        .env("CDP_TOPIC_DLQ", &topics[1])
-        .env("CDP_TOPIC_RETRY", &topics[2])
-        .env("CDP_SOURCES_FILE", &sources)
-        .env("CDP_SPOOL_DIR", &spool)
-        .env("CDP_LISTEN", format!("127.0.0.1:{port}"))
-        .env("CDP_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
-        .env("RUST_LOG", "error")
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
+    let start_ingest = |topic: &str, port: u16, metrics_port: u16| {
+        Command::new(release.join("ingest"))
+            .env("CDP_KAFKA_BROKERS", broker.address())
+            .env("CDP_TOPIC_INGEST", topic)
+            .env("CDP_TOPIC_DLQ", &topics[1])
+            .env("CDP_TOPIC_RETRY", &topics[2])
+            .env("CDP_SOURCES_FILE", &sources)
+            .env("CDP_SPOOL_DIR", &spool)
+            .env("CDP_LISTEN", format!("127.0.0.1:{port}"))
+            .env("CDP_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
+            .env("RUST_LOG", "error")
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+    };
+    let ingest = start_ingest(&topics[0], port, metrics_port)?;
     wait_port(port).await?;
     let auth = Some("bench-key:");
     let (ingest_sat, ingest_cpu, _) = saturate(&oha, &ingest, port, &corpus, auth).await?;
-    let ingest_lat = latencies(&oha, port, &corpus, ingest_sat.requests_per_sec, auth).await?;
+    let ingest_lat = latencies(
+        &oha,
+        port,
+        &corpus,
+        ingest_sat.requests_per_sec,
+        auth,
+        Some(metrics_port),
+    )
+    .await?;
     let ingest_rss = peak_rss(&ingest)?;
     let accepted = accepted_events(metrics_port).await?;
     let on_topic = count_records(
@@ -147,6 +171,36 @@ pub async fn bench(root: &Path) -> Result<()> {
     )
     .await?;
     drop(ingest);
+
+    println!("bench: SIGKILL during saturation (buffered mode)");
+    let _ = std::fs::remove_dir_all(&spool);
+    let (port, metrics_port) = (free_port()?, free_port()?);
+    let mut ingest = start_ingest(&topics[4], port, metrics_port)?;
+    wait_port(port).await?;
+    let load = oha_run(
+        &oha,
+        port,
+        "/v1/track",
+        &corpus.singles,
+        auth,
+        &["-c", "50", "-z", "4s"],
+    );
+    let kill = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        ingest.start_kill()
+    };
+    let (load, killed) = tokio::join!(load, kill);
+    killed?;
+    // Singles only: each 200 is exactly one event on the ingest topic.
+    let kill_accepted = load?["statusCodeDistribution"]["200"].as_u64().unwrap_or(0);
+    let kill_on_topic = count_records(
+        broker.address(),
+        &topics[4],
+        kill_accepted as usize,
+        Duration::from_secs(10),
+    )
+    .await? as u64;
+    let kill_lost = kill_accepted.saturating_sub(kill_on_topic);
 
     let http_cpu_per_k =
         http_cpu / (http_sat.requests_per_sec * SATURATION_SECS as f64) * 1000.0 / events_per_request;
@@ -192,6 +246,11 @@ pub async fn bench(root: &Path) -> Result<()> {
         ingest_sat.requests_per_sec / http_sat.requests_per_sec
     ));
     md.push_str(&format!(
+        "| requests refused (503) at saturation | | {:.1}% | {:.1}% | |\n",
+        http_sat.refused_share * 100.0,
+        ingest_sat.refused_share * 100.0
+    ));
+    md.push_str(&format!(
         "| CPU ms per 1 000 events (server process) | {:.1} | {:.1} | {:.1} | {:.2} |\n",
         producer_cpu_per_k * 1000.0,
         http_cpu_per_k * 1000.0,
@@ -207,8 +266,12 @@ pub async fn bench(root: &Path) -> Result<()> {
         http_rss as f64 / (1 << 20) as f64
     ));
     md.push_str(&format!(
-        "| ingest / bare producer events/s | | | {:.2} | |\n\n",
+        "| ingest / bare producer events/s | | | {:.2} | |\n",
         ingest_sat.events_per_sec / producer_eps
+    ));
+    md.push_str(&format!(
+        "| lost to a SIGKILL at saturation (events that got a 200, not on the topic) | | | {kill_lost} of {kill_accepted} ({:.3}%) | |\n\n",
+        kill_lost as f64 * 100.0 / (kill_accepted.max(1)) as f64
     ));
     for (name, ok, detail) in &checks {
         md.push_str(&format!("- [{}] {name}: {detail}\n", if *ok { "x" } else { " " }));
@@ -219,7 +282,7 @@ pub async fn bench(root: &Path) -> Result<()> {
     let report = json!({
         "bare_producer": {"events_per_sec": producer_eps, "cpu_ms_per_1000_events": producer_cpu_per_k * 1000.0},
         "bare_http": {"events_per_sec": http_sat.events_per_sec, "requests_per_sec": http_sat.requests_per_sec, "cpu_ms_per_1000_events": http_cpu_per_k * 1000.0, "latency_ms": lat_json(&http_lat), "peak_rss_bytes": http_rss},
-        "ingest": {"events_per_sec": ingest_sat.events_per_sec, "requests_per_sec": ingest_sat.requests_per_sec, "cpu_ms_per_1000_events": ingest_cpu_per_k * 1000.0, "latency_ms": lat_json(&ingest_lat), "peak_rss_bytes": ingest_rss, "accepted_events": accepted, "records_on_topic": on_topic},
+        "ingest": {"events_per_sec": ingest_sat.events_per_sec, "requests_per_sec": ingest_sat.requests_per_sec, "cpu_ms_per_1000_events": ingest_cpu_per_k * 1000.0, "latency_ms": lat_json(&ingest_lat), "peak_rss_bytes": ingest_rss, "accepted_events": accepted, "records_on_topic": on_topic, "sigkill": {"accepted": kill_accepted, "on_topic": kill_on_topic, "lost": kill_lost}},
         "checks": checks.iter().map(|(n, ok, d)| json!({"check": n, "passed": ok, "detail": d})).collect::<Vec<_>>(),
     });
     std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&report)?)?;
@@ -259,26 +322,48 @@ async fn saturate(
     let (singles, batches) = tokio::try_join!(singles, batches)?;
     let cpu = process_cpu(pid)? - cpu_before;
     let rss = peak_rss_pid(pid)?;
-    let rps = |v: &Value| v["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0);
+    let served = |v: &Value| {
+        let counts = v["statusCodeDistribution"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let total: f64 = counts.values().filter_map(Value::as_f64).sum();
+        let ok: f64 = ["200", "400"]
+            .iter()
+            .filter_map(|s| counts.get(*s)?.as_f64())
+            .sum();
+        (ok, total)
+    };
+    let rps = |v: &Value| {
+        let (ok, total) = served(v);
+        v["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0) * if total > 0.0 { ok / total } else { 0.0 }
+    };
+    let ((s_ok, s_total), (b_ok, b_total)) = (served(&singles), served(&batches));
     let load = Load {
         requests_per_sec: rps(&singles) + rps(&batches),
         events_per_sec: rps(&singles) + rps(&batches) * corpus.batch_events,
+        refused_share: 1.0 - (s_ok + b_ok) / (s_total + b_total).max(1.0),
         ..Load::default()
     };
     Ok((load, cpu, rss))
 }
 
 /// Open-loop latency of singles at 25/50/75% of the saturation request rate (batches ride
-/// along at their share), with coordinated-omission correction.
+/// along at their share), with coordinated-omission correction. For ingest, each run starts
+/// once the producer's backlog is delivered.
 async fn latencies(
     oha: &Path,
     port: u16,
     corpus: &Corpus,
     saturation_rps: f64,
     auth: Option<&str>,
+    ingest_metrics_port: Option<u16>,
 ) -> Result<Vec<Load>> {
     let mut out = Vec::new();
     for share in [0.25, 0.5, 0.75] {
+        if let Some(metrics_port) = ingest_metrics_port {
+            wait_producer_drained(metrics_port).await?;
+        }
         let rate = saturation_rps * share;
         let duration = format!("{LATENCY_SECS}s");
         let (singles_q, batches_q) = (
@@ -458,6 +543,27 @@ fn peak_rss_pid(pid: u32) -> Result<u64> {
 }
 
 /// `sum(cdp_ingest_events_total{outcome="accepted"})` from ingest's metrics.
+/// Waits (up to 60 s) until ingest's producer holds no record: after a saturation run, the
+/// broker works off a backlog and takes the CPU from ingest; a latency run starting then would
+/// measure that backlog, not the load it offers.
+async fn wait_producer_drained(metrics_port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let (_, text) = http(metrics_port, "GET", "/metrics", &[], "").await?;
+        let queued = text.lines().find_map(|l| {
+            l.strip_prefix("cdp_ingest_kafka_queue_messages ")?
+                .parse::<f64>()
+                .ok()
+        });
+        if queued == Some(0.0) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!("bench: the producer queue did not drain within 60 s; measuring anyway");
+    Ok(())
+}
+
 async fn accepted_events(metrics_port: u16) -> Result<f64> {
     let (_, text) = http(metrics_port, "GET", "/metrics", &[], "").await?;
     Ok(text

@@ -138,7 +138,7 @@ async fn handle_in_span(state: &State, req: Request<Incoming>, peer: SocketAddr)
 }
 
 /// `/readyz`: 200 while events can be taken (Kafka reachable, or in buffered mode the spool has
-/// room), with the spool's fill either way.
+/// room) and the spool a previous process left is drained, with the spool's fill either way.
 fn readiness(state: &State) -> Response<Full<Bytes>> {
     let producer = &state.producer;
     let spool = producer.spool().map(|s| SpoolFill {
@@ -153,6 +153,8 @@ fn readiness(state: &State) -> Response<Full<Bytes>> {
         Some("shutting down")
     } else if producer.is_rebuilding() {
         Some("replacing the Kafka producer after a fatal error")
+    } else if producer.is_recovering() {
+        Some("draining the spool the previous process left")
     } else if buffered && !spool_has_room {
         Some("the local spool is full")
     } else if !producer.is_healthy() && !buffered {

@@ -325,6 +325,8 @@ pub(crate) struct Core {
     pub stopping: AtomicBool,
     /// Set while a producer with a fatal error is being replaced.
     pub rebuilding: AtomicBool,
+    /// Set from start-up until the spool a previous process left is drained.
+    pub recovering: AtomicBool,
     pub spooled: AtomicU64,
     pub lost: AtomicU64,
 }
@@ -465,6 +467,7 @@ impl EventProducer {
             closing: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             rebuilding: AtomicBool::new(false),
+            recovering: AtomicBool::new(false),
             spooled: AtomicU64::new(0),
             lost: AtomicU64::new(0),
             config,
@@ -491,6 +494,7 @@ impl EventProducer {
         if let Some(spool) = &core.spool {
             if !spool.is_empty() {
                 tracing::warn!(records = spool.records(), dir = %spool.dir().display(), "the spool holds records from before: draining them first");
+                core.recovering.store(true, Ordering::Relaxed);
             }
         }
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
@@ -524,6 +528,12 @@ impl EventProducer {
     /// (from librdkafka's statistics and errors).
     pub fn is_healthy(&self) -> bool {
         self.core.healthy.load(Ordering::Relaxed)
+    }
+
+    /// True from start-up until the spool a previous process left is drained (readiness waits
+    /// for it, so that a restarted replica sends its backlog before new traffic).
+    pub fn is_recovering(&self) -> bool {
+        self.core.recovering.load(Ordering::Relaxed)
     }
 
     /// True while a producer that raised a fatal error is being replaced.

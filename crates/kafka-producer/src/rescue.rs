@@ -292,6 +292,9 @@ impl Drainer {
                     core.healthy.store(true, Ordering::Relaxed);
                 }
             }
+            if spool.is_empty() && core.recovering.swap(false, Ordering::Relaxed) {
+                tracing::info!("the spool left by the previous process is drained");
+            }
             if spool.is_empty() || !core.healthy.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(50));
                 continue;

@@ -6,8 +6,8 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
-use simd_json::owned::Object;
-use simd_json::{OwnedValue, StaticNode};
+use simd_json::borrowed::Object;
+use simd_json::{BorrowedValue, StaticNode};
 
 use crate::parse::BatchFields;
 use crate::{time, Limits, Reason, Rejection};
@@ -92,14 +92,14 @@ const MAX_MESSAGE_ID_CHARS: usize = 256;
 /// `fixed_type` is the type set by a single-event endpoint's path; batch items carry their own.
 /// `shared` holds the batch-level fields ([`crate::Parsed::shared`]).
 pub fn normalize(
-    item: &OwnedValue,
+    item: &BorrowedValue<'_>,
     fixed_type: Option<EventType>,
-    shared: &BatchFields,
+    shared: &BatchFields<'_>,
     received: &Received,
     limits: &Limits,
 ) -> Result<Accepted, Rejection> {
     check_object_keys(item, limits.max_object_keys)?;
-    let OwnedValue::Object(obj) = item else {
+    let BorrowedValue::Object(obj) = item else {
         return Err(Rejection::new(
             Reason::NotAnObject,
             "",
@@ -294,9 +294,9 @@ struct Normalized<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     previous_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    properties: Option<&'a Object>,
+    properties: Option<&'a Object<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    traits: Option<&'a Object>,
+    traits: Option<&'a Object<'a>>,
     #[serde(skip_serializing_if = "Merged::is_empty")]
     context: Merged<'a>,
     #[serde(skip_serializing_if = "Merged::is_empty")]
@@ -312,15 +312,15 @@ struct Normalized<'a> {
 /// An object merged at serialisation time, without copying: the event's own keys, then the
 /// batch-level keys it does not have, and for `context` the effective `ip`.
 struct Merged<'a> {
-    own: Option<&'a Object>,
-    batch: Option<&'a Object>,
+    own: Option<&'a Object<'a>>,
+    batch: Option<&'a Object<'a>>,
     ip: Option<Ip<'a>>,
 }
 
 /// The `context.ip` written: the event's (or its batch's), else the client's address.
 #[derive(Clone, Copy)]
 enum Ip<'a> {
-    Event(&'a OwnedValue),
+    Event(&'a BorrowedValue<'a>),
     Peer(IpAddr),
 }
 
@@ -335,7 +335,7 @@ impl Serialize for Merged<'_> {
         let with_ip = self.ip.is_some();
         let own = self.own.into_iter().flat_map(|o| o.iter());
         let batch = self.batch.into_iter().flat_map(|b| b.iter());
-        let batch = batch.filter(|(k, _)| !self.own.is_some_and(|o| o.contains_key(k.as_str())));
+        let batch = batch.filter(|(k, _)| !self.own.is_some_and(|o| o.contains_key(&**k)));
         let mut map = serializer.serialize_map(None)?;
         for (k, v) in own.chain(batch) {
             if !(with_ip && k == "ip") {
@@ -352,36 +352,36 @@ impl Serialize for Merged<'_> {
 }
 
 /// A non-null value of `obj`.
-fn present_in<'a>(obj: &'a Object, name: &str) -> Option<&'a OwnedValue> {
+fn present_in<'a>(obj: &'a Object<'a>, name: &str) -> Option<&'a BorrowedValue<'a>> {
     obj.get(name)
-        .filter(|v| !matches!(v, OwnedValue::Static(StaticNode::Null)))
+        .filter(|v| !matches!(v, BorrowedValue::Static(StaticNode::Null)))
 }
 
 /// Refuses an object with more than `max` keys anywhere in `value`, naming it by JSON Pointer.
 /// Iterative: the depth was bounded before parsing, but a walk needs no stack anyway. The
 /// pointer is built only for a refusal: the first walk carries no paths.
-fn check_object_keys(value: &OwnedValue, max: usize) -> Result<(), Rejection> {
-    let is_container = |v: &&OwnedValue| matches!(v, OwnedValue::Object(_) | OwnedValue::Array(_));
+fn check_object_keys(value: &BorrowedValue<'_>, max: usize) -> Result<(), Rejection> {
+    let is_container = |v: &&BorrowedValue| matches!(v, BorrowedValue::Object(_) | BorrowedValue::Array(_));
     let mut stack = vec![value];
     let mut too_many = false;
     while let Some(value) = stack.pop() {
         match value {
-            OwnedValue::Object(obj) if obj.len() > max => {
+            BorrowedValue::Object(obj) if obj.len() > max => {
                 too_many = true;
                 break;
             }
-            OwnedValue::Object(obj) => stack.extend(obj.values().filter(is_container)),
-            OwnedValue::Array(items) => stack.extend(items.iter().filter(is_container)),
+            BorrowedValue::Object(obj) => stack.extend(obj.values().filter(is_container)),
+            BorrowedValue::Array(items) => stack.extend(items.iter().filter(is_container)),
             _ => {}
         }
     }
     if !too_many {
         return Ok(());
     }
-    let mut stack: Vec<(&OwnedValue, String)> = vec![(value, String::new())];
+    let mut stack: Vec<(&BorrowedValue<'_>, String)> = vec![(value, String::new())];
     while let Some((value, path)) = stack.pop() {
         match value {
-            OwnedValue::Object(obj) => {
+            BorrowedValue::Object(obj) => {
                 if obj.len() > max {
                     return Err(Rejection::new(
                         Reason::TooManyKeys,
@@ -390,14 +390,14 @@ fn check_object_keys(value: &OwnedValue, max: usize) -> Result<(), Rejection> {
                     ));
                 }
                 for (k, v) in obj.iter() {
-                    if matches!(v, OwnedValue::Object(_) | OwnedValue::Array(_)) {
+                    if matches!(v, BorrowedValue::Object(_) | BorrowedValue::Array(_)) {
                         stack.push((v, format!("{path}/{}", k.replace('~', "~0").replace('/', "~1"))));
                     }
                 }
             }
-            OwnedValue::Array(items) => {
+            BorrowedValue::Array(items) => {
                 for (i, v) in items.iter().enumerate() {
-                    if matches!(v, OwnedValue::Object(_) | OwnedValue::Array(_)) {
+                    if matches!(v, BorrowedValue::Object(_) | BorrowedValue::Array(_)) {
                         stack.push((v, format!("{path}/{i}")));
                     }
                 }
@@ -412,14 +412,14 @@ fn pointer(name: &str) -> String {
     format!("/{name}")
 }
 
-fn present<'a>(obj: &'a Object, name: &str) -> Option<&'a OwnedValue> {
+fn present<'a>(obj: &'a Object<'a>, name: &str) -> Option<&'a BorrowedValue<'a>> {
     present_in(obj, name)
 }
 
-fn optional_str<'a>(obj: &'a Object, name: &str) -> Result<Option<&'a str>, Rejection> {
+fn optional_str<'a>(obj: &'a Object<'a>, name: &str) -> Result<Option<&'a str>, Rejection> {
     match present(obj, name) {
         None => Ok(None),
-        Some(OwnedValue::String(s)) => Ok(Some(s)),
+        Some(BorrowedValue::String(s)) => Ok(Some(s)),
         Some(_) => Err(Rejection::new(
             Reason::InvalidType,
             pointer(name),
@@ -428,20 +428,22 @@ fn optional_str<'a>(obj: &'a Object, name: &str) -> Result<Option<&'a str>, Reje
     }
 }
 
-fn required_str<'a>(obj: &'a Object, name: &str) -> Result<&'a str, Rejection> {
+fn required_str<'a>(obj: &'a Object<'a>, name: &str) -> Result<&'a str, Rejection> {
     optional_str(obj, name)?
         .ok_or_else(|| Rejection::new(Reason::MissingField, pointer(name), format!("{name} is required")))
 }
 
 /// An identifier: a string, or a number (stringified). Empty strings count as absent.
-fn optional_id<'a>(obj: &'a Object, name: &str) -> Result<Option<Cow<'a, str>>, Rejection> {
+fn optional_id<'a>(obj: &'a Object<'a>, name: &str) -> Result<Option<Cow<'a, str>>, Rejection> {
     match present(obj, name) {
         None => Ok(None),
-        Some(OwnedValue::String(s)) if s.is_empty() => Ok(None),
-        Some(OwnedValue::String(s)) => Ok(Some(Cow::Borrowed(s))),
-        Some(OwnedValue::Static(StaticNode::I64(n))) => Ok(Some(Cow::Owned(n.to_string()))),
-        Some(OwnedValue::Static(StaticNode::U64(n))) => Ok(Some(Cow::Owned(n.to_string()))),
-        Some(OwnedValue::Static(StaticNode::F64(n))) if n.is_finite() => Ok(Some(Cow::Owned(n.to_string()))),
+        Some(BorrowedValue::String(s)) if s.is_empty() => Ok(None),
+        Some(BorrowedValue::String(s)) => Ok(Some(Cow::Borrowed(s))),
+        Some(BorrowedValue::Static(StaticNode::I64(n))) => Ok(Some(Cow::Owned(n.to_string()))),
+        Some(BorrowedValue::Static(StaticNode::U64(n))) => Ok(Some(Cow::Owned(n.to_string()))),
+        Some(BorrowedValue::Static(StaticNode::F64(n))) if n.is_finite() => {
+            Ok(Some(Cow::Owned(n.to_string())))
+        }
         Some(_) => Err(Rejection::new(
             Reason::InvalidType,
             pointer(name),
@@ -450,15 +452,15 @@ fn optional_id<'a>(obj: &'a Object, name: &str) -> Result<Option<Cow<'a, str>>, 
     }
 }
 
-fn required_id<'a>(obj: &'a Object, name: &str) -> Result<Cow<'a, str>, Rejection> {
+fn required_id<'a>(obj: &'a Object<'a>, name: &str) -> Result<Cow<'a, str>, Rejection> {
     optional_id(obj, name)?
         .ok_or_else(|| Rejection::new(Reason::MissingField, pointer(name), format!("{name} is required")))
 }
 
-fn optional_object<'a>(obj: &'a Object, name: &str) -> Result<Option<&'a Object>, Rejection> {
+fn optional_object<'a>(obj: &'a Object<'a>, name: &str) -> Result<Option<&'a Object<'a>>, Rejection> {
     match present(obj, name) {
         None => Ok(None),
-        Some(OwnedValue::Object(o)) => Ok(Some(o)),
+        Some(BorrowedValue::Object(o)) => Ok(Some(o)),
         Some(_) => Err(Rejection::new(
             Reason::InvalidType,
             pointer(name),
@@ -467,7 +469,7 @@ fn optional_object<'a>(obj: &'a Object, name: &str) -> Result<Option<&'a Object>
     }
 }
 
-fn optional_time(obj: &Object, name: &str) -> Result<Option<DateTime<Utc>>, Rejection> {
+fn optional_time(obj: &Object<'_>, name: &str) -> Result<Option<DateTime<Utc>>, Rejection> {
     match optional_str(obj, name)? {
         None => Ok(None),
         Some(s) => time::parse(s).map(Some).ok_or_else(|| {

@@ -1,7 +1,9 @@
 //! Request bodies to event items: JSON parsing (simd-json) and batch unwrapping.
 
-use simd_json::owned::Object;
-use simd_json::{OwnedValue, StaticNode};
+use std::borrow::Cow;
+
+use simd_json::borrowed::Object;
+use simd_json::{BorrowedValue, StaticNode};
 
 use crate::normalize::EventType;
 use crate::{Limits, Reason, Rejection};
@@ -18,34 +20,38 @@ pub enum Endpoint {
 /// A parsed body: the write key found in it, its event items (not yet validated) and the
 /// batch-level fields that apply to them.
 #[derive(Debug)]
-pub struct Parsed {
+pub struct Parsed<'a> {
     /// The body's `writeKey`, when it has one (used when there is no Basic auth).
     pub write_key: Option<String>,
     /// The events, in request order, as sent (a single event without its `writeKey`).
-    pub items: Vec<OwnedValue>,
+    pub items: Vec<BorrowedValue<'a>>,
     /// Batch-level `context`, `integrations` and `sentAt`; empty for single events.
-    pub shared: BatchFields,
+    pub shared: BatchFields<'a>,
 }
 
 /// Batch-level fields that apply to every item, the item's own keys winning. They are merged
 /// when an event is serialised, never copied into each item.
 #[derive(Debug, Default)]
-pub struct BatchFields {
-    pub(crate) context: Option<Object>,
-    pub(crate) integrations: Option<Object>,
-    pub(crate) sent_at: Option<String>,
+pub struct BatchFields<'a> {
+    pub(crate) context: Option<Object<'a>>,
+    pub(crate) integrations: Option<Object<'a>>,
+    pub(crate) sent_at: Option<Cow<'a, str>>,
 }
 
 /// Parses a request body. `body` is used as scratch space by simd-json and is left changed.
 ///
 /// An `Err` rejects the whole body (not JSON, not an object, no `batch` array, too many
 /// events); per-event problems are left to [`crate::normalize`].
-pub fn parse_body(body: &mut [u8], endpoint: Endpoint, limits: &Limits) -> Result<Parsed, Rejection> {
+pub fn parse_body<'a>(
+    body: &'a mut [u8],
+    endpoint: Endpoint,
+    limits: &Limits,
+) -> Result<Parsed<'a>, Rejection> {
     check_depth(body, limits.max_depth)?;
     let value = BUFFERS
-        .with(|buffers| simd_json::owned::to_value_with_buffers(body, &mut buffers.borrow_mut()))
+        .with(|buffers| simd_json::to_borrowed_value_with_buffers(body, &mut buffers.borrow_mut()))
         .map_err(|e| Rejection::new(Reason::InvalidJson, "", format!("body is not valid JSON: {e}")))?;
-    let OwnedValue::Object(mut obj) = value else {
+    let BorrowedValue::Object(mut obj) = value else {
         return Err(Rejection::new(
             Reason::NotAnObject,
             "",
@@ -53,25 +59,25 @@ pub fn parse_body(body: &mut [u8], endpoint: Endpoint, limits: &Limits) -> Resul
         ));
     };
     let write_key = match obj.remove("writeKey") {
-        Some(OwnedValue::String(s)) if !s.is_empty() => Some(s),
+        Some(BorrowedValue::String(s)) if !s.is_empty() => Some(s.into_owned()),
         _ => None,
     };
     match endpoint {
         Endpoint::Single(_) => Ok(Parsed {
             write_key,
-            items: vec![OwnedValue::Object(obj)],
+            items: vec![BorrowedValue::Object(obj)],
             shared: BatchFields::default(),
         }),
         Endpoint::Batch => {
             let items = match obj.remove("batch") {
-                None | Some(OwnedValue::Static(StaticNode::Null)) => {
+                None | Some(BorrowedValue::Static(StaticNode::Null)) => {
                     return Err(Rejection::new(
                         Reason::MissingField,
                         "/batch",
                         "a batch body needs a \"batch\" array",
                     ))
                 }
-                Some(OwnedValue::Array(items)) => *items,
+                Some(BorrowedValue::Array(items)) => *items,
                 Some(_) => {
                     return Err(Rejection::new(
                         Reason::InvalidType,
@@ -103,26 +109,26 @@ pub fn parse_body(body: &mut [u8], endpoint: Endpoint, limits: &Limits) -> Resul
 
 /// Parses one event object (a DLQ `raw_payload`, say) without endpoint rules: depth check,
 /// JSON, object, `writeKey` removed.
-pub fn parse_event(bytes: &mut [u8], limits: &Limits) -> Result<OwnedValue, Rejection> {
+pub fn parse_event<'a>(bytes: &'a mut [u8], limits: &Limits) -> Result<BorrowedValue<'a>, Rejection> {
     parse_body(bytes, Endpoint::Single(EventType::Track), limits).map(|mut parsed| parsed.items.remove(0))
 }
 
 /// The `messageId` of an item, if it has a usable one (for naming rejected events).
-pub fn message_id_of(item: &OwnedValue) -> Option<&str> {
+pub fn message_id_of<'v>(item: &'v BorrowedValue<'_>) -> Option<&'v str> {
     match item {
-        OwnedValue::Object(obj) => match obj.get("messageId") {
-            Some(OwnedValue::String(s)) if !s.is_empty() => Some(s),
+        BorrowedValue::Object(obj) => match obj.get("messageId") {
+            Some(BorrowedValue::String(s)) if !s.is_empty() => Some(s),
             _ => None,
         },
         _ => None,
     }
 }
 
-impl BatchFields {
-    fn take(obj: &mut Object) -> Result<Self, Rejection> {
+impl<'a> BatchFields<'a> {
+    fn take(obj: &mut Object<'a>) -> Result<Self, Rejection> {
         let mut object_field = |name: &str| match obj.remove(name) {
-            None | Some(OwnedValue::Static(StaticNode::Null)) => Ok(None),
-            Some(OwnedValue::Object(o)) => Ok(Some(*o)),
+            None | Some(BorrowedValue::Static(StaticNode::Null)) => Ok(None),
+            Some(BorrowedValue::Object(o)) => Ok(Some(*o)),
             Some(_) => Err(Rejection::new(
                 Reason::InvalidType,
                 format!("/{name}"),
@@ -132,8 +138,8 @@ impl BatchFields {
         let context = object_field("context")?;
         let integrations = object_field("integrations")?;
         let sent_at = match obj.remove("sentAt") {
-            None | Some(OwnedValue::Static(StaticNode::Null)) => None,
-            Some(OwnedValue::String(s)) => Some(s),
+            None | Some(BorrowedValue::Static(StaticNode::Null)) => None,
+            Some(BorrowedValue::String(s)) => Some(s),
             Some(_) => {
                 return Err(Rejection::new(
                     Reason::InvalidType,

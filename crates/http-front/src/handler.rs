@@ -17,7 +17,7 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use ipnet::IpNet;
 use kafka_producer::EventProducer;
-use simd_json::OwnedValue;
+use simd_json::BorrowedValue;
 use tracing::Instrument;
 
 use crate::body::{self, BodyLimits};
@@ -592,10 +592,10 @@ fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
     ip
 }
 
-fn type_of(item: &OwnedValue) -> Option<EventType> {
+fn type_of(item: &BorrowedValue<'_>) -> Option<EventType> {
     match item {
-        OwnedValue::Object(obj) => match obj.get("type") {
-            Some(OwnedValue::String(name)) => EventType::from_name(name),
+        BorrowedValue::Object(obj) => match obj.get("type") {
+            Some(BorrowedValue::String(name)) => EventType::from_name(name),
             _ => None,
         },
         _ => None,

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use event_model::{
     normalize, parse_event, Accepted, BatchFields, DlqEnvelope, EventType, Limits, Received, Rejection,
 };
-use simd_json::OwnedValue;
+use simd_json::BorrowedValue;
 
 /// Which DLQ records to consider. Empty fields match everything.
 #[derive(Debug, Clone, Default)]
@@ -86,11 +86,11 @@ pub fn judge(
     let mut raw = envelope.raw_payload.clone().into_bytes();
     let validated = parse_event(&mut raw, limits).and_then(|mut item| {
         // The original message id, also where ingest generated it.
-        if let OwnedValue::Object(obj) = &mut item {
-            if !matches!(obj.get("messageId"), Some(OwnedValue::String(_))) {
+        if let BorrowedValue::Object(obj) = &mut item {
+            if !matches!(obj.get("messageId"), Some(BorrowedValue::String(_))) {
                 obj.insert(
-                    "messageId".to_string(),
-                    OwnedValue::String(envelope.message_id.clone()),
+                    "messageId".into(),
+                    BorrowedValue::String(envelope.message_id.clone().into()),
                 );
             }
         }

@@ -32,5 +32,5 @@ fuzz_target!(|data: &[u8]| {
                 assert!(simd_json::to_owned_value(&mut value).is_ok(), "an accepted event is not JSON");
             }
         }
-    }
+    };
 });

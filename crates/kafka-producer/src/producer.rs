@@ -8,7 +8,9 @@ use event_model::{Accepted, DlqEnvelope};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer,
+};
 use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
 use tokio::sync::oneshot;
@@ -218,7 +220,12 @@ impl ProducerContext for Callbacks {
         }
         match (*delivery, outcome, result) {
             (Delivery::Logged { message_id }, Err(error), Err((_, message))) => {
-                tracing::warn!(topic, message_id, %error, "kafka delivery failed, rescuing the record");
+                if crate::rescue::is_purged(&error) {
+                    // A producer being closed or replaced: possibly many, counted at the end.
+                    tracing::debug!(topic, message_id, %error, "record taken back from the producer");
+                } else {
+                    tracing::warn!(topic, message_id, %error, "kafka delivery failed, rescuing the record");
+                }
                 self.rescue(Failed {
                     record: record_of(message_id, message),
                     error,
@@ -419,7 +426,9 @@ impl Core {
     /// Spools a record that Kafka could not take, or counts and logs it as lost.
     pub fn spool_or_lose(&self, record: &spool::Record, why: &str) {
         match self.spool(record, "rescue") {
-            Ok(()) => tracing::warn!(message_id = record.message_id, why, "record spooled"),
+            // Counted in `cdp_ingest_spool_appended_total`; during an outage, one line per
+            // record would drown the log.
+            Ok(()) => tracing::debug!(message_id = record.message_id, why, "record spooled"),
             Err(error) => {
                 self.lost.fetch_add(1, Ordering::Relaxed);
                 self.metrics.lost.increment(1);
@@ -711,12 +720,14 @@ impl EventProducer {
         );
         self.core.closing.store(true, Ordering::SeqCst);
         self.core.healthy.store(false, Ordering::Relaxed);
-        // Dropping purges what librdkafka holds: each record comes back through the delivery
-        // callback as failed, and the rescuer spools it.
-        drop(self.core.replace(None));
-        if let Ok(jobs) = self.core.jobs.lock() {
-            let _ = jobs.send(Job::Stop);
+        // What librdkafka still holds comes back through the delivery callback as failed, and
+        // the rescuer spools it.
+        if let Some(producer) = self.core.replace(None) {
+            retire(&self.core, producer);
         }
+        let jobs = self.core.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = jobs.send(Job::Stop);
+        drop(jobs);
         join(&self.rescuer);
         if let Some(spool) = &self.core.spool {
             if let Err(error) = spool.sync() {
@@ -737,6 +748,32 @@ impl Drop for EventProducer {
             self.close(Duration::ZERO);
         }
     }
+}
+
+/// How long a producer being closed or replaced may take to report the records it held.
+const RETIRE_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Takes back every record `producer` holds, then drops it. The purge reports each record
+/// through the delivery callback as failed, to be sent again or spooled. (librdkafka's own drop
+/// serves those reports for half a second only and discards the rest unreported.) Records not
+/// reported within [`RETIRE_PATIENCE`] are counted and logged as lost.
+pub(crate) fn retire(core: &Core, producer: ThreadedProducer<Callbacks>) {
+    producer.purge(PurgeConfig::default().queue().inflight());
+    let deadline = Instant::now() + RETIRE_PATIENCE;
+    // The producer's polling thread serves the reports; the count includes unserved ones.
+    while producer.in_flight_count() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let left = u64::try_from(producer.in_flight_count()).unwrap_or(0);
+    if left > 0 {
+        core.lost.fetch_add(left, Ordering::Relaxed);
+        core.metrics.lost.increment(left);
+        tracing::error!(
+            records = left,
+            "records lost: the producer being closed did not report them within 30 s"
+        );
+    }
+    drop(producer);
 }
 
 /// The spool record of an ingest event: the same key, headers and value as on Kafka.

@@ -24,7 +24,8 @@ use crate::Error;
 /// The DLQ reason of records whose delivery failed permanently.
 pub const DELIVERY_REJECTED: &str = "delivery_rejected";
 
-/// How long a re-route waits out a full producer queue before spooling instead.
+/// How long a re-route waits out a full producer queue when there is no spool to take the
+/// record instead (with a spool, it is spooled at once).
 const QUEUE_FULL_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Delivery errors that no retry can fix: the record goes to the DLQ instead.
@@ -49,7 +50,7 @@ pub(crate) fn is_permanent(error: &KafkaError) -> bool {
 
 /// Errors of records taken back from a producer that was replaced: they are sent again as they
 /// were.
-fn is_purged(error: &KafkaError) -> bool {
+pub(crate) fn is_purged(error: &KafkaError) -> bool {
     use RDKafkaErrorCode::*;
     matches!(
         error.rdkafka_error_code(),
@@ -181,7 +182,11 @@ impl Rescuer {
                 )
             }
         };
-        let deadline = Instant::now() + QUEUE_FULL_PATIENCE;
+        let patience = match self.core.spool {
+            Some(_) => Duration::ZERO,
+            None => QUEUE_FULL_PATIENCE,
+        };
+        let deadline = Instant::now() + patience;
         loop {
             let record = BaseRecord::with_opaque_to(topic, Box::new(delivery(f)))
                 .key(&key[..])
@@ -226,8 +231,10 @@ impl Rescuer {
             core.healthy.store(true, Ordering::Relaxed);
         }
         core.rebuilding.store(false, Ordering::Relaxed);
-        // Purges what the old producer holds; each record is reported failed, and sent again.
-        drop(old);
+        // What the old producer holds is reported failed, and sent again or spooled.
+        if let Some(old) = old {
+            crate::producer::retire(core, old);
+        }
         tracing::info!(pinged, "producer replaced");
     }
 }
@@ -309,7 +316,7 @@ impl Drainer {
                         "spool segment drained to the ingest topic"
                     );
                 }
-                Err(DrainError::Stopping) => {}
+                Err(DrainError::Stopping) if core.stopping.load(Ordering::SeqCst) => {}
                 Err(error) => {
                     tracing::warn!(%error, left = spool.records(), "spool drain paused, retrying in 1 s");
                     self.pause();
@@ -338,6 +345,13 @@ impl Drainer {
             return Ok(0);
         };
         let records = segment.read()?;
+        let cut = segment.records().saturating_sub(records.len() as u64);
+        if cut > 0 && self.progress.as_ref().is_none_or(|(s, _)| *s != segment) {
+            // Unreadable frames (a disk error): the readable records drain, the rest is lost.
+            core.lost.fetch_add(cut, Ordering::Relaxed);
+            core.metrics.lost.increment(cut);
+            tracing::error!(file = %segment.path().display(), records = cut, "records lost: unreadable spool frames");
+        }
         let acked = match self.progress.take() {
             Some((s, acked)) if s == segment && acked.len() == records.len() => acked,
             _ => vec![false; records.len()],
@@ -441,11 +455,9 @@ impl Drainer {
             error,
             stage: Stage::Ingest,
         };
-        let sent = core
-            .jobs
-            .lock()
-            .map(|jobs| jobs.send(Job::Failed(failed)).is_ok())
-            .unwrap_or(false);
+        let jobs = core.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        let sent = jobs.send(Job::Failed(failed)).is_ok();
+        drop(jobs);
         if !sent {
             core.pending.fetch_sub(1, Ordering::SeqCst);
         }

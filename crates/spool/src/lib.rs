@@ -112,16 +112,20 @@ impl Segment {
         self.records
     }
 
-    /// Reads every record of the segment, in append order. Frames were checked when the spool
-    /// was opened or written by this process; a frame that fails now is an I/O error.
+    /// Reads the records of the segment, in append order. Frames were checked when the spool
+    /// was opened or written by this process; if one fails now (a disk error), the records
+    /// before it are returned, fewer than [`Segment::records`], and a copy of the file is kept
+    /// as `.spool.corrupt`.
     pub fn read(&self) -> Result<Vec<Record>, Error> {
         let data = std::fs::read(&self.path).map_err(|source| self.io(source))?;
-        let (records, valid) = decode_all(&data);
-        if valid != data.len() {
-            return Err(self.io(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("corrupt frame at byte {valid}"),
-            )));
+        let data = &data[..data.len().min(self.bytes as usize)];
+        let (records, valid) = decode_all(data);
+        if valid != data.len() || (records.len() as u64) < self.records {
+            let copy = self.path.with_extension("spool.corrupt");
+            if let Err(error) = std::fs::copy(&self.path, &copy) {
+                tracing::error!(file = %copy.display(), %error, "cannot keep a copy of a corrupt spool segment");
+            }
+            tracing::error!(file = %self.path.display(), at_byte = valid, "corrupt frame in a spool segment");
         }
         Ok(records)
     }
@@ -340,12 +344,13 @@ impl Spool {
     pub fn sync(&self) -> Result<(), Error> {
         if self.new_file.swap(false, Ordering::AcqRel) {
             // New segment files must survive a power loss too: sync the directory entry.
-            File::open(&self.dir)
-                .and_then(|dir| dir.sync_all())
-                .map_err(|source| Error::Io {
+            if let Err(source) = File::open(&self.dir).and_then(|dir| dir.sync_all()) {
+                self.new_file.store(true, Ordering::Release);
+                return Err(Error::Io {
                     path: self.dir.clone(),
                     source,
-                })?;
+                });
+            }
         }
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
@@ -358,8 +363,11 @@ impl Spool {
                 .map(|(sequence, file, ..)| (self.segment_path(*sequence), file.try_clone()))
         };
         if let Some((path, file)) = active {
-            file.and_then(|f| f.sync_data())
-                .map_err(|source| Error::Io { path, source })?;
+            if let Err(source) = file.and_then(|f| f.sync_data()) {
+                // Tried again at the next interval.
+                self.dirty.store(true, Ordering::Release);
+                return Err(Error::Io { path, source });
+            }
         }
         Ok(())
     }

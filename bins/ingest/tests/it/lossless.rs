@@ -29,7 +29,10 @@ impl Load {
             .map(|n| {
                 let (url, accepted, stop) = (format!("{url}/v1/track"), accepted.clone(), stop.clone());
                 tokio::spawn(async move {
-                    let client = reqwest::Client::new();
+                    let client = reqwest::Client::builder()
+                        .timeout(Duration::from_secs(10))
+                        .build()
+                        .unwrap();
                     for i in 0.. {
                         if stop.load(Ordering::Relaxed) {
                             break;
@@ -71,6 +74,13 @@ impl Load {
         let accepted = self.accepted.lock().unwrap().clone();
         accepted
     }
+}
+
+/// Awaits `step`, failing the test with its name if it takes over a minute.
+async fn within<T>(step: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), future)
+        .await
+        .unwrap_or_else(|_| panic!("{step} did not finish within 60 s"))
 }
 
 async fn readyz(ingest: &Ingest) -> Value {
@@ -122,24 +132,31 @@ async fn sigterm_under_a_slow_broker_spools_what_it_could_not_flush_and_the_next
     let load = Load::start(&ingest.url, 4, Duration::ZERO);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     ingest.terminate();
-    let (exited_ok, log) = tokio::task::spawn_blocking(move || ingest.wait()).await.unwrap();
-    let accepted = load.finish().await;
+    let (exited_ok, log) = within(
+        "ingest's exit",
+        tokio::task::spawn_blocking(move || ingest.wait()),
+    )
+    .await
+    .unwrap();
+    let accepted = within("the clients' end", load.finish()).await;
     assert!(exited_ok, "ingest did not exit cleanly:\n{log}");
     assert!(log.contains("records not delivered are in the spool"), "{log}");
     assert!(spool_segments(spool.path()) > 0, "nothing was spooled");
 
     mock.inject(Fault::Rtt(1, Duration::ZERO));
-    let again = Ingest::start_on(
+    let restart = Ingest::start_on(
         &mock.bootstrap,
         topics.clone(),
         spool.clone(),
         &[],
         sources_file(),
-    )
-    .await;
-    let landed = assert_nothing_lost(&mock.bootstrap, &topics, &accepted, WAIT).await;
+    );
+    let again = within("the restart", restart).await;
+    let oracle = assert_nothing_lost(&mock.bootstrap, &topics, &accepted, WAIT);
+    let landed = within("the oracle", oracle).await;
     eprintln!("{} accepted, {} duplicates", accepted.len(), landed.duplicates());
-    wait_readyz(&again, "an empty spool", |b| b["spool"]["records"] == 0).await;
+    let drained = wait_readyz(&again, "an empty spool", |b| b["spool"]["records"] == 0);
+    within("the drain", drained).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,8 +256,13 @@ async fn the_broker_process_killed_and_restarted_during_load_loses_nothing() {
     broker.restart().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     ingest.terminate();
-    let (exited_ok, log) = tokio::task::spawn_blocking(move || ingest.wait()).await.unwrap();
-    let accepted = load.finish().await;
+    let (exited_ok, log) = within(
+        "ingest's exit",
+        tokio::task::spawn_blocking(move || ingest.wait()),
+    )
+    .await
+    .unwrap();
+    let accepted = within("the clients' end", load.finish()).await;
     assert!(exited_ok, "ingest did not exit cleanly:\n{log}");
     // What the flush grace could not deliver (the cluster was back only seconds before) is in
     // the spool: the next start sends it.

@@ -18,6 +18,8 @@ pub(crate) struct ProducerMetrics {
     pub queue_latency_p99: Gauge,
     /// Records lost: delivery failed and neither the retry topic, the DLQ nor the spool took them.
     pub lost: Counter,
+    /// Failed records waiting for the rescue thread.
+    pub rescue_pending: Gauge,
     /// Producers replaced after a fatal error.
     pub rebuilds: Counter,
     /// Bytes in the spool.
@@ -51,6 +53,7 @@ impl ProducerMetrics {
             broker_rtt_p99: gauge!(format!("{prefix}_kafka_broker_rtt_p99_seconds")),
             queue_latency_p99: gauge!(format!("{prefix}_kafka_queue_latency_p99_seconds")),
             lost: counter!(format!("{prefix}_kafka_records_lost_total")),
+            rescue_pending: gauge!(format!("{prefix}_kafka_rescue_pending_records")),
             rebuilds: counter!(format!("{prefix}_kafka_producer_rebuilds_total")),
             spool_bytes: gauge!(format!("{prefix}_spool_bytes")),
             spool_records: gauge!(format!("{prefix}_spool_records")),

@@ -177,6 +177,9 @@ impl ClientContext for Callbacks {
         let up = stats.brokers.values().filter(|b| b.state == "UP").count();
         self.metrics.brokers_up.set(up as f64);
         self.metrics.queue_messages.set(stats.msg_cnt as f64);
+        self.metrics
+            .rescue_pending
+            .set(self.pending.load(Ordering::Relaxed) as f64);
         let p99 = |w: &Option<rdkafka::statistics::Window>| w.as_ref().map_or(0, |w| w.p99);
         let rtt = stats.brokers.values().map(|b| p99(&b.rtt)).max().unwrap_or(0);
         let queued = stats

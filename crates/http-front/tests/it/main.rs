@@ -69,7 +69,11 @@ impl Server {
         let server = Server {
             addr,
             topics,
-            client: reqwest::Client::new(),
+            // A request never waits forever, even on a connection the server dropped.
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
             stop: Some(stop),
             task,
             _sources: sources,

@@ -99,15 +99,6 @@ impl ProducerConfig {
     }
 }
 
-/// What became of an event handed to [`EventProducer::send_event`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sent {
-    /// librdkafka holds it for the ingest topic.
-    Queued,
-    /// The cluster is unreachable: it is in the local spool, and the drainer will produce it.
-    Spooled,
-}
-
 /// What the delivery callback does with a record's outcome.
 pub(crate) enum Delivery {
     /// Fire-and-forget (S1): a failure goes to the rescuer.
@@ -564,14 +555,14 @@ impl EventProducer {
     /// unreachable) the spool does; the record then lives on its own, whatever happens to the
     /// caller. Never blocks on Kafka: a full buffer is [`Error::QueueFull`], a full spool
     /// [`Error::SpoolFull`].
-    pub fn send_event(&self, event: &Accepted, workspace_id: &str, source_id: &str) -> Result<Sent, Error> {
+    pub fn send_event(&self, event: &Accepted, workspace_id: &str, source_id: &str) -> Result<(), Error> {
         let spool_it = |why: Option<&Error>| {
             let record = event_record(event, workspace_id, source_id);
             self.core.spool(&record, "request")?;
             if let Some(why) = why {
                 tracing::warn!(message_id = event.message_id, %why, "event spooled");
             }
-            Ok(Sent::Spooled)
+            Ok(())
         };
         if self.core.spool.is_some() && !self.is_healthy() {
             return spool_it(None);
@@ -580,7 +571,7 @@ impl EventProducer {
             message_id: event.message_id.clone(),
         };
         match self.enqueue_event(event, workspace_id, source_id, delivery) {
-            Ok(()) => Ok(Sent::Queued),
+            Ok(()) => Ok(()),
             // Back-pressure, and records Kafka would never take (over `message.max.bytes`),
             // are the client's to handle.
             Err(Error::QueueFull) => Err(Error::QueueFull),

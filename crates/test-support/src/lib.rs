@@ -110,7 +110,8 @@ pub async fn consume_from(brokers: &str, topic: &str, count: usize, timeout: Dur
         .expect("consumer thread")
 }
 
-fn consume_blocking(brokers: &str, topic: &str, count: usize, timeout: Duration) -> Vec<Record> {
+/// A consumer of every partition of `topics` from the beginning, in a group of its own.
+fn consumer_from_start(brokers: &str, topics: &[&str]) -> (BaseConsumer, TopicPartitionList) {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("test-{}", uuid::Uuid::new_v4()))
@@ -118,18 +119,23 @@ fn consume_blocking(brokers: &str, topic: &str, count: usize, timeout: Duration)
         .set("enable.partition.eof", "false")
         .create()
         .expect("creating test consumer");
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("fetching topic metadata");
     let mut assignment = TopicPartitionList::new();
-    for t in metadata.topics() {
-        for p in t.partitions() {
+    for topic in topics {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .expect("fetching topic metadata");
+        for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
             assignment
                 .add_partition_offset(topic, p.id(), Offset::Beginning)
                 .expect("adding partition");
         }
     }
     consumer.assign(&assignment).expect("assigning partitions");
+    (consumer, assignment)
+}
+
+fn consume_blocking(brokers: &str, topic: &str, count: usize, timeout: Duration) -> Vec<Record> {
+    let (consumer, _) = consumer_from_start(brokers, &[topic]);
     let deadline = Instant::now() + timeout;
     let mut records = Vec::new();
     while records.len() < count && Instant::now() < deadline {
@@ -186,25 +192,7 @@ pub async fn landed(brokers: &str, topics: &Topics, accepted: &[String], timeout
     let topics = [topics.ingest.clone(), topics.retry.clone(), topics.dlq.clone()];
     let accepted = accepted.to_vec();
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("group.id", format!("test-{}", uuid::Uuid::new_v4()))
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false")
-            .create()
-            .expect("creating test consumer");
-        let mut assignment = TopicPartitionList::new();
-        for topic in &topics {
-            let metadata = consumer
-                .fetch_metadata(Some(topic), Duration::from_secs(10))
-                .expect("fetching topic metadata");
-            for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
-                assignment
-                    .add_partition_offset(topic, p.id(), Offset::Beginning)
-                    .expect("adding partition");
-            }
-        }
-        consumer.assign(&assignment).expect("assigning partitions");
+        let (consumer, assignment) = consumer_from_start(&brokers, &topics.each_ref().map(String::as_str));
         let mut counts: HashMap<String, usize> = accepted.iter().map(|id| (id.clone(), 0)).collect();
         let mut unseen = accepted.len();
         let deadline = Instant::now() + timeout;

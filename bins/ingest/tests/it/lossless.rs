@@ -100,6 +100,17 @@ async fn wait_readyz(ingest: &Ingest, what: &str, check: impl Fn(&Value) -> bool
     panic!("/readyz never showed {what}: {last}");
 }
 
+/// SIGTERMs `ingest` while `load` runs, waits for a clean exit and stops the clients; returns
+/// the log and the ids that got a 200.
+async fn terminate_under_load(ingest: Ingest, load: Load) -> (String, Vec<String>) {
+    ingest.terminate();
+    let exit = tokio::task::spawn_blocking(move || ingest.wait());
+    let (exited_ok, log) = within("ingest's exit", exit).await.unwrap();
+    let accepted = within("the clients' end", load.finish()).await;
+    assert!(exited_ok, "ingest did not exit cleanly:\n{log}");
+    (log, accepted)
+}
+
 fn spool_segments(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir)
         .unwrap()
@@ -131,15 +142,7 @@ async fn sigterm_under_a_slow_broker_spools_what_it_could_not_flush_and_the_next
     mock.inject(Fault::Rtt(1, Duration::from_secs(3)));
     let load = Load::start(&ingest.url, 4, Duration::ZERO);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    ingest.terminate();
-    let (exited_ok, log) = within(
-        "ingest's exit",
-        tokio::task::spawn_blocking(move || ingest.wait()),
-    )
-    .await
-    .unwrap();
-    let accepted = within("the clients' end", load.finish()).await;
-    assert!(exited_ok, "ingest did not exit cleanly:\n{log}");
+    let (log, accepted) = terminate_under_load(ingest, load).await;
     assert!(log.contains("records not delivered are in the spool"), "{log}");
     assert!(spool_segments(spool.path()) > 0, "nothing was spooled");
 
@@ -255,15 +258,7 @@ async fn the_broker_process_killed_and_restarted_during_load_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     broker.restart().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    ingest.terminate();
-    let (exited_ok, log) = within(
-        "ingest's exit",
-        tokio::task::spawn_blocking(move || ingest.wait()),
-    )
-    .await
-    .unwrap();
-    let accepted = within("the clients' end", load.finish()).await;
-    assert!(exited_ok, "ingest did not exit cleanly:\n{log}");
+    let (_log, accepted) = terminate_under_load(ingest, load).await;
     // What the flush grace could not deliver (the cluster was back only seconds before) is in
     // the spool: the next start sends it.
     let _again = Ingest::start_on(&broker.address(), topics.clone(), spool, &[], sources_file()).await;

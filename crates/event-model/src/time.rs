@@ -17,8 +17,9 @@ pub(crate) fn parse(s: &str) -> Option<DateTime<Utc>> {
 /// chrono's path, with the same output.
 pub(crate) fn format(t: DateTime<Utc>) -> String {
     use chrono::{Datelike, Timelike};
-    let year = t.year();
-    if !(0..=9999).contains(&year) || t.nanosecond() >= 1_000_000_000 {
+    let naive = t.naive_utc(); // each accessor of `DateTime` converts again
+    let year = naive.year();
+    if !(0..=9999).contains(&year) || naive.nanosecond() >= 1_000_000_000 {
         return t.to_rfc3339_opts(SecondsFormat::Millis, true);
     }
     let mut out = [0u8; 24];
@@ -30,12 +31,12 @@ pub(crate) fn format(t: DateTime<Utc>) -> String {
         }
     };
     put(0, year as u32, 4);
-    put(5, t.month(), 2);
-    put(8, t.day(), 2);
-    put(11, t.hour(), 2);
-    put(14, t.minute(), 2);
-    put(17, t.second(), 2);
-    put(20, t.nanosecond() / 1_000_000, 3);
+    put(5, naive.month(), 2);
+    put(8, naive.day(), 2);
+    put(11, naive.hour(), 2);
+    put(14, naive.minute(), 2);
+    put(17, naive.second(), 2);
+    put(20, naive.nanosecond() / 1_000_000, 3);
     for (at, c) in [
         (4, b'-'),
         (7, b'-'),
@@ -47,7 +48,8 @@ pub(crate) fn format(t: DateTime<Utc>) -> String {
     ] {
         out[at] = c;
     }
-    out.iter().map(|&b| b as char).collect()
+    // ASCII digits and separators only.
+    std::str::from_utf8(&out).map(str::to_owned).unwrap_or_default()
 }
 
 /// The event time corrected for the client's clock skew:

@@ -86,10 +86,11 @@ impl ProducerMetrics {
     }
 
     /// The counters of `topic` (one of the configured topics, or registered on the fly).
-    pub(crate) fn topic(&self, topic: &str) -> TopicMetrics {
+    /// Borrowed for the configured ones: this runs once per delivery report.
+    pub(crate) fn topic(&self, topic: &str) -> std::borrow::Cow<'_, TopicMetrics> {
         match self.per_topic.iter().find(|m| m.topic == topic) {
-            Some(m) => m.clone(),
-            None => self.register(topic),
+            Some(m) => std::borrow::Cow::Borrowed(m),
+            None => std::borrow::Cow::Owned(self.register(topic)),
         }
     }
 }

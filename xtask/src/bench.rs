@@ -26,8 +26,11 @@ use crate::stack::{cargo, http};
 use crate::tools::{run, tools_dir};
 
 const OHA_VERSION: &str = "1.16.0";
-/// Requests in the corpus files (oha picks lines at random).
+/// Requests in the corpus files (oha picks lines at random): single events, and batches. Batches
+/// average 124 KB: oha reads its whole file at start-up, and 4 000 of them (500 MB) took a
+/// core for half a second at the start of every run.
 const CORPUS_REQUESTS: usize = 4_000;
+const CORPUS_BATCHES: usize = 400;
 /// Seconds of each saturation run, and of each latency run.
 const SATURATION_SECS: u64 = 8;
 const LATENCY_SECS: u64 = 5;
@@ -62,6 +65,42 @@ struct Load {
     p999_ms: f64,
 }
 
+/// The broker and topics of one phase. tansu's memory engine keeps every record and slows down
+/// as it grows (a saturation run leaves over a GiB), so each phase gets a fresh one; with
+/// `KAFKA_BROKERS`, the same cluster and fresh topics.
+struct Phase {
+    broker: Broker,
+    ingest: String,
+    dlq: String,
+    retry: String,
+}
+
+impl Phase {
+    async fn start(root: &Path, name: &str) -> Result<Phase> {
+        let broker = Broker::start_or_existing(root).await?;
+        let base = format!("bench-{}.{name}", std::process::id());
+        let (ingest, dlq, retry) = (
+            format!("{base}.ingest"),
+            format!("{base}.dlq"),
+            format!("{base}.retry"),
+        );
+        broker
+            .create_topics(&[(&ingest, 3), (&dlq, 1), (&retry, 1)])
+            .await?;
+        Ok(Phase {
+            broker,
+            ingest,
+            dlq,
+            retry,
+        })
+    }
+
+    /// Records on the ingest topic, waiting up to `timeout` for `expected` of them.
+    async fn count(&self, expected: usize, timeout: Duration) -> Result<usize> {
+        count_records(self.broker.address(), &self.ingest, expected, timeout).await
+    }
+}
+
 /// Runs the whole benchmark.
 pub async fn bench(root: &Path) -> Result<()> {
     let started = Instant::now();
@@ -74,34 +113,17 @@ pub async fn bench(root: &Path) -> Result<()> {
     )
     .await?;
     let release = root.join("target").join("release");
-    let broker = Broker::start_or_existing(root).await?;
-    let run_id = std::process::id();
-    let topics = [
-        format!("bench-{run_id}.ingest"),
-        format!("bench-{run_id}.dlq"),
-        format!("bench-{run_id}.retry"),
-        format!("bench-{run_id}.bare"),
-        format!("bench-{run_id}.kill"),
-    ];
-    broker
-        .create_topics(&[
-            (&topics[0], 3),
-            (&topics[1], 1),
-            (&topics[2], 1),
-            (&topics[3], 3),
-            (&topics[4], 3),
-        ])
-        .await?;
     let corpus = corpus(&out)?;
     let events_per_request = 0.85 + 0.15 * corpus.batch_events;
 
     println!("bench: bare producer");
+    let phase = Phase::start(root, "bare").await?;
     let output = Command::new(release.join("bare-producer"))
         .args([
             "--brokers",
-            broker.address(),
+            phase.broker.address(),
             "--topic",
-            &topics[3],
+            &phase.ingest,
             "--count",
             "200000",
             "--payloads",
@@ -114,6 +136,7 @@ pub async fn bench(root: &Path) -> Result<()> {
         "bare-producer: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+    drop(phase);
     let bare: Value = serde_json::from_slice(&output.stdout)?;
     let producer_eps = bare["events"].as_f64().unwrap_or(0.0) / bare["seconds"].as_f64().unwrap_or(1.0);
     let producer_cpu_per_k =
@@ -131,19 +154,19 @@ pub async fn bench(root: &Path) -> Result<()> {
     let (http_sat, http_cpu, http_rss) = saturate(&oha, &server, http_port, &corpus, None).await?;
     let http_lat = latencies(&oha, http_port, &corpus, &http_sat, &SHARES, None, None).await?;
 
-    println!("bench: ingest (release)");
+    println!("bench: ingest (release), saturation");
     let sources = out.join("sources.toml");
     std::fs::write(&sources, "[[source]]\nworkspace_id = \"ws_bench\"\nsource_id = \"src_bench\"\nwrite_key = \"bench-key\"\nrate_limit = 0\n")?;
-    let port = free_port()?;
-    let metrics_port = free_port()?;
     let spool = out.join("spool");
-    let _ = std::fs::remove_dir_all(&spool);
-    let start_ingest = |topic: &str, port: u16, metrics_port: u16| {
-        Command::new(release.join("ingest"))
-            .env("CDP_KAFKA_BROKERS", broker.address())
-            .env("CDP_TOPIC_INGEST", topic)
-            .env("CDP_TOPIC_DLQ", &topics[1])
-            .env("CDP_TOPIC_RETRY", &topics[2])
+    // A fresh spool and ports for each ingest process.
+    let start_ingest = |phase: &Phase| -> Result<(Child, u16, u16)> {
+        let _ = std::fs::remove_dir_all(&spool);
+        let (port, metrics_port) = (free_port()?, free_port()?);
+        let child = Command::new(release.join("ingest"))
+            .env("CDP_KAFKA_BROKERS", phase.broker.address())
+            .env("CDP_TOPIC_INGEST", &phase.ingest)
+            .env("CDP_TOPIC_DLQ", &phase.dlq)
+            .env("CDP_TOPIC_RETRY", &phase.retry)
             .env("CDP_SOURCES_FILE", &sources)
             .env("CDP_SPOOL_DIR", &spool)
             .env("CDP_LISTEN", format!("127.0.0.1:{port}"))
@@ -151,12 +174,23 @@ pub async fn bench(root: &Path) -> Result<()> {
             .env("RUST_LOG", "error")
             .stderr(Stdio::null())
             .kill_on_drop(true)
-            .spawn()
+            .spawn()?;
+        Ok((child, port, metrics_port))
     };
-    let ingest = start_ingest(&topics[0], port, metrics_port)?;
-    wait_port(port).await?;
     let auth = Some("bench-key:");
+    let phase = Phase::start(root, "saturation").await?;
+    let (ingest, port, metrics_port) = start_ingest(&phase)?;
+    wait_port(port).await?;
     let (ingest_sat, ingest_cpu, _) = saturate(&oha, &ingest, port, &corpus, auth).await?;
+    let mut ingest_rss = peak_rss(&ingest)?;
+    let mut accepted = accepted_events(metrics_port).await?;
+    let mut on_topic = phase.count(accepted as usize, Duration::from_secs(60)).await?;
+    drop((ingest, phase));
+
+    println!("bench: ingest (release), latency");
+    let phase = Phase::start(root, "latency").await?;
+    let (ingest, port, metrics_port) = start_ingest(&phase)?;
+    wait_port(port).await?;
     let ingest_lat = latencies(
         &oha,
         port,
@@ -172,21 +206,17 @@ pub async fn bench(root: &Path) -> Result<()> {
         .await?
         .remove(0);
     drop(server);
-    let ingest_rss = peak_rss(&ingest)?;
-    let accepted = accepted_events(metrics_port).await?;
-    let on_topic = count_records(
-        broker.address(),
-        &topics[0],
-        accepted as usize,
-        Duration::from_secs(60),
-    )
-    .await?;
-    drop(ingest);
+    ingest_rss = ingest_rss.max(peak_rss(&ingest)?);
+    let accepted_here = accepted_events(metrics_port).await?;
+    accepted += accepted_here;
+    on_topic += phase
+        .count(accepted_here as usize, Duration::from_secs(60))
+        .await?;
+    drop((ingest, phase));
 
     println!("bench: SIGKILL during saturation (buffered mode)");
-    let _ = std::fs::remove_dir_all(&spool);
-    let (port, metrics_port) = (free_port()?, free_port()?);
-    let mut ingest = start_ingest(&topics[4], port, metrics_port)?;
+    let phase = Phase::start(root, "kill").await?;
+    let (mut ingest, port, _) = start_ingest(&phase)?;
     wait_port(port).await?;
     let load = oha_run(
         &oha,
@@ -204,13 +234,10 @@ pub async fn bench(root: &Path) -> Result<()> {
     killed?;
     // Singles only: each 200 is exactly one event on the ingest topic.
     let kill_accepted = load?["statusCodeDistribution"]["200"].as_u64().unwrap_or(0);
-    let kill_on_topic = count_records(
-        broker.address(),
-        &topics[4],
-        kill_accepted as usize,
-        Duration::from_secs(10),
-    )
-    .await? as u64;
+    let kill_on_topic = phase
+        .count(kill_accepted as usize, Duration::from_secs(10))
+        .await? as u64;
+    drop(phase);
     let kill_lost = kill_accepted.saturating_sub(kill_on_topic);
 
     // The HTTP baseline per event is taken at the mix ingest actually served: closed-loop,
@@ -306,7 +333,7 @@ pub async fn bench(root: &Path) -> Result<()> {
     for (name, ok, detail) in &checks {
         md.push_str(&format!("- [{}] {name}: {detail}\n", if *ok { "x" } else { " " }));
     }
-    md.push_str(&format!("\nCorpus: {CORPUS_REQUESTS} requests per file, {events_per_request:.1} events per request on average. Took {:.0} s.\n", started.elapsed().as_secs_f64()));
+    md.push_str(&format!("\nCorpus: {CORPUS_REQUESTS} single events, {CORPUS_BATCHES} batches, {events_per_request:.1} events per request on average. Took {:.0} s.\n", started.elapsed().as_secs_f64()));
     println!("\n{md}");
     std::fs::write(out.join("report.md"), &md)?;
     let report = json!({
@@ -470,6 +497,9 @@ fn corpus(out: &Path) -> Result<Corpus> {
         payloads.push('\n');
         singles.push_str(&e.to_string());
         singles.push('\n');
+        if i % (CORPUS_REQUESTS / CORPUS_BATCHES) != 0 {
+            continue;
+        }
         let size = 10 + rng.below(91) as usize;
         let items: Vec<Value> = (0..size)
             .map(|j| event(&mut rng, i * 1000 + j + 1, None))

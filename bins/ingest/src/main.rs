@@ -3,6 +3,8 @@
 use clap::Parser;
 
 /// Per-event allocations dominate ingest's hot path; mimalloc serves them far cheaper than glibc.
+/// Its `override` feature makes it serve librdkafka's `malloc`/`free` too: each record's payload
+/// copy is allocated on a request thread and freed on librdkafka's.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -97,9 +97,10 @@ impl Phase {
         })
     }
 
-    /// Records on the ingest topic, waiting up to `timeout` for `expected` of them.
-    async fn count(&self, expected: usize, timeout: Duration) -> Result<usize> {
-        count_records(self.broker.address(), &self.ingest, expected, timeout).await
+    /// Reads the ingest topic until `expected` records or `timeout`: how many, and the order
+    /// of the [`send_ordered`] visitors' events.
+    async fn read(&self, expected: usize, timeout: Duration) -> Result<(usize, Order)> {
+        read_records(self.broker.address(), &self.ingest, expected, timeout).await
     }
 }
 
@@ -186,7 +187,7 @@ pub async fn bench(root: &Path) -> Result<()> {
     let (ingest_sat, ingest_cpu, _) = saturate(&oha, &ingest, port, &corpus, auth).await?;
     let mut ingest_rss = peak_rss(&ingest)?;
     let mut accepted = accepted_events(metrics_port).await?;
-    let mut on_topic = phase.count(accepted as usize, Duration::from_secs(60)).await?;
+    let mut on_topic = phase.read(accepted as usize, Duration::from_secs(60)).await?.0;
     drop((ingest, phase));
 
     println!("bench: ingest (release), latency");
@@ -208,12 +209,15 @@ pub async fn bench(root: &Path) -> Result<()> {
         .await?
         .remove(0);
     drop(server);
+    // Visitors whose events are sent one after another: their order on the topic is checked.
+    send_ordered(port).await?;
     ingest_rss = ingest_rss.max(peak_rss(&ingest)?);
     let accepted_here = accepted_events(metrics_port).await?;
     accepted += accepted_here;
-    on_topic += phase
-        .count(accepted_here as usize, Duration::from_secs(60))
+    let (found, order) = phase
+        .read(accepted_here as usize, Duration::from_secs(60))
         .await?;
+    on_topic += found;
     drop((ingest, phase));
 
     println!("bench: SIGKILL during saturation (buffered mode)");
@@ -237,8 +241,9 @@ pub async fn bench(root: &Path) -> Result<()> {
     // Singles only: each 200 is exactly one event on the ingest topic.
     let kill_accepted = load?["statusCodeDistribution"]["200"].as_u64().unwrap_or(0);
     let kill_on_topic = phase
-        .count(kill_accepted as usize, Duration::from_secs(10))
-        .await? as u64;
+        .read(kill_accepted as usize, Duration::from_secs(10))
+        .await?
+        .0 as u64;
     drop(phase);
     let kill_lost = kill_accepted.saturating_sub(kill_on_topic);
 
@@ -269,9 +274,14 @@ pub async fn bench(root: &Path) -> Result<()> {
             format!("{rss_mib:.0} MiB"),
         ),
         (
-            "every accepted event is on the topic",
-            on_topic >= accepted as usize,
-            format!("{on_topic} records for {accepted} accepted events"),
+            "every accepted event is on the topic, and per-key order holds",
+            on_topic >= accepted as usize && order.holds(),
+            format!(
+                "{on_topic} records for {accepted} accepted events; {} of {} events of {ORDER_KEYS} visitors sent one after another, {} out of order",
+                order.seen,
+                ORDER_KEYS * ORDER_EVENTS,
+                order.out_of_order
+            ),
         ),
     ];
 
@@ -345,7 +355,7 @@ pub async fn bench(root: &Path) -> Result<()> {
     let report = json!({
         "bare_producer": {"events_per_sec": producer_eps, "cpu_ms_per_1000_events": producer_cpu_per_k * 1000.0},
         "bare_http": {"events_per_sec": http_sat.events_per_sec, "requests_per_sec": http_sat.requests_per_sec, "cpu_ms_per_request": http_cpu_per_request * 1000.0, "cpu_ms_per_1000_events_at_ingest_mix": http_cpu_per_k * 1000.0, "latency_ms": lat_json(&http_lat), "latency_ms_at_ingest_50pct_load": {"p50": http_at_ingest_load.p50_ms, "p99": http_at_ingest_load.p99_ms, "p99_9": http_at_ingest_load.p999_ms}, "peak_rss_bytes": http_rss},
-        "ingest": {"events_per_sec": ingest_sat.events_per_sec, "requests_per_sec": ingest_sat.requests_per_sec, "events_per_request": ingest_events_per_request, "cpu_ms_per_1000_events": ingest_cpu_per_k * 1000.0, "latency_ms": lat_json(&ingest_lat), "peak_rss_bytes": ingest_rss, "accepted_events": accepted, "records_on_topic": on_topic, "sigkill": {"accepted": kill_accepted, "on_topic": kill_on_topic, "lost": kill_lost}},
+        "ingest": {"events_per_sec": ingest_sat.events_per_sec, "requests_per_sec": ingest_sat.requests_per_sec, "events_per_request": ingest_events_per_request, "cpu_ms_per_1000_events": ingest_cpu_per_k * 1000.0, "latency_ms": lat_json(&ingest_lat), "peak_rss_bytes": ingest_rss, "accepted_events": accepted, "records_on_topic": on_topic, "ordered_events": {"sent": ORDER_KEYS * ORDER_EVENTS, "found": order.seen, "out_of_order": order.out_of_order}, "sigkill": {"accepted": kill_accepted, "on_topic": kill_on_topic, "lost": kill_lost}},
         "checks": checks.iter().map(|(n, ok, d)| json!({"check": n, "passed": ok, "detail": d})).collect::<Vec<_>>(),
     });
     std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&report)?)?;
@@ -649,12 +659,74 @@ async fn accepted_events(metrics_port: u16) -> Result<f64> {
         .sum())
 }
 
-/// Records on `topic`, read until `expected` or `timeout`.
-async fn count_records(brokers: &str, topic: &str, expected: usize, timeout: Duration) -> Result<usize> {
+/// Visitors of the ordering check, and events each.
+const ORDER_KEYS: usize = 8;
+const ORDER_EVENTS: usize = 250;
+
+/// Sends [`ORDER_EVENTS`] events for each of [`ORDER_KEYS`] visitors, all visitors at once and
+/// each visitor's events one after another (the next once the previous got its 200), with
+/// `properties.seq` counting up.
+async fn send_ordered(port: u16) -> Result<()> {
+    use base64::Engine;
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("bench-key:")
+    );
+    let visitors = (0..ORDER_KEYS).map(|k| {
+        let auth = auth.clone();
+        tokio::spawn(async move {
+            for seq in 0..ORDER_EVENTS {
+                let body = json!({"anonymousId": format!("order-{k}"), "event": "Ordered", "messageId": format!("order-{k}-{seq}"), "properties": {"seq": seq}});
+                let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+                // A 503 (a full producer queue) is retried, as a client would.
+                let mut tries = 0;
+                loop {
+                    let (status, reply) = http(port, "POST", "/v1/track", &headers, &body.to_string()).await?;
+                    tries += 1;
+                    match status {
+                        200 => break,
+                        503 if tries < 20 => tokio::time::sleep(Duration::from_millis(100)).await,
+                        _ => bail!("ordering check: {status} {reply}"),
+                    }
+                }
+            }
+            anyhow::Ok(())
+        })
+    });
+    for visitor in visitors.collect::<Vec<_>>() {
+        visitor.await??;
+    }
+    Ok(())
+}
+
+/// What the topic says about the [`send_ordered`] visitors.
+#[derive(Debug, Default)]
+struct Order {
+    /// Their records found.
+    seen: usize,
+    /// Records whose `seq` is not above the previous one of the same visitor.
+    out_of_order: usize,
+}
+
+impl Order {
+    fn holds(&self) -> bool {
+        self.seen == ORDER_KEYS * ORDER_EVENTS && self.out_of_order == 0
+    }
+}
+
+/// Reads `topic` from the start until `expected` records or `timeout`: how many, and the order
+/// of the [`send_ordered`] visitors' records (one visitor, one partition).
+async fn read_records(
+    brokers: &str,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Result<(usize, Order)> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
     use rdkafka::{ClientConfig, Offset, TopicPartitionList};
     let (brokers, topic) = (brokers.to_string(), topic.to_string());
-    tokio::task::spawn_blocking(move || -> Result<usize> {
+    tokio::task::spawn_blocking(move || -> Result<(usize, Order)> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &brokers)
             .set("group.id", "bench-count")
@@ -667,13 +739,27 @@ async fn count_records(brokers: &str, topic: &str, expected: usize, timeout: Dur
         }
         consumer.assign(&tpl)?;
         let deadline = Instant::now() + timeout;
-        let mut n = 0;
+        let (mut n, mut order) = (0, Order::default());
+        let mut last = std::collections::HashMap::new();
         while n < expected && Instant::now() < deadline {
-            if let Some(Ok(_)) = consumer.poll(Duration::from_millis(200)) {
-                n += 1;
+            let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            n += 1;
+            let Some(key) = message.key().filter(|k| k.starts_with(b"order-")) else {
+                continue;
+            };
+            let value: Value = serde_json::from_slice(message.payload().unwrap_or_default())?;
+            let seq = value["properties"]["seq"].as_i64().unwrap_or(-1);
+            order.seen += 1;
+            if last
+                .insert(key.to_vec(), seq)
+                .is_some_and(|previous| previous >= seq)
+            {
+                order.out_of_order += 1;
             }
         }
-        Ok(n)
+        Ok((n, order))
     })
     .await?
 }

@@ -51,10 +51,8 @@ struct Corpus {
 /// One load test's results.
 #[derive(Debug, Default, Clone)]
 struct Load {
-    /// Requests served per second: answered 200, or 400 for the corpus's invalid events. A 503
-    /// (a full producer queue) is not throughput.
-    requests_per_sec: f64,
-    /// The single-event and batch parts of `requests_per_sec`.
+    /// Single-event and batch requests served per second: answered 200, or 400 for the
+    /// corpus's invalid events. A 503 (a full producer queue) is not throughput.
     singles_per_sec: f64,
     batches_per_sec: f64,
     /// Share of the requests refused (any other status).
@@ -101,6 +99,13 @@ impl Phase {
     /// of the [`send_ordered`] visitors' events.
     async fn read(&self, expected: usize, timeout: Duration) -> Result<(usize, Order)> {
         read_records(self.broker.address(), &self.ingest, expected, timeout).await
+    }
+}
+
+impl Load {
+    /// Requests served per second, singles and batches.
+    fn requests_per_sec(&self) -> f64 {
+        self.singles_per_sec + self.batches_per_sec
     }
 }
 
@@ -250,8 +255,8 @@ pub async fn bench(root: &Path) -> Result<()> {
     // The HTTP baseline per event is taken at the mix ingest actually served: closed-loop,
     // ingest answers batches more slowly than bare HTTP does, so it serves more singles per
     // event and pays the per-request cost more often.
-    let ingest_events_per_request = ingest_sat.events_per_sec / ingest_sat.requests_per_sec.max(1.0);
-    let http_cpu_per_request = http_cpu / (http_sat.requests_per_sec * SATURATION_SECS as f64).max(1.0);
+    let ingest_events_per_request = ingest_sat.events_per_sec / ingest_sat.requests_per_sec().max(1.0);
+    let http_cpu_per_request = http_cpu / (http_sat.requests_per_sec() * SATURATION_SECS as f64).max(1.0);
     let http_cpu_per_k = http_cpu_per_request * 1000.0 / ingest_events_per_request;
     let ingest_cpu_per_k = ingest_cpu / (ingest_sat.events_per_sec * SATURATION_SECS as f64) * 1000.0;
     let cpu_target = 1.3 * (http_cpu_per_k + producer_cpu_per_k);
@@ -295,13 +300,13 @@ pub async fn bench(root: &Path) -> Result<()> {
     ));
     md.push_str(&format!(
         "| requests/s at saturation | | {:.0} | {:.0} | {:.2} |\n",
-        http_sat.requests_per_sec,
-        ingest_sat.requests_per_sec,
-        ingest_sat.requests_per_sec / http_sat.requests_per_sec
+        http_sat.requests_per_sec(),
+        ingest_sat.requests_per_sec(),
+        ingest_sat.requests_per_sec() / http_sat.requests_per_sec()
     ));
     md.push_str(&format!(
         "| events per request served at saturation | | {:.1} | {ingest_events_per_request:.1} | |\n",
-        http_sat.events_per_sec / http_sat.requests_per_sec.max(1.0)
+        http_sat.events_per_sec / http_sat.requests_per_sec().max(1.0)
     ));
     md.push_str(&format!(
         "| requests refused (503) at saturation | | {:.1}% | {:.1}% | |\n",
@@ -354,8 +359,8 @@ pub async fn bench(root: &Path) -> Result<()> {
     std::fs::write(out.join("report.md"), &md)?;
     let report = json!({
         "bare_producer": {"events_per_sec": producer_eps, "cpu_ms_per_1000_events": producer_cpu_per_k * 1000.0},
-        "bare_http": {"events_per_sec": http_sat.events_per_sec, "requests_per_sec": http_sat.requests_per_sec, "cpu_ms_per_request": http_cpu_per_request * 1000.0, "cpu_ms_per_1000_events_at_ingest_mix": http_cpu_per_k * 1000.0, "latency_ms": lat_json(&http_lat), "latency_ms_at_ingest_50pct_load": {"p50": http_at_ingest_load.p50_ms, "p99": http_at_ingest_load.p99_ms, "p99_9": http_at_ingest_load.p999_ms}, "peak_rss_bytes": http_rss},
-        "ingest": {"events_per_sec": ingest_sat.events_per_sec, "requests_per_sec": ingest_sat.requests_per_sec, "events_per_request": ingest_events_per_request, "cpu_ms_per_1000_events": ingest_cpu_per_k * 1000.0, "latency_ms": lat_json(&ingest_lat), "peak_rss_bytes": ingest_rss, "accepted_events": accepted, "records_on_topic": on_topic, "ordered_events": {"sent": ORDER_KEYS * ORDER_EVENTS, "found": order.seen, "out_of_order": order.out_of_order}, "sigkill": {"accepted": kill_accepted, "on_topic": kill_on_topic, "lost": kill_lost}},
+        "bare_http": {"events_per_sec": http_sat.events_per_sec, "requests_per_sec": http_sat.requests_per_sec(), "cpu_ms_per_request": http_cpu_per_request * 1000.0, "cpu_ms_per_1000_events_at_ingest_mix": http_cpu_per_k * 1000.0, "latency_ms": lat_json(&http_lat), "latency_ms_at_ingest_50pct_load": {"p50": http_at_ingest_load.p50_ms, "p99": http_at_ingest_load.p99_ms, "p99_9": http_at_ingest_load.p999_ms}, "peak_rss_bytes": http_rss},
+        "ingest": {"events_per_sec": ingest_sat.events_per_sec, "requests_per_sec": ingest_sat.requests_per_sec(), "events_per_request": ingest_events_per_request, "cpu_ms_per_1000_events": ingest_cpu_per_k * 1000.0, "latency_ms": lat_json(&ingest_lat), "peak_rss_bytes": ingest_rss, "accepted_events": accepted, "records_on_topic": on_topic, "ordered_events": {"sent": ORDER_KEYS * ORDER_EVENTS, "found": order.seen, "out_of_order": order.out_of_order}, "sigkill": {"accepted": kill_accepted, "on_topic": kill_on_topic, "lost": kill_lost}},
         "checks": checks.iter().map(|(n, ok, d)| json!({"check": n, "passed": ok, "detail": d})).collect::<Vec<_>>(),
     });
     std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&report)?)?;
@@ -413,7 +418,6 @@ async fn saturate(
     };
     let ((s_ok, s_total), (b_ok, b_total)) = (served(&singles), served(&batches));
     let load = Load {
-        requests_per_sec: rps(&singles) + rps(&batches),
         singles_per_sec: rps(&singles),
         batches_per_sec: rps(&batches),
         events_per_sec: rps(&singles) + rps(&batches) * corpus.batch_events,

@@ -9,7 +9,7 @@ use serde::{Serialize, Serializer};
 use simd_json::borrowed::Object;
 use simd_json::{BorrowedValue, StaticNode};
 
-use crate::parse::BatchFields;
+use crate::parse::{BatchFields, Ignored, Scope};
 use crate::{time, Limits, Reason, Rejection};
 
 /// The Segment event types.
@@ -176,6 +176,7 @@ pub fn normalize(
         original_timestamp: None,
         sent_at: None,
         received_at: time::format(received.at),
+        ignored: Notes(&[]),
     };
     let group_id;
     let previous_id;
@@ -219,19 +220,24 @@ pub fn normalize(
         None => received.client_ip.map(Ip::Peer),
     };
 
-    let sent_at = match optional_time(obj, "sentAt")? {
-        Some(t) => Some(t),
-        None => match &shared.sent_at {
-            None => None,
-            Some(s) => Some(time::parse(s).ok_or_else(|| {
-                Rejection::new(
-                    Reason::InvalidValue,
-                    "/sentAt",
-                    format!("the batch's sentAt is not an ISO 8601 timestamp with an offset: {s:?}"),
-                )
-            })?),
-        },
-    };
+    // sentAt is transport metadata: an unreadable one is noted and ignored, not refused.
+    let own_sent_at_note;
+    let mut ignored: Vec<&Ignored<'_>> = shared.ignored.iter().collect();
+    let mut own_sent_at = None;
+    if let Some(value) = present(obj, "sentAt") {
+        let (parsed, reason) = match value {
+            BorrowedValue::String(s) => (time::parse(s), Reason::InvalidValue),
+            _ => (None, Reason::InvalidType),
+        };
+        match parsed {
+            Some(t) => own_sent_at = Some(t),
+            None => {
+                own_sent_at_note = Ignored::new("/sentAt", Scope::Event, reason, value.clone());
+                ignored.push(&own_sent_at_note);
+            }
+        }
+    }
+    let sent_at = own_sent_at.or(shared.sent_at);
     let original = match optional_time(obj, "timestamp")? {
         Some(t) => Some(t),
         None => optional_time(obj, "originalTimestamp")?,
@@ -246,6 +252,7 @@ pub fn normalize(
     out.timestamp = time::format(timestamp);
     out.original_timestamp = original.map(time::format);
     out.sent_at = sent_at.map(time::format);
+    out.ignored = Notes(&ignored);
 
     // Sized for a typical event up front: growing the buffer was a visible share of the profile.
     let mut value = Vec::with_capacity(2048);
@@ -307,6 +314,48 @@ struct Normalized<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     sent_at: Option<String>,
     received_at: String,
+    #[serde(skip_serializing_if = "Notes::is_empty")]
+    ignored: Notes<'a>,
+}
+
+/// The `ignored` list: fields dropped rather than refused (see [`BatchFields`]).
+struct Notes<'a>(&'a [&'a Ignored<'a>]);
+
+impl Notes<'_> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for Notes<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|note| Note(note)))
+    }
+}
+
+/// One `ignored` entry: `{"field", "scope", "reason", "value"}`, or `"truncated": true` in
+/// place of a value over [`crate::parse::MAX_IGNORED_VALUE_BYTES`].
+struct Note<'a>(&'a Ignored<'a>);
+
+impl Serialize for Note<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let note = self.0;
+        let mut map = serializer.serialize_map(Some(4))?;
+        map.serialize_entry("field", note.field)?;
+        map.serialize_entry(
+            "scope",
+            match note.scope {
+                Scope::Batch => "batch",
+                Scope::Event => "event",
+            },
+        )?;
+        map.serialize_entry("reason", note.reason.as_str())?;
+        match &note.value {
+            Some(value) => map.serialize_entry("value", value)?,
+            None => map.serialize_entry("truncated", &true)?,
+        }
+        map.end()
+    }
 }
 
 /// An object merged at serialisation time, without copying: the event's own keys, then the
@@ -441,6 +490,8 @@ fn optional_id<'a>(obj: &'a Object<'a>, name: &str) -> Result<Option<Cow<'a, str
         Some(BorrowedValue::String(s)) => Ok(Some(Cow::Borrowed(s))),
         Some(BorrowedValue::Static(StaticNode::I64(n))) => Ok(Some(Cow::Owned(n.to_string()))),
         Some(BorrowedValue::Static(StaticNode::U64(n))) => Ok(Some(Cow::Owned(n.to_string()))),
+        Some(BorrowedValue::Static(StaticNode::I128(n))) => Ok(Some(Cow::Owned(n.to_string()))),
+        Some(BorrowedValue::Static(StaticNode::U128(n))) => Ok(Some(Cow::Owned(n.to_string()))),
         Some(BorrowedValue::Static(StaticNode::F64(n))) if n.is_finite() => {
             Ok(Some(Cow::Owned(n.to_string())))
         }
@@ -457,16 +508,25 @@ fn required_id<'a>(obj: &'a Object<'a>, name: &str) -> Result<Cow<'a, str>, Reje
         .ok_or_else(|| Rejection::new(Reason::MissingField, pointer(name), format!("{name} is required")))
 }
 
+/// An object field. `[]` is read as `{}`: PHP's `json_encode` writes an empty array (its
+/// empty map) so.
 fn optional_object<'a>(obj: &'a Object<'a>, name: &str) -> Result<Option<&'a Object<'a>>, Rejection> {
     match present(obj, name) {
         None => Ok(None),
         Some(BorrowedValue::Object(o)) => Ok(Some(o)),
+        Some(BorrowedValue::Array(a)) if a.is_empty() => Ok(Some(empty_object())),
         Some(_) => Err(Rejection::new(
             Reason::InvalidType,
             pointer(name),
             format!("{name} must be an object"),
         )),
     }
+}
+
+/// A shared empty object, for `[]` read as `{}`.
+fn empty_object() -> &'static Object<'static> {
+    static EMPTY: std::sync::OnceLock<Object<'static>> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(Object::default)
 }
 
 fn optional_time(obj: &Object<'_>, name: &str) -> Result<Option<DateTime<Utc>>, Rejection> {
@@ -476,7 +536,7 @@ fn optional_time(obj: &Object<'_>, name: &str) -> Result<Option<DateTime<Utc>>, 
             Rejection::new(
                 Reason::InvalidValue,
                 pointer(name),
-                format!("{name} is not an ISO 8601 timestamp with an offset: {s:?}"),
+                format!("{name} is not an ISO 8601 timestamp: {s:?}"),
             )
         }),
     }

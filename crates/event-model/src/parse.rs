@@ -1,12 +1,29 @@
 //! Request bodies to event items: JSON parsing (simd-json) and batch unwrapping.
+//!
+//! JSON is read as Segment's and RudderStack's servers (Go's `encoding/json`) and browsers'
+//! `JSON.parse` read it, so that every SDK's events arrive as they were meant:
+//!
+//! - the body is decoded as UTF-8 the WHATWG way (Encoding Standard, "UTF-8 decode"): a leading
+//!   byte order mark is ignored and each invalid sequence becomes U+FFFD, as `TextDecoder` and
+//!   Go (which replaces invalid UTF-8 in strings) do;
+//! - a `\u` escape of a lone UTF-16 surrogate (RFC 8259 section 8.2 allows them, without saying
+//!   what they mean) becomes U+FFFD, as Go's `encoding/json` does and as a browser's `JSON.parse`
+//!   string becomes when encoded to UTF-8;
+//! - a repeated object key keeps its last value (RFC 8259 section 4 leaves it open; Go's
+//!   `encoding/json` and ECMA-262 `JSON.parse` both keep the last), at the key's first place;
+//! - numbers (RFC 8259 section 6): integers within ±2^128 are kept exactly; larger ones and
+//!   fractions are read as the nearest IEEE-754 double, as `JSON.parse` and Go's `interface{}`
+//!   decoding do. A number that underflows (`1e-400`) reads as 0, as in both. A number beyond
+//!   the largest double (`1e400`, or an integer of 310 digits) refuses the body as
+//!   [`Reason::InvalidJson`]: Go's `encoding/json` refuses it too (an `UnmarshalTypeError`),
+//!   and `JSON.parse`'s `Infinity` has no JSON form to write to the ingest topic.
 
-use std::borrow::Cow;
-
+use chrono::{DateTime, Utc};
 use simd_json::borrowed::Object;
 use simd_json::{BorrowedValue, StaticNode};
 
 use crate::normalize::EventType;
-use crate::{Limits, Reason, Rejection};
+use crate::{time, Limits, Reason, Rejection};
 
 /// What a request body holds, fixed by the endpoint it was posted to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,9 +38,12 @@ pub enum Endpoint {
 /// batch-level fields that apply to them.
 #[derive(Debug)]
 pub struct Parsed<'a> {
-    /// The body's `writeKey`, when it has one (used when there is no Basic auth).
+    /// The body's `writeKey` (used when there is no Basic auth): the top level's when it is a
+    /// non-empty string, else, in a batch, that of the first item carrying a non-empty string
+    /// one (RudderStack's and some Segment libraries put it in each item).
     pub write_key: Option<String>,
-    /// The events, in request order, as sent (a single event without its `writeKey`).
+    /// The events, in request order, as sent, except that `writeKey` is removed from each (so
+    /// it never reaches the DLQ or the ingest topic).
     pub items: Vec<BorrowedValue<'a>>,
     /// Batch-level `context`, `integrations` and `sentAt`; empty for single events.
     pub shared: BatchFields<'a>,
@@ -31,23 +51,82 @@ pub struct Parsed<'a> {
 
 /// Batch-level fields that apply to every item, the item's own keys winning. They are merged
 /// when an event is serialised, never copied into each item.
+///
+/// A batch-level field that cannot be used does not refuse the body: `[]` (PHP's encoding of
+/// an empty map) is read as `{}`; any other non-object `context` or `integrations`, and a
+/// `sentAt` that is not a readable timestamp, is dropped, and every item's ingest value
+/// records it in its `ignored` list (see the schema), so that nothing is lost silently.
 #[derive(Debug, Default)]
 pub struct BatchFields<'a> {
     pub(crate) context: Option<Object<'a>>,
     pub(crate) integrations: Option<Object<'a>>,
-    pub(crate) sent_at: Option<Cow<'a, str>>,
+    pub(crate) sent_at: Option<DateTime<Utc>>,
+    pub(crate) ignored: Vec<Ignored<'a>>,
 }
 
-/// Parses a request body. `body` is used as scratch space by simd-json and is left changed.
+/// A field dropped rather than refused: written in the ingest value's `ignored` list.
+#[derive(Debug)]
+pub(crate) struct Ignored<'a> {
+    /// A JSON Pointer: into the request body for batch-level fields, into the event otherwise.
+    pub(crate) field: &'static str,
+    /// Whether `field` is the batch's or the event's own.
+    pub(crate) scope: Scope,
+    pub(crate) reason: Reason,
+    /// The value as sent, or `None` when its JSON is over [`MAX_IGNORED_VALUE_BYTES`].
+    pub(crate) value: Option<BorrowedValue<'a>>,
+}
+
+/// Where an ignored field was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    Batch,
+    Event,
+}
+
+/// Largest ignored value copied into the note: a note is in every item of its batch, and must
+/// not push them over the event size limit.
+pub(crate) const MAX_IGNORED_VALUE_BYTES: usize = 1024;
+
+impl<'a> Ignored<'a> {
+    pub(crate) fn new(field: &'static str, scope: Scope, reason: Reason, value: BorrowedValue<'a>) -> Self {
+        let small = simd_json::to_vec(&value).is_ok_and(|json| json.len() <= MAX_IGNORED_VALUE_BYTES);
+        Ignored {
+            field,
+            scope,
+            reason,
+            value: small.then_some(value),
+        }
+    }
+}
+
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Parses a request body, read as described in this module's documentation (RFC 8259 with
+/// Go's and `JSON.parse`'s choices where it leaves them open).
 ///
-/// An `Err` rejects the whole body (not JSON, not an object, no `batch` array, too many
-/// events); per-event problems are left to [`crate::normalize`].
+/// `body` is used as scratch space by simd-json and is left changed; when it is not valid
+/// UTF-8 it is replaced by its WHATWG decoding (`String::from_utf8_lossy`) first. Valid
+/// bodies pay for one SIMD UTF-8 check only.
+///
+/// An `Err` rejects the whole body: not JSON ([`Reason::InvalidJson`], including numbers
+/// beyond the largest double), nested deeper than [`Limits::max_depth`] ([`Reason::TooDeep`]),
+/// not an object, no `batch` array, more than [`Limits::max_batch_events`] events. Batch-level
+/// fields of the wrong type do not (see [`BatchFields`]); per-event problems are left to
+/// [`crate::normalize`].
 pub fn parse_body<'a>(
-    body: &'a mut [u8],
+    body: &'a mut Vec<u8>,
     endpoint: Endpoint,
     limits: &Limits,
 ) -> Result<Parsed<'a>, Rejection> {
-    check_depth(body, limits.max_depth)?;
+    if simdutf8::basic::from_utf8(body).is_err() {
+        *body = String::from_utf8_lossy(body).into_owned().into_bytes();
+    }
+    let body: &'a mut [u8] = if body.starts_with(BOM) {
+        &mut body[BOM.len()..]
+    } else {
+        &mut body[..]
+    };
+    prescan(body, limits.max_depth)?;
     let value = BUFFERS
         .with(|buffers| simd_json::to_borrowed_value_with_buffers(body, &mut buffers.borrow_mut()))
         .map_err(|e| Rejection::new(Reason::InvalidJson, "", format!("body is not valid JSON: {e}")))?;
@@ -58,10 +137,7 @@ pub fn parse_body<'a>(
             "body must be a JSON object",
         ));
     };
-    let write_key = match obj.remove("writeKey") {
-        Some(BorrowedValue::String(s)) if !s.is_empty() => Some(s.into_owned()),
-        _ => None,
-    };
+    let mut write_key = take_write_key(&mut obj);
     match endpoint {
         Endpoint::Single(_) => Ok(Parsed {
             write_key,
@@ -69,7 +145,7 @@ pub fn parse_body<'a>(
             shared: BatchFields::default(),
         }),
         Endpoint::Batch => {
-            let items = match obj.remove("batch") {
+            let mut items = match obj.remove("batch") {
                 None | Some(BorrowedValue::Static(StaticNode::Null)) => {
                     return Err(Rejection::new(
                         Reason::MissingField,
@@ -97,7 +173,15 @@ pub fn parse_body<'a>(
                     ),
                 ));
             }
-            let shared = BatchFields::take(&mut obj)?;
+            for item in &mut items {
+                if let BorrowedValue::Object(item) = item {
+                    let key = take_write_key(item);
+                    if write_key.is_none() {
+                        write_key = key;
+                    }
+                }
+            }
+            let shared = BatchFields::take(&mut obj);
             Ok(Parsed {
                 write_key,
                 items,
@@ -107,9 +191,17 @@ pub fn parse_body<'a>(
     }
 }
 
-/// Parses one event object (a DLQ `raw_payload`, say) without endpoint rules: depth check,
-/// JSON, object, `writeKey` removed.
-pub fn parse_event<'a>(bytes: &'a mut [u8], limits: &Limits) -> Result<BorrowedValue<'a>, Rejection> {
+/// Removes `writeKey` from an object, returning it when it is a non-empty string.
+fn take_write_key(obj: &mut Object<'_>) -> Option<String> {
+    match obj.remove("writeKey") {
+        Some(BorrowedValue::String(s)) if !s.is_empty() => Some(s.into_owned()),
+        _ => None,
+    }
+}
+
+/// Parses one event object (a DLQ `raw_payload`, say) without endpoint rules, read as
+/// [`parse_body`] reads a single event: depth check, JSON, object, `writeKey` removed.
+pub fn parse_event<'a>(bytes: &'a mut Vec<u8>, limits: &Limits) -> Result<BorrowedValue<'a>, Rejection> {
     parse_body(bytes, Endpoint::Single(EventType::Track), limits).map(|mut parsed| parsed.items.remove(0))
 }
 
@@ -125,34 +217,46 @@ pub fn message_id_of<'v>(item: &'v BorrowedValue<'_>) -> Option<&'v str> {
 }
 
 impl<'a> BatchFields<'a> {
-    fn take(obj: &mut Object<'a>) -> Result<Self, Rejection> {
-        let mut object_field = |name: &str| match obj.remove(name) {
-            None | Some(BorrowedValue::Static(StaticNode::Null)) => Ok(None),
-            Some(BorrowedValue::Object(o)) => Ok(Some(*o)),
-            Some(_) => Err(Rejection::new(
-                Reason::InvalidType,
-                format!("/{name}"),
-                format!("\"{name}\" must be an object"),
-            )),
-        };
-        let context = object_field("context")?;
-        let integrations = object_field("integrations")?;
-        let sent_at = match obj.remove("sentAt") {
+    /// Takes the batch-level fields out of the body's top level; never fails (see the type's
+    /// documentation).
+    fn take(obj: &mut Object<'a>) -> Self {
+        let mut ignored = Vec::new();
+        let mut object_field = |name: &'static str, pointer: &'static str| match obj.remove(name) {
             None | Some(BorrowedValue::Static(StaticNode::Null)) => None,
-            Some(BorrowedValue::String(s)) => Some(s),
-            Some(_) => {
-                return Err(Rejection::new(
-                    Reason::InvalidType,
-                    "/sentAt",
-                    "\"sentAt\" must be an ISO 8601 string",
-                ))
+            Some(BorrowedValue::Object(o)) => Some(*o),
+            Some(BorrowedValue::Array(a)) if a.is_empty() => Some(Object::default()),
+            Some(other) => {
+                ignored.push(Ignored::new(pointer, Scope::Batch, Reason::InvalidType, other));
+                None
             }
         };
-        Ok(BatchFields {
+        let context = object_field("context", "/context");
+        let integrations = object_field("integrations", "/integrations");
+        let sent_at = match obj.remove("sentAt") {
+            None | Some(BorrowedValue::Static(StaticNode::Null)) => None,
+            Some(BorrowedValue::String(s)) => match time::parse(&s) {
+                Some(t) => Some(t),
+                None => {
+                    ignored.push(Ignored::new(
+                        "/sentAt",
+                        Scope::Batch,
+                        Reason::InvalidValue,
+                        BorrowedValue::String(s),
+                    ));
+                    None
+                }
+            },
+            Some(other) => {
+                ignored.push(Ignored::new("/sentAt", Scope::Batch, Reason::InvalidType, other));
+                None
+            }
+        };
+        BatchFields {
             context,
             integrations,
             sent_at,
-        })
+            ignored,
+        }
     }
 }
 
@@ -161,9 +265,19 @@ thread_local! {
     static BUFFERS: std::cell::RefCell<simd_json::Buffers> = std::cell::RefCell::new(simd_json::Buffers::default());
 }
 
-/// Refuses JSON nested deeper than `max` before parsing, so that no later recursive walk
-/// (serialisation, drop) can exhaust the stack. Strings are skipped with a SIMD search.
-fn check_depth(bytes: &[u8], max: usize) -> Result<(), Rejection> {
+/// One linear pass before parsing:
+///
+/// - refuses JSON nested deeper than `max` ([`Reason::TooDeep`]), so that no later recursive
+///   walk (serialisation, drop) can exhaust the stack;
+/// - rewrites each `\u` escape of a lone UTF-16 surrogate in place to `\ufffd` (the same six
+///   bytes' length), so that simd-json reads U+FFFD (it would read U+0000). A high surrogate
+///   escape followed by a low surrogate escape is a pair and is left alone.
+///
+/// - rewrites fractions of more than 19 digits that simd-json would misread (see
+///   [`shorten_float`]).
+///
+/// Strings are skipped with a SIMD search for `"` and `\`; only escapes are looked at.
+fn prescan(bytes: &mut [u8], max: usize) -> Result<(), Rejection> {
     let mut depth = 0usize;
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
@@ -175,7 +289,7 @@ fn check_depth(bytes: &[u8], max: usize) -> Result<(), Rejection> {
                     let rest = bytes.get(i..).unwrap_or_default();
                     match memchr::memchr2(b'"', b'\\', rest) {
                         None => return Ok(()),
-                        Some(j) if rest[j] == b'\\' => i += j + 2,
+                        Some(j) if rest[j] == b'\\' => i += j + escape_len(bytes, i + j),
                         Some(j) => {
                             i += j + 1;
                             break;
@@ -195,9 +309,85 @@ fn check_depth(bytes: &[u8], max: usize) -> Result<(), Rejection> {
                 }
             }
             b'}' | b']' => depth = depth.saturating_sub(1),
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                let (mut digits, mut float) = (0usize, false);
+                while let Some(&c) = bytes.get(i) {
+                    match c {
+                        b'0'..=b'9' => digits += 1,
+                        b'.' | b'e' | b'E' => float = true,
+                        b'-' | b'+' => {}
+                        _ => break,
+                    }
+                    i += 1;
+                }
+                if float && digits > 19 {
+                    if let Some(number) = bytes.get_mut(start..i) {
+                        shorten_float(number);
+                    }
+                }
+                continue;
+            }
             _ => {}
         }
         i += 1;
     }
     Ok(())
+}
+
+/// Rewrites a fraction of more than 19 digits in place as the nearest double's shortest form,
+/// padded with spaces. simd-json 0.14.3 misreads some of them: it sums the digits into a
+/// wrapping `u64` and, depending on where the number is in the body, fails to take its slow
+/// path (its leading-zero count mixes a byte with an index), so that
+/// `60580214494483315.40170497462772481` could read as 51.02967435455505. Rust's `f64` parsing
+/// is correctly rounded (as `JSON.parse` and Go's `strconv.ParseFloat` are), and the shortest
+/// form reads back as the same double. Malformed and infinite numbers are left for the parser
+/// to refuse.
+#[cold]
+fn shorten_float(number: &mut [u8]) {
+    let Some(value) = std::str::from_utf8(number)
+        .ok()
+        .and_then(|text| text.parse::<f64>().ok())
+        .filter(|v| v.is_finite())
+    else {
+        return;
+    };
+    let forms = [format!("{value:e}"), format!("{value}")];
+    if let Some(form) = forms.iter().find(|form| form.len() <= number.len()) {
+        let (head, tail) = number.split_at_mut(form.len());
+        head.copy_from_slice(form.as_bytes());
+        tail.fill(b' ');
+    }
+}
+
+/// The length of the escape at `bytes[at]` (a backslash), rewriting a lone surrogate's `\u`
+/// escape to `\ufffd`. Malformed escapes are skipped as two bytes, for the parser to report.
+fn escape_len(bytes: &mut [u8], at: usize) -> usize {
+    let Some(unit) = u_escape(bytes, at) else {
+        return 2;
+    };
+    match unit {
+        0xD800..=0xDBFF => {
+            if u_escape(bytes, at + 6).is_some_and(|low| (0xDC00..=0xDFFF).contains(&low)) {
+                return 12;
+            }
+        }
+        0xDC00..=0xDFFF => {}
+        _ => return 6,
+    }
+    if let Some(hex) = bytes.get_mut(at + 2..at + 6) {
+        hex.copy_from_slice(b"fffd");
+    }
+    6
+}
+
+/// The code unit of a `\uXXXX` escape at `bytes[at]`, if there is one.
+fn u_escape(bytes: &[u8], at: usize) -> Option<u32> {
+    match bytes.get(at..at + 6)? {
+        [b'\\', b'u', hex @ ..] => hex.iter().try_fold(0u32, |acc, &c| {
+            let digit = (c as char).to_digit(16)?;
+            Some(acc * 16 + digit)
+        }),
+        _ => None,
+    }
 }

@@ -2,6 +2,8 @@
 
 mod batch;
 mod props;
+mod reading;
+mod reference;
 mod skew;
 mod table;
 

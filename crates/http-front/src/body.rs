@@ -1,12 +1,19 @@
-//! Request bodies: content type and encoding checks, size limits enforced while reading, a
-//! read timeout, and gzip decompression that stops at the limit.
+//! Request bodies: size limits enforced while reading, a read timeout, and gzip decompression
+//! that stops at the limit.
+//!
+//! The body is read as JSON whatever `Content-Type` says, as Segment's and RudderStack's
+//! servers do: analytics.js and `sendBeacon` send `text/plain`, RudderStack's Node library
+//! (axios) labels its gzip'd JSON `application/x-www-form-urlencoded`, some clients send none.
+//! `Content-Encoding` is a list of codings (RFC 9110 §8.4): `gzip` (or its alias `x-gzip`,
+//! §8.4.1.3) and `identity`, in any letter case; any other coding is a 415. A body that starts
+//! with the gzip magic bytes is inflated even when unlabelled (JSON text cannot start so).
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{CONTENT_ENCODING, CONTENT_LENGTH};
 use hyper::http::request::Parts;
 use hyper::Request;
 
@@ -21,20 +28,11 @@ pub(crate) struct BodyLimits {
     pub timeout: Duration,
 }
 
-/// Reads a request body as JSON text, decompressed. Refuses unsupported types and encodings
-/// before reading, and anything over the limit without reading (or inflating) past it.
+/// Reads a request body, decompressed. Refuses unsupported encodings before reading, and
+/// anything over the limit without reading (or inflating) past it.
 pub(crate) async fn read(req: Request<Incoming>, limits: BodyLimits) -> Result<(Parts, Bytes), Error> {
     let (parts, body) = req.into_parts();
-    check_content_type(&parts)?;
-    let gzip = match parts
-        .headers
-        .get(CONTENT_ENCODING)
-        .map(|v| v.to_str().unwrap_or("?").trim())
-    {
-        None | Some("") | Some("identity") => false,
-        Some(e) if e.eq_ignore_ascii_case("gzip") => true,
-        Some(other) => return Err(Error::UnsupportedEncoding(other.to_string())),
-    };
+    let gzip_layers = gzip_layers(&parts)?;
     let declared = parts
         .headers
         .get(CONTENT_LENGTH)
@@ -50,25 +48,39 @@ pub(crate) async fn read(req: Request<Incoming>, limits: BodyLimits) -> Result<(
             None => Error::BodyRead(e.to_string()),
         })?
         .to_bytes();
-    let body = if gzip {
-        gunzip(&collected, limits.max_bytes)?
-    } else {
-        collected
-    };
+    let mut body = collected;
+    for _ in 0..gzip_layers {
+        body = gunzip(&body, limits.max_bytes)?;
+    }
+    if body.starts_with(&GZIP_MAGIC) {
+        body = gunzip(&body, limits.max_bytes)?;
+    }
     Ok((parts, body))
 }
 
-fn check_content_type(parts: &Parts) -> Result<(), Error> {
-    let Some(value) = parts.headers.get(CONTENT_TYPE) else {
-        return Ok(());
-    };
-    let text = value.to_str().unwrap_or("?");
-    let media = text.split(';').next().unwrap_or("").trim();
-    if media.eq_ignore_ascii_case("application/json") || media.eq_ignore_ascii_case("text/plain") {
-        Ok(())
-    } else {
-        Err(Error::UnsupportedContentType(text.to_string()))
+/// The first two bytes of a gzip member (RFC 1952 §2.3.1).
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// How many gzip codings `Content-Encoding` lists (every header line, comma-separated).
+fn gzip_layers(parts: &Parts) -> Result<usize, Error> {
+    let mut layers = 0;
+    for value in parts.headers.get_all(CONTENT_ENCODING) {
+        let text = value
+            .to_str()
+            .map_err(|_| Error::UnsupportedEncoding("(not ASCII)".into()))?;
+        for coding in text.split(',').map(str::trim) {
+            if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+                layers += 1;
+            } else if !(coding.is_empty() || coding.eq_ignore_ascii_case("identity")) {
+                return Err(Error::UnsupportedEncoding(coding.to_string()));
+            }
+        }
     }
+    // Each layer is inflated up to the limit; more than a few is an attack, not a client.
+    if layers > 2 {
+        return Err(Error::UnsupportedEncoding(format!("{layers} gzip layers")));
+    }
+    Ok(layers)
 }
 
 /// Inflates at most `max` bytes (the `gunzip` crate stops there).

@@ -7,6 +7,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use ops::{parse_duration, KafkaArgs, LimitArgs, LogArgs};
 
+use crate::settings::PublicUrl;
+
 /// The Segment-compatible ingestion edge: validates events and writes them to Kafka.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "ingest", version)]
@@ -99,6 +101,10 @@ pub struct Config {
     /// How often spooled records are synced to disk (fsync in groups).
     #[arg(long, env = "CDP_SPOOL_FSYNC_INTERVAL", default_value = "50ms", value_parser = parse_duration)]
     pub spool_fsync_interval: Duration,
+    /// The URL clients reach this edge at (`https://host[:port][/prefix]`), served to
+    /// analytics.js by `GET /v1/projects/<writeKey>/settings`. Unset: the request's `Host`, over http.
+    #[arg(long, env = "CDP_PUBLIC_URL")]
+    pub public_url: Option<PublicUrl>,
     /// Proxies (IPs or CIDRs, comma-separated) whose `X-Forwarded-For` is trusted for the client IP.
     #[arg(long, env = "CDP_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<IpNet>,

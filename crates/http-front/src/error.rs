@@ -29,10 +29,7 @@ pub enum Error {
     /// The endpoint exists but not for this method.
     #[error("method {0} not allowed here")]
     MethodNotAllowed(String),
-    /// A `Content-Type` other than JSON or plain text.
-    #[error("unsupported content type {0:?}: send application/json or text/plain")]
-    UnsupportedContentType(String),
-    /// A `Content-Encoding` other than gzip.
+    /// A `Content-Encoding` other than gzip or identity.
     #[error("unsupported content encoding {0:?}: send gzip or no encoding")]
     UnsupportedEncoding(String),
     /// The body is over the request limit (before or after decompression).
@@ -92,9 +89,7 @@ impl Error {
         match self {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Error::UnsupportedContentType(_) | Error::UnsupportedEncoding(_) => {
-                StatusCode::UNSUPPORTED_MEDIA_TYPE
-            }
+            Error::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::BodyTooLarge(_) | Error::OverBurst(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Rejected { rejection, .. } if rejection.reason == Reason::TooLarge => {
                 StatusCode::PAYLOAD_TOO_LARGE

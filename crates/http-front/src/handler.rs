@@ -1,11 +1,10 @@
-//! One request: routing, CORS, auth, validation, DLQ writes and produce.
+//! One request: CORS, auth, validation, DLQ writes and produce; pixels and settings.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use base64::Engine;
 use bytes::Bytes;
 use event_model::{
     message_id_of, normalize, parse_body, Accepted, DlqEnvelope, Endpoint, EventType, Limits, Reason,
@@ -14,16 +13,20 @@ use event_model::{
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use ipnet::IpNet;
 use kafka_producer::EventProducer;
 use simd_json::BorrowedValue;
 use tracing::Instrument;
 
+use crate::auth::{self, EarlyKey};
 use crate::body::{self, BodyLimits};
 use crate::config::DeliveryMode;
 use crate::error::{json_response, RejectedItem, Reply};
 use crate::metrics::{self, Outcome};
+use crate::pixel;
+use crate::route::Route;
+use crate::settings::PublicUrl;
 use crate::sources::{RateLimited, Source, Sources};
 use crate::Error;
 
@@ -34,6 +37,8 @@ pub(crate) struct State {
     pub limits: Limits,
     pub body_limits: BodyLimits,
     pub trusted_proxies: Vec<IpNet>,
+    /// Where clients reach this edge, for the settings endpoint (`--public-url`).
+    pub public_url: Option<PublicUrl>,
     pub retry_after_secs: u32,
     pub delivery_mode: DeliveryMode,
     /// Set at shutdown: `/readyz` answers 503.
@@ -41,49 +46,6 @@ pub(crate) struct State {
     /// Set when the drain time is over: requests still running enqueue nothing (503), since
     /// the producer is being flushed.
     pub closed: AtomicBool,
-}
-
-/// Where a request goes.
-#[derive(Debug, Clone, Copy)]
-enum Route {
-    Events(Endpoint, &'static str),
-    Preflight,
-    Healthz,
-    Readyz,
-    Unknown,
-}
-
-impl Route {
-    fn of(method: &Method, path: &str) -> Result<Route, Error> {
-        let endpoint = match path {
-            "/v1/batch" => Some((Endpoint::Batch, "batch")),
-            "/v1/import" => Some((Endpoint::Batch, "import")),
-            _ => path
-                .strip_prefix("/v1/")
-                .and_then(EventType::from_name)
-                .map(|t| (Endpoint::Single(t), t.as_str())),
-        };
-        match (method, endpoint, path) {
-            (&Method::POST, Some((endpoint, label)), _) => Ok(Route::Events(endpoint, label)),
-            (&Method::OPTIONS, Some(_), _) => Ok(Route::Preflight),
-            (&Method::GET | &Method::HEAD, None, "/healthz") => Ok(Route::Healthz),
-            (&Method::GET | &Method::HEAD, None, "/readyz") => Ok(Route::Readyz),
-            (_, None, "/healthz" | "/readyz") | (_, Some(_), _) => {
-                Err(Error::MethodNotAllowed(method.to_string()))
-            }
-            _ => Err(Error::NotFound(path.to_string())),
-        }
-    }
-
-    fn label(self) -> &'static str {
-        match self {
-            Route::Events(_, label) => label,
-            Route::Preflight => "preflight",
-            Route::Healthz => "healthz",
-            Route::Readyz => "readyz",
-            Route::Unknown => "unknown",
-        }
-    }
 }
 
 /// Handles one request, in a span with a fresh request id (also sent as `X-Request-Id`).
@@ -106,27 +68,39 @@ async fn handle_in_span(state: &State, req: Request<Incoming>, peer: SocketAddr)
     let started = Instant::now();
     let origin = req.headers().get(header::ORIGIN).cloned();
     let route = Route::of(req.method(), req.uri().path());
-    let label = route.as_ref().map_or(Route::Unknown, |r| *r).label();
-    let events_route = matches!(route, Ok(Route::Events(..)));
+    let label = route.as_ref().map_or("unknown", Route::label);
+    let takes_events = route.as_ref().is_ok_and(Route::takes_events);
+    let pixel = matches!(route, Ok(Route::Pixel(..)));
     let result = match route {
-        Ok(Route::Events(endpoint, _)) => ingest(state, req, endpoint, peer.ip()).await,
+        Ok(Route::Events(endpoint, _)) => ingest_request(state, req, endpoint, peer.ip()).await,
+        Ok(Route::Pixel(event_type, _)) => ingest_pixel(state, req, event_type, peer.ip()).await,
+        Ok(Route::Settings(write_key)) => settings(state, &write_key, req.headers()),
         Ok(Route::Preflight) => Ok(preflight(req.headers())),
         Ok(Route::Healthz) => Ok(json_response(StatusCode::OK, &Reply::success())),
         Ok(Route::Readyz) => Ok(readiness(state)),
-        Ok(Route::Unknown) => Err(Error::NotFound(req.uri().path().to_string())),
         Err(e) => Err(e),
     };
-    if let (true, Err(error)) = (events_route, &result) {
+    if let (true, Err(error)) = (takes_events, &result) {
         // Rejections and 503s are logged with their message ids where they happen.
         if !matches!(error, Error::Rejected { .. } | Error::Unavailable { .. }) {
             tracing::warn!(route = label, status = error.status().as_u16(), %error, "request refused");
             metrics::events("unknown", Outcome::Refused, 1);
         }
     }
-    let mut response = result.unwrap_or_else(|e| e.into_response(state.retry_after_secs));
+    let mut response = match result {
+        // A pixel is answered with its GIF whatever happened (Segment's and RudderStack's
+        // documented behaviour); the outcome was counted and logged above or where it happened.
+        _ if pixel => pixel::gif(),
+        Ok(response) => response,
+        Err(e) => e.into_response(state.retry_after_secs),
+    };
     if let Some(origin) = origin {
         let headers = response.headers_mut();
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
         headers.insert(header::VARY, HeaderValue::from_static("Origin"));
         headers.insert(
             header::ACCESS_CONTROL_EXPOSE_HEADERS,
@@ -135,6 +109,18 @@ async fn handle_in_span(state: &State, req: Request<Incoming>, peer: SocketAddr)
     }
     metrics::request(label, response.status(), started.elapsed());
     response
+}
+
+/// `GET /v1/projects/<writeKey>/settings`: 404 unless the key is a known, enabled source's.
+fn settings(state: &State, write_key: &str, headers: &HeaderMap) -> Result<Response<Full<Bytes>>, Error> {
+    match state.sources.lookup(write_key) {
+        Some(source) if source.enabled => {
+            crate::settings::response(write_key, state.public_url.as_ref(), headers)
+        }
+        _ => Err(Error::NotFound(
+            "/v1/projects/<writeKey>/settings: no such write key".into(),
+        )),
+    }
 }
 
 /// `/readyz`: 200 while events can be taken (Kafka reachable, or in buffered mode the spool has
@@ -204,7 +190,7 @@ fn preflight(request_headers: &HeaderMap) -> Response<Full<Bytes>> {
     let headers = response.headers_mut();
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("POST, OPTIONS"),
+        HeaderValue::from_static("POST, GET, OPTIONS"),
     );
     headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allow_headers);
     headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
@@ -228,21 +214,66 @@ struct Origin {
     path_type: Option<&'static str>,
 }
 
-/// `POST /v1/...`: authenticate, validate, write rejections to the DLQ, enqueue the rest.
-async fn ingest(
+/// `POST` of events: authenticate from the header or query string when they hold the key
+/// (before reading the body), read the body, then [`ingest`].
+async fn ingest_request(
     state: &State,
     req: Request<Incoming>,
     endpoint: Endpoint,
     peer: IpAddr,
 ) -> Result<Response<Full<Bytes>>, Error> {
-    let header_key = basic_auth_key(req.headers()).inspect_err(|_| metrics::auth_failure("malformed"))?;
-    let header_source = match header_key {
-        Some(key) => Some(authenticate(&state.sources, &key)?),
-        None => None,
-    };
+    let early = early_source(state, req.headers(), req.uri().query())?;
     let (parts, body) = body::read(req, state.body_limits).await?;
-    let received_at = chrono::Utc::now();
     let client_ip = client_ip(&parts.headers, peer, &state.trusted_proxies);
+    ingest(state, endpoint, early, &body, client_ip).await
+}
+
+/// `GET` of a tracking pixel: its event from the query string, then [`ingest`] as a single
+/// event of the path's type. The caller answers the GIF whatever this returns.
+async fn ingest_pixel(
+    state: &State,
+    req: Request<Incoming>,
+    event_type: EventType,
+    peer: IpAddr,
+) -> Result<Response<Full<Bytes>>, Error> {
+    let early = early_source(state, req.headers(), req.uri().query())?;
+    let body = pixel::event_body(req.uri().query());
+    let client_ip = client_ip(req.headers(), peer, &state.trusted_proxies);
+    ingest(state, Endpoint::Single(event_type), early, &body, client_ip).await
+}
+
+/// The source as far as the header and the query string tell, before the body is read.
+enum EarlySource {
+    /// Authenticated from the header or the query string: the body's keys are not looked at.
+    Known(Arc<Source>),
+    /// The body must hold the key; `malformed_header`: an `Authorization` header without a
+    /// usable credential was sent (the 401's wording, if the body has no key either).
+    InBody { malformed_header: bool },
+}
+
+/// The source the header or the query string names; 401 for an unknown or disabled key there.
+fn early_source(state: &State, headers: &HeaderMap, query: Option<&str>) -> Result<EarlySource, Error> {
+    Ok(match auth::early_key(headers, query) {
+        EarlyKey::Found(key) => EarlySource::Known(authenticate(&state.sources, &key)?),
+        EarlyKey::Malformed => EarlySource::InBody {
+            malformed_header: true,
+        },
+        EarlyKey::Absent => EarlySource::InBody {
+            malformed_header: false,
+        },
+    })
+}
+
+/// Validates a body's events, writes rejections to the DLQ, enqueues the rest. Unless `early`
+/// knows the source, the body's `writeKey` decides (module [`crate::auth`] has the order).
+async fn ingest(
+    state: &State,
+    endpoint: Endpoint,
+    early: EarlySource,
+    body: &[u8],
+    client_ip: IpAddr,
+) -> Result<Response<Full<Bytes>>, Error> {
+    let received_at = chrono::Utc::now();
     let origin = Origin {
         received_at,
         client_ip,
@@ -251,21 +282,31 @@ async fn ingest(
             Endpoint::Batch => None,
         },
     };
+    let header_source = match &early {
+        EarlySource::Known(source) => Some(source),
+        EarlySource::InBody { .. } => None,
+    };
     let mut scratch = body.to_vec();
     let parsed = match parse_body(&mut scratch, endpoint, &state.limits) {
         Ok(parsed) => parsed,
         Err(rejection) => {
-            return Err(reject_body(state, header_source.as_deref(), &origin, rejection, &body).await)
+            return Err(reject_body(state, header_source.map(|s| &**s), &origin, rejection, body).await)
         }
     };
-    let source = match header_source {
-        Some(source) => source,
-        None => match parsed.write_key.as_deref() {
+    let source = match early {
+        EarlySource::Known(source) => source,
+        EarlySource::InBody { malformed_header } => match parsed.write_key.as_deref() {
             Some(key) => authenticate(&state.sources, key)?,
+            None if malformed_header => {
+                metrics::auth_failure("malformed");
+                return Err(Error::Unauthorized(
+                    "malformed Authorization header and no writeKey",
+                ));
+            }
             None => {
                 metrics::auth_failure("missing");
                 return Err(Error::Unauthorized(
-                    "missing write key: send it as the Basic auth username or as writeKey",
+                    "missing write key: send it as the Basic auth username, the writeKey query parameter or writeKey in the body",
                 ));
             }
         },
@@ -544,30 +585,6 @@ fn authenticate(sources: &Sources, key: &str) -> Result<Arc<Source>, Error> {
     }
 }
 
-/// The write key from `Authorization: Basic base64(key:)`, if the request has Basic auth.
-fn basic_auth_key(headers: &HeaderMap) -> Result<Option<String>, Error> {
-    const MALFORMED: Error = Error::Unauthorized("malformed Basic authorization header");
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Ok(None);
-    };
-    let value = value.to_str().map_err(|_| MALFORMED)?;
-    let Some((scheme, credentials)) = value.split_once(' ') else {
-        return Err(MALFORMED);
-    };
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return Ok(None);
-    }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(credentials.trim())
-        .map_err(|_| MALFORMED)?;
-    let text = String::from_utf8(decoded).map_err(|_| MALFORMED)?;
-    let key = text.split_once(':').map_or(text.as_str(), |(user, _)| user);
-    if key.is_empty() {
-        return Err(MALFORMED);
-    }
-    Ok(Some(key.to_string()))
-}
-
 /// The client address: the peer, or behind trusted proxies the last untrusted
 /// `X-Forwarded-For` address.
 fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
@@ -609,18 +626,6 @@ fn new_message_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn basic_auth_takes_the_username() {
-        let mut headers = HeaderMap::new();
-        assert_eq!(basic_auth_key(&headers).unwrap(), None);
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic a2V5Og==")); // "key:"
-        assert_eq!(basic_auth_key(&headers).unwrap().as_deref(), Some("key"));
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic !!!"));
-        assert!(matches!(basic_auth_key(&headers), Err(Error::Unauthorized(_))));
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
-        assert_eq!(basic_auth_key(&headers).unwrap(), None);
-    }
 
     #[test]
     fn forwarded_for_is_trusted_only_from_trusted_proxies() {

@@ -5,18 +5,26 @@
 //!
 //! - [`config`]: every flag, with its `CDP_*` variable;
 //! - [`sources`]: the sources file, write key to workspace and source;
+//! - `route`: which endpoint a method and path name (every path the SDKs use);
+//! - `auth`: where the write key is found, and which place wins;
 //! - `body`: reading bodies with limits, timeouts and gzip;
-//! - `handler`: routing, auth, validation, DLQ and produce, CORS;
+//! - `handler`: auth, validation, DLQ and produce, CORS;
+//! - `pixel`: tracking pixels' events and their GIF;
+//! - [`settings`]: the analytics.js settings endpoint;
 //! - `error`: the crate's error type and its one mapping to HTTP status;
 //! - `server`: the accept loop and graceful shutdown.
 
 pub mod config;
+pub mod settings;
 pub mod sources;
 
+mod auth;
 mod body;
 mod error;
 mod handler;
 mod metrics;
+mod pixel;
+mod route;
 mod server;
 
 pub use config::Config;

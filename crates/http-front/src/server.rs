@@ -60,6 +60,7 @@ pub async fn run(
             timeout: config.body_read_timeout,
         },
         trusted_proxies: config.trusted_proxies.clone(),
+        public_url: config.public_url.clone(),
         delivery_mode: config.delivery_mode,
         retry_after_secs: config.retry_after_secs,
         shutting_down: AtomicBool::new(false),

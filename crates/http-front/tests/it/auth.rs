@@ -44,9 +44,9 @@ async fn unknown_disabled_and_missing_keys_get_401_and_nothing_is_produced() {
         [
             "unknown write key",
             "this write key's source is disabled",
-            "missing write key: send it as the Basic auth username or as writeKey",
+            "missing write key: send it as the Basic auth username, the writeKey query parameter or writeKey in the body",
             "unknown write key",
-            "malformed Basic authorization header",
+            "malformed Authorization header and no writeKey",
         ]
     );
     // A valid request after them is the only record on the topic.

@@ -1,4 +1,4 @@
-//! Bodies: size limits, gzip (round trip and bombs), content types.
+//! Bodies: size limits, gzip (round trip and bombs), encodings.
 
 use std::io::Write;
 
@@ -112,19 +112,19 @@ async fn a_gzip_bomb_is_refused_and_broken_gzip_is_a_400() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unsupported_types_and_encodings_get_415() {
+async fn only_encodings_ingest_cannot_decode_get_415() {
     let server = Server::start().await;
-    for (header, value) in [("content-type", "application/xml"), ("content-encoding", "br")] {
+    for value in ["br", "deflate", "gzip, br", "compress"] {
         let response = server
             .client
             .post(server.url("/v1/track"))
             .basic_auth(WRITE_KEY, Some(""))
-            .header(header, value)
+            .header("content-encoding", value)
             .body("{}")
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), 415, "{header}: {value}");
+        assert_eq!(response.status(), 415, "content-encoding: {value}");
     }
     server.stop().await.unwrap();
 }

@@ -3,6 +3,7 @@
 
 mod auth;
 mod body;
+mod compat;
 mod endpoints;
 mod faults;
 mod lossless;

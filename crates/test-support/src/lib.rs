@@ -6,6 +6,8 @@
 //! - [`sources_file`]: a sources file with development keys;
 //! - [`assert_schema_valid`]: checks an ingest record against the published JSON Schema;
 //! - [`python`]: a Python with `segment-analytics-python` installed;
+//! - [`browser`]: Chromium, npm packages, esbuild bundles and a page server, for real
+//!   JavaScript clients;
 //! - [`mock`]: librdkafka's mock cluster with faults on cue;
 //! - [`assert_nothing_lost`]: the fault tests' oracle over the three topics;
 //! - [`OwnBroker`]: a tansu process of the test's own, to kill and restart.
@@ -18,6 +20,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub mod browser;
 pub mod mock;
 mod own_broker;
 

@@ -1,8 +1,11 @@
 //! The `ingest` binary as operators run it: flags, start-up failure, SIGTERM during a steady
-//! stream, hostile input, and a real Segment SDK (segment-analytics-python) pointed at it.
+//! stream, hostile input, and real client libraries pointed at it: a Segment SDK
+//! (segment-analytics-python), analytics.js 2.0 in Chromium, and the Node server SDKs.
 
+mod browser;
 mod hostile;
 mod lossless;
+mod node_sdks;
 mod process;
 mod sdk;
 
@@ -47,6 +50,25 @@ impl Ingest {
         Ingest::start_on(&test_support::brokers(), topics, spool, env, sources).await
     }
 
+    /// [`Ingest::start`] with `CDP_PUBLIC_URL` set to its own address: the URL its settings
+    /// endpoint gives browsers to send events to.
+    async fn start_public() -> Ingest {
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let topics = test_support::fresh_topics(3).await;
+        let spool = std::sync::Arc::new(tempfile::tempdir().unwrap());
+        let (brokers, sources) = (test_support::brokers(), test_support::sources_file());
+        Ingest::launch(
+            port,
+            &brokers,
+            topics,
+            spool,
+            &[("CDP_PUBLIC_URL", &url)],
+            sources,
+        )
+        .await
+    }
+
     /// `ingest` on `brokers` and `topics` with the spool in `spool` (shared with an earlier
     /// process, to restart one).
     async fn start_on(
@@ -56,7 +78,19 @@ impl Ingest {
         env: &[(&str, &str)],
         sources: tempfile::NamedTempFile,
     ) -> Ingest {
-        let (port, metrics_port) = (free_port(), free_port());
+        Ingest::launch(free_port(), brokers, topics, spool, env, sources).await
+    }
+
+    /// [`Ingest::start_on`] listening on `port`.
+    async fn launch(
+        port: u16,
+        brokers: &str,
+        topics: Topics,
+        spool: std::sync::Arc<tempfile::TempDir>,
+        env: &[(&str, &str)],
+        sources: tempfile::NamedTempFile,
+    ) -> Ingest {
+        let metrics_port = free_port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_ingest"))
             .env("CDP_KAFKA_BROKERS", brokers)
             .env("CDP_TOPIC_INGEST", &topics.ingest)

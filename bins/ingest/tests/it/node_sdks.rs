@@ -1,0 +1,103 @@
+//! The Node server SDKs from npm, pointed at ingest through their ordinary `host` option:
+//! `@segment/analytics-node` (one JSON `POST /v1/batch` with Basic auth) and
+//! `@rudderstack/rudder-sdk-node` (gzip'd JSON labelled `application/x-www-form-urlencoded`,
+//! to `/v1/batch`, Basic auth, a batch-level `timestamp`). Scripts: `tests/js/node-sdks.cjs`.
+
+use serde_json::Value;
+use test_support::{consume, WRITE_KEY};
+
+use super::browser::{js_dir, node_tools};
+use super::{Ingest, WAIT};
+
+/// Runs `node-sdks.cjs <sdk>` against a fresh ingest; returns the ingest and what the script
+/// reports it sent (type, messageId), in call order.
+async fn send_with(sdk: &str) -> (Ingest, Vec<(String, String)>) {
+    let tools = node_tools().await;
+    let ingest = Ingest::start().await;
+    let out = tools
+        .node(&js_dir().join("node-sdks.cjs"))
+        .args([sdk, &ingest.url, WRITE_KEY])
+        .output()
+        .expect("running node");
+    assert!(
+        out.status.success(),
+        "{sdk}: the SDK script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("the script prints JSON");
+    let sent = report["sent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["type"].as_str().unwrap().to_string(),
+                s["messageId"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    (ingest, sent)
+}
+
+/// Asserts that `sent` is on the ingest topic, in order, keyed by `user`, with its headers and
+/// the SDK's library name; returns the values by type.
+async fn assert_landed(
+    ingest: &Ingest,
+    sent: &[(String, String)],
+    user: &str,
+    library: &str,
+) -> std::collections::BTreeMap<String, Value> {
+    let records = consume(&ingest.topics.ingest, sent.len(), WAIT).await;
+    let got: Vec<(String, String)> = records
+        .iter()
+        .map(|r| {
+            let value = r.event();
+            (
+                value["type"].as_str().unwrap().to_string(),
+                value["message_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(got, sent, "the ingest topic holds other events than sent");
+    let mut by_type = std::collections::BTreeMap::new();
+    for r in &records {
+        let value = r.event();
+        assert_eq!(r.key.as_deref(), Some(user), "{value}");
+        assert_eq!(r.header("workspace_id"), Some("ws_test"));
+        assert_eq!(r.header("source_id"), Some("src_test"));
+        assert_eq!(r.header("type"), value["type"].as_str());
+        assert_eq!(value["user_id"], user, "{value}");
+        assert_eq!(value["context"]["library"]["name"], library, "{value}");
+        by_type.insert(value["type"].as_str().unwrap().to_string(), value);
+    }
+    by_type
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_analytics_node_batch_lands_in_order() {
+    let (ingest, sent) = send_with("segment").await;
+    let types: Vec<&str> = sent.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(types, ["identify", "track", "page", "group", "alias"]);
+    let by_type = assert_landed(&ingest, &sent, "node-user", "@segment/analytics-node").await;
+    assert_eq!(by_type["identify"]["traits"]["email"], "node@example.com");
+    assert_eq!(by_type["track"]["event"], "Signed Up");
+    assert_eq!(by_type["track"]["properties"]["plan"], "pro");
+    assert_eq!(by_type["page"]["name"], "Install");
+    assert_eq!(by_type["page"]["category"], "Docs");
+    assert_eq!(by_type["group"]["group_id"], "node-group");
+    assert_eq!(by_type["alias"]["previous_id"], "node-anon");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rudder_sdk_node_gzip_form_labelled_batches_land_in_order() {
+    let (ingest, sent) = send_with("rudder").await;
+    let types: Vec<&str> = sent.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(types, ["identify", "track", "page", "screen", "group", "alias"]);
+    let by_type = assert_landed(&ingest, &sent, "rudder-user", "analytics-node").await;
+    assert_eq!(by_type["identify"]["traits"]["email"], "rudder@example.com");
+    assert_eq!(by_type["track"]["event"], "Signed Up");
+    assert_eq!(by_type["page"]["name"], "Install");
+    assert_eq!(by_type["screen"]["name"], "Home");
+    assert_eq!(by_type["group"]["group_id"], "rudder-group");
+    assert_eq!(by_type["alias"]["previous_id"], "rudder-anon");
+}

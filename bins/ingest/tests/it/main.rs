@@ -50,25 +50,6 @@ impl Ingest {
         Ingest::start_on(&test_support::brokers(), topics, spool, env, sources).await
     }
 
-    /// [`Ingest::start`] with `CDP_PUBLIC_URL` set to its own address: the URL its settings
-    /// endpoint gives browsers to send events to.
-    async fn start_public() -> Ingest {
-        let port = free_port();
-        let url = format!("http://127.0.0.1:{port}");
-        let topics = test_support::fresh_topics(3).await;
-        let spool = std::sync::Arc::new(tempfile::tempdir().unwrap());
-        let (brokers, sources) = (test_support::brokers(), test_support::sources_file());
-        Ingest::launch(
-            port,
-            &brokers,
-            topics,
-            spool,
-            &[("CDP_PUBLIC_URL", &url)],
-            sources,
-        )
-        .await
-    }
-
     /// `ingest` on `brokers` and `topics` with the spool in `spool` (shared with an earlier
     /// process, to restart one).
     async fn start_on(
@@ -78,18 +59,7 @@ impl Ingest {
         env: &[(&str, &str)],
         sources: tempfile::NamedTempFile,
     ) -> Ingest {
-        Ingest::launch(free_port(), brokers, topics, spool, env, sources).await
-    }
-
-    /// [`Ingest::start_on`] listening on `port`.
-    async fn launch(
-        port: u16,
-        brokers: &str,
-        topics: Topics,
-        spool: std::sync::Arc<tempfile::TempDir>,
-        env: &[(&str, &str)],
-        sources: tempfile::NamedTempFile,
-    ) -> Ingest {
+        let port = free_port();
         let metrics_port = free_port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_ingest"))
             .env("CDP_KAFKA_BROKERS", brokers)
@@ -99,6 +69,8 @@ impl Ingest {
             .env("CDP_SOURCES_FILE", sources.path())
             .env("CDP_SPOOL_DIR", spool.path())
             .env("CDP_LISTEN", format!("127.0.0.1:{port}"))
+            // What its settings endpoint tells analytics.js to send to.
+            .env("CDP_PUBLIC_URL", format!("http://127.0.0.1:{port}"))
             .env("CDP_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
             .env("CDP_LOG_FORMAT", "json")
             .envs(env.iter().copied())

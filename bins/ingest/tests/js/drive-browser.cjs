@@ -4,8 +4,11 @@
 //
 // Each visitor gets a browser context of its own (its own cookies and localStorage, so its own
 // anonymousId); the visitors run at the same time. Each opens the page, calls `window.visit(n)`
-// (the page's identify/track/page/group/alias, each delivered before the next), then closes the
-// page with `beforeunload` (`runBeforeUnload`), whose handler sends the last track.
+// (what the page sends: analytics-next.html's identify/track/page/group/alias, say), waits until
+// every request the page started has finished (so the report holds the status of each request
+// sent during the visit, beacons included, whose completion the page cannot see), then closes
+// the page with `beforeunload` (`runBeforeUnload`): what the page sends as it closes (a track,
+// a last batch or beacon) may finish after the report, unseen.
 //
 // Prints one JSON line to stdout once every page is closed:
 //   { visitors: [{ visitor, anonymousId, sent: [{ type, messageId }] }],
@@ -32,16 +35,31 @@ async function visit(browser, visitor) {
   const tag = `visitor ${visitor}`
   page.on('console', (m) => report.console.push(`${tag}: ${m.type()}: ${m.text()}`))
   page.on('pageerror', (e) => report.errors.push(`${tag}: page error: ${e.message}`))
-  page.on('requestfinished', (r) =>
+  // Each request the page started settles when it finishes or fails (a redirected one, when
+  // its next hop starts).
+  const inFlight = new Map()
+  const settled = []
+  const settle = (r) => {
+    inFlight.get(r)?.()
+    inFlight.delete(r)
+  }
+  page.on('request', (r) => {
+    r.redirectChain().forEach(settle)
+    settled.push(new Promise((resolve) => inFlight.set(r, resolve)))
+  })
+  page.on('requestfinished', (r) => {
     report.requests.push({ visitor, url: r.url(), method: r.method(), status: r.response()?.status() ?? null })
-  )
-  page.on('requestfailed', (r) =>
+    settle(r)
+  })
+  page.on('requestfailed', (r) => {
     report.requests.push({ visitor, url: r.url(), method: r.method(), failure: r.failure()?.errorText ?? 'failed' })
-  )
+    settle(r)
+  })
   const response = await page.goto(pageUrl, { waitUntil: 'load' })
   if (!response || !response.ok()) throw new Error(`${tag}: the page answered ${response && response.status()}`)
   const result = await page.evaluate((n) => window.visit(n), visitor)
   report.visitors.push({ visitor, ...result })
+  await Promise.all(settled)
   const closed = new Promise((resolve) => page.once('close', resolve))
   await page.close({ runBeforeUnload: true })
   await closed

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::json;
 use test_support::{consume, DISABLED_WRITE_KEY, WRITE_KEY};
 
-use super::{basic, status_json, Server, WAIT};
+use super::{basic, rejected_items, status_json, Server, WAIT};
 
 /// How long a test waits to be sure that nothing (more) arrives.
 const QUIET: Duration = Duration::from_secs(2);
@@ -87,37 +87,15 @@ async fn the_issue_examples_are_accepted_intact() {
 
     // A string cut in the middle of an emoji: U+FFFD, nothing else changed.
     let body = r#"{"event":"Review","anonymousId":"a-2","messageId":"m-3","properties":{"preview":"Great product \ud83d"}}"#;
-    let response = server
-        .client
-        .post(server.url("/v1/track"))
-        .header("authorization", &auth)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    assert_eq!(server.post_raw("/v1/track", body).await.status(), 200);
 
     // A repeated key: the last wins.
     let body = r#"{"event":"Plan","anonymousId":"a-3","messageId":"m-5","properties":{"plan":"free","seats":3,"plan":"pro"}}"#;
-    let response = server
-        .client
-        .post(server.url("/v1/track"))
-        .header("authorization", &auth)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    assert_eq!(server.post_raw("/v1/track", body).await.status(), 200);
 
     // PHP's empty map as the batch context: the event stands on its own.
-    let response = server
-        .client
-        .post(server.url("/v1/batch"))
-        .header("authorization", &auth)
-        .body(r#"{"batch":[{"type":"track","event":"E","userId":"u-2","messageId":"m-4"}],"context":[]}"#)
-        .send()
-        .await
-        .unwrap();
+    let body = r#"{"batch":[{"type":"track","event":"E","userId":"u-2","messageId":"m-4"}],"context":[]}"#;
+    let response = server.post_raw("/v1/batch", body).await;
     assert_eq!(status_json(response).await, (200, json!({"success": true})));
 
     let records = consume(&server.topics.ingest, 5, WAIT).await;
@@ -397,15 +375,7 @@ async fn json_is_read_as_the_reference_decoders_read_it() {
         r#"{"messageId":"big","anonymousId":"v","event":"E","properties":{"n":123456789012345678901234567890,"m":-99999999999999999999}}"#,
     ];
     for body in bodies {
-        let response = server
-            .client
-            .post(server.url("/v1/track"))
-            .basic_auth(WRITE_KEY, Some(""))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let (status, reply) = status_json(response).await;
+        let (status, reply) = status_json(server.post_raw("/v1/track", body).await).await;
         assert_eq!(status, 200, "{body}: {reply}");
     }
     let records = consume(&server.topics.ingest, bodies.len(), WAIT).await;
@@ -451,20 +421,12 @@ async fn batch_level_oddities_cost_no_event() {
     let (status, reply) = status_json(server.post("/v1/batch", &body).await).await;
     assert_eq!(status, 400, "{reply}");
     assert_eq!(reply["accepted"], 2);
-    let rejected: Vec<(u64, &str, &str)> = reply["rejected"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["index"].as_u64().unwrap(),
-                r["message_id"].as_str().unwrap(),
-                r["reason"].as_str().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(rejected[0], (1, "bad-1", "missing_field"));
-    assert_eq!((rejected[1].0, rejected[1].2), (3, "not_an_object"));
+    let rejected = rejected_items(&reply);
+    assert_eq!(
+        rejected[0],
+        (1, "bad-1".into(), "missing_field".into(), "/event".into())
+    );
+    assert_eq!((rejected[1].0, rejected[1].2.as_str()), (3, "not_an_object"));
 
     let records = consume(&server.topics.ingest, 2, WAIT).await;
     assert_eq!(records.len(), 2);

@@ -110,6 +110,17 @@ impl Server {
             .unwrap()
     }
 
+    /// POSTs `body` as it is (no content type) with the test write key as Basic auth.
+    async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .basic_auth(WRITE_KEY, Some(""))
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Stops the server (as SIGTERM would) and returns what `run` returned.
     async fn stop(mut self) -> Result<(), http_front::Error> {
         let _ = self.stop.take().unwrap().send(());
@@ -133,6 +144,24 @@ async fn raw_request(addr: SocketAddr, request: &[u8]) -> String {
     let mut response = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await;
     String::from_utf8_lossy(&response).into_owned()
+}
+
+/// The rejected items a 400 names: index, message id, reason, field.
+fn rejected_items(reply: &serde_json::Value) -> Vec<(u64, String, String, String)> {
+    let text = |v: &serde_json::Value| v.as_str().unwrap().to_string();
+    reply["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["index"].as_u64().unwrap(),
+                text(&r["message_id"]),
+                text(&r["reason"]),
+                text(&r["field"]),
+            )
+        })
+        .collect()
 }
 
 /// Response status and JSON body.

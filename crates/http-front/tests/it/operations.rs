@@ -45,7 +45,7 @@ async fn cors_preflight_and_response_headers_let_browsers_post() {
     assert_eq!(response.status(), 204);
     let h = response.headers();
     assert_eq!(h["access-control-allow-origin"], "https://shop.example");
-    assert_eq!(h["access-control-allow-methods"], "POST, OPTIONS");
+    assert_eq!(h["access-control-allow-methods"], "POST, GET, OPTIONS");
     assert_eq!(h["access-control-allow-headers"], "content-type, authorization");
     assert_eq!(h["access-control-max-age"], "86400");
 

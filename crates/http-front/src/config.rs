@@ -19,6 +19,9 @@ pub struct Config {
     /// The sources file (TOML): write keys to workspace_id and source_id.
     #[arg(long = "sources", env = "CDP_SOURCES_FILE", default_value = "sources.toml")]
     pub sources_file: PathBuf,
+    /// How often the sources file is checked for changes (it is also re-read on SIGHUP).
+    #[arg(long, env = "CDP_SOURCES_RELOAD_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub sources_reload_interval: Duration,
     /// Address for the Prometheus metrics listener (`GET /metrics`).
     #[arg(long, env = "CDP_METRICS_LISTEN", default_value = "0.0.0.0:9464")]
     pub metrics_listen: SocketAddr,

@@ -25,15 +25,16 @@ use crate::config::DeliveryMode;
 use crate::error::{json_response, RejectedItem, Reply};
 use crate::metrics::{self, Outcome};
 use crate::pixel;
+use crate::reload::LiveSources;
 use crate::route::Route;
 use crate::settings::PublicUrl;
-use crate::sources::{RateLimited, Source, Sources};
+use crate::sources::{RateLimited, Source};
 use crate::Error;
 
 /// What every request needs, shared by all connections.
 pub(crate) struct State {
     pub producer: EventProducer,
-    pub sources: Sources,
+    pub sources: Arc<LiveSources>,
     pub limits: Limits,
     pub body_limits: BodyLimits,
     pub trusted_proxies: Vec<IpNet>,
@@ -113,7 +114,7 @@ async fn handle_in_span(state: &State, req: Request<Incoming>, peer: SocketAddr)
 
 /// `GET /v1/projects/<writeKey>/settings`: 404 unless the key is a known, enabled source's.
 fn settings(state: &State, write_key: &str, headers: &HeaderMap) -> Result<Response<Full<Bytes>>, Error> {
-    match state.sources.lookup(write_key) {
+    match state.sources.current().lookup(write_key) {
         Some(source) if source.enabled => {
             crate::settings::response(write_key, state.public_url.as_ref(), headers)
         }
@@ -571,8 +572,8 @@ fn refuse(events: &[Accepted], why: &str) {
     );
 }
 
-fn authenticate(sources: &Sources, key: &str) -> Result<Arc<Source>, Error> {
-    match sources.lookup(key) {
+fn authenticate(sources: &LiveSources, key: &str) -> Result<Arc<Source>, Error> {
+    match sources.current().lookup(key) {
         Some(source) if source.enabled => Ok(source.clone()),
         Some(_) => {
             metrics::auth_failure("disabled");

@@ -4,7 +4,8 @@
 //! the given listener until `shutdown` resolves, then drains requests and flushes the producer.
 //!
 //! - [`config`]: every flag, with its `CDP_*` variable;
-//! - [`sources`]: the sources file, write key to workspace and source;
+//! - [`sources`]: the sources file, write key to workspace and source; `reload`: the sources
+//!   in force, re-read when the file changes and on SIGHUP;
 //! - `route`: which endpoint a method and path name (every path the SDKs use);
 //! - `auth`: where the write key is found, and which place wins;
 //! - `body`: reading bodies with limits, timeouts and gzip;
@@ -24,6 +25,7 @@ mod error;
 mod handler;
 mod metrics;
 mod pixel;
+mod reload;
 mod route;
 mod server;
 

@@ -70,3 +70,31 @@ pub(crate) fn rate_limited(events: usize) {
 pub(crate) fn auth_failure(reason: &'static str) {
     counter!("cdp_ingest_auth_failures_total", "reason" => reason).increment(1);
 }
+
+/// `cdp_ingest_sources` (sources in force) and `cdp_ingest_sources_last_load_timestamp_seconds`
+/// (Unix time of the last successful load).
+pub(crate) fn sources_loaded(sources: usize) {
+    gauge!("cdp_ingest_sources").set(sources as f64);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    gauge!("cdp_ingest_sources_last_load_timestamp_seconds").set(now);
+}
+
+/// `cdp_ingest_sources_reloads_total{outcome}`: reloads of a changed sources file, `ok` or
+/// `failed` (the sources in force stayed); `cdp_ingest_sources_reload_failing`: 1 while the
+/// file holds what could not be loaded, 0 once a load succeeds.
+pub(crate) fn sources_reloaded(ok: bool) {
+    let outcome = if ok { "ok" } else { "failed" };
+    counter!("cdp_ingest_sources_reloads_total", "outcome" => outcome).increment(1);
+    gauge!("cdp_ingest_sources_reload_failing").set(if ok { 0.0 } else { 1.0 });
+}
+
+/// At start: `cdp_ingest_sources_reload_failing` 0 and both reload outcomes at 0, so that
+/// alerts and dashboards see the series before the first reload.
+pub(crate) fn sources_reloaded_none() {
+    gauge!("cdp_ingest_sources_reload_failing").set(0.0);
+    for outcome in ["ok", "failed"] {
+        counter!("cdp_ingest_sources_reloads_total", "outcome" => outcome).increment(0);
+    }
+}

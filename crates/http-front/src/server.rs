@@ -20,7 +20,8 @@ use crate::body::BodyLimits;
 use crate::error::Error;
 use crate::handler::{self, State};
 use crate::metrics;
-use crate::sources::{RateLimit, Sources};
+use crate::reload::{self, LiveSources};
+use crate::sources::RateLimit;
 use crate::Config;
 
 /// Runs `ingest`: loads the sources file, connects the producer (failing fast when Kafka does
@@ -36,8 +37,8 @@ pub async fn run(
         per_second: config.default_rate_limit,
         burst: config.default_rate_burst,
     };
-    let sources = Sources::load(&config.sources_file, default_rate)?;
-    if sources.is_empty() {
+    let sources = Arc::new(LiveSources::load(&config.sources_file, default_rate)?);
+    if sources.current().is_empty() {
         tracing::warn!(file = %config.sources_file.display(), "the sources file lists no source: every request will get 401");
     }
     let spool = Spool::open(&config.spool_dir, config.spool())?;
@@ -47,13 +48,13 @@ pub async fn run(
         .map_err(|e| Error::Internal(e.to_string()))??;
     tracing::info!(
         brokers = config.kafka.brokers,
-        sources = sources.len(),
+        sources = sources.current().len(),
         "connected to Kafka"
     );
 
     let state = Arc::new(State {
         producer,
-        sources,
+        sources: sources.clone(),
         limits: config.limits(),
         body_limits: BodyLimits {
             max_bytes: config.max_request_bytes,
@@ -66,7 +67,9 @@ pub async fn run(
         shutting_down: AtomicBool::new(false),
         closed: AtomicBool::new(false),
     });
+    let watcher = tokio::spawn(reload::watch(sources, config.sources_reload_interval));
     serve(&state, &config, listener, shutdown).await;
+    watcher.abort();
 
     let grace = config.flush_grace;
     let flushing = state.clone();

@@ -29,6 +29,8 @@ use sha2::{Digest, Sha256};
 /// One source: where its events belong, and how fast it may send them.
 #[derive(Debug)]
 pub struct Source {
+    /// SHA-256 of the write key.
+    digest: [u8; 32],
     /// The workspace.
     pub workspace_id: String,
     /// The source within it.
@@ -190,6 +192,7 @@ impl Sources {
                 (Some(_), None) => return Err(format!("{at}: rate_burst must be at least 1")),
             };
             let source = Arc::new(Source {
+                digest,
                 workspace_id: entry.workspace_id,
                 source_id: entry.source_id,
                 enabled: entry.enabled,
@@ -206,6 +209,22 @@ impl Sources {
     /// The source of a write key, enabled or not.
     pub fn lookup(&self, write_key: &str) -> Option<&Arc<Source>> {
         self.by_digest.get(&digest(write_key))
+    }
+
+    /// Keeps the rate-limit buckets of the sources `previous` lists with the same write key
+    /// and settings, so a reload does not hand every source a full bucket.
+    pub fn keep_buckets_of(&mut self, previous: &Sources) {
+        for source in self.by_digest.values_mut() {
+            if let Some(old) = previous.by_digest.get(&source.digest) {
+                let same = old.workspace_id == source.workspace_id
+                    && old.source_id == source.source_id
+                    && old.enabled == source.enabled
+                    && old.rate == source.rate;
+                if same {
+                    *source = old.clone();
+                }
+            }
+        }
     }
 
     /// How many sources the file lists.
@@ -272,6 +291,33 @@ mod tests {
         let b = sources.lookup("b").unwrap();
         assert_eq!(b.rate, None);
         assert_eq!(b.admit(1_000_000), Ok(()));
+    }
+
+    #[test]
+    fn a_reload_keeps_the_bucket_of_an_unchanged_source_only() {
+        let rate = RateLimit {
+            per_second: 1,
+            burst: 10,
+        };
+        let text = "[[source]]\nworkspace_id='w'\nsource_id='a'\nwrite_key='a'\n\
+                    [[source]]\nworkspace_id='w'\nsource_id='b'\nwrite_key='b'\n";
+        let old = Sources::parse_with(text, rate).unwrap();
+        assert_eq!(old.lookup("a").unwrap().admit(10), Ok(()));
+        assert_eq!(old.lookup("b").unwrap().admit(10), Ok(()));
+        let changed = text.replace("source_id='b'", "source_id='b2'");
+        let mut new = Sources::parse_with(&changed, rate).unwrap();
+        new.keep_buckets_of(&old);
+        assert!(Arc::ptr_eq(new.lookup("a").unwrap(), old.lookup("a").unwrap()));
+        assert!(matches!(
+            new.lookup("a").unwrap().admit(1),
+            Err(RateLimited::Wait(_))
+        ));
+        assert_eq!(new.lookup("b").unwrap().source_id, "b2");
+        assert_eq!(
+            new.lookup("b").unwrap().admit(10),
+            Ok(()),
+            "a changed source starts afresh"
+        );
     }
 
     #[test]

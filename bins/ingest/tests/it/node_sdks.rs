@@ -39,7 +39,7 @@ async fn send_with(sdk: &str) -> (Ingest, Vec<(String, String)>) {
     (ingest, sent)
 }
 
-/// Asserts that `sent` is on the ingest topic, in order, keyed by `user`, with its headers and
+/// Asserts that `sent` is on the ingest topic, keyed by `user`, with its headers and
 /// the SDK's library name; returns the values by type.
 async fn assert_landed(
     ingest: &Ingest,
@@ -58,7 +58,19 @@ async fn assert_landed(
             )
         })
         .collect();
-    assert_eq!(got, sent, "the ingest topic holds other events than sent");
+    // Both SDKs may have several requests in flight at once (analytics-node sends each batch
+    // without waiting for the previous one), so there is no order across requests to keep:
+    // compare as sets.
+    let sorted = |v: &[(String, String)]| {
+        let mut v = v.to_vec();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        sorted(&got),
+        sorted(sent),
+        "the ingest topic holds other events than sent"
+    );
     let mut by_type = std::collections::BTreeMap::new();
     for r in &records {
         let value = r.event();
@@ -74,7 +86,7 @@ async fn assert_landed(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn segment_analytics_node_batch_lands_in_order() {
+async fn segment_analytics_node_events_land_keyed_and_whole() {
     let (ingest, sent) = send_with("segment").await;
     let types: Vec<&str> = sent.iter().map(|(t, _)| t.as_str()).collect();
     assert_eq!(types, ["identify", "track", "page", "group", "alias"]);
@@ -89,7 +101,7 @@ async fn segment_analytics_node_batch_lands_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rudder_sdk_node_gzip_form_labelled_batches_land_in_order() {
+async fn rudder_sdk_node_gzip_form_labelled_batches_land_keyed_and_whole() {
     let (ingest, sent) = send_with("rudder").await;
     let types: Vec<&str> = sent.iter().map(|(t, _)| t.as_str()).collect();
     assert_eq!(types, ["identify", "track", "page", "screen", "group", "alias"]);

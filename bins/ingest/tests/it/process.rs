@@ -121,3 +121,51 @@ async fn sigterm_during_a_steady_stream_loses_nothing_that_got_a_200() {
         accepted.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_sources_file_and_the_process_keeps_serving() {
+    let sources = test_support::sources_file();
+    let path = sources.path().to_path_buf();
+    // An hour between checks: only the SIGHUP can make the new source known in time.
+    let ingest = Ingest::start_custom(&[("CDP_SOURCES_RELOAD_INTERVAL", "1h")], sources).await;
+    let client = reqwest::Client::new();
+    let post = |key: &'static str| {
+        client
+            .post(format!("{}/v1/track", ingest.url))
+            .basic_auth(key, Some(""))
+            .json(&json!({"anonymousId": "hup", "event": "e", "messageId": key}))
+            .send()
+    };
+    assert_eq!(post("hup-key").await.unwrap().status(), 401);
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(
+        "\n[[source]]\nworkspace_id = \"ws_test\"\nsource_id = \"src_hup\"\nwrite_key = \"hup-key\"\n",
+    );
+    std::fs::write(&path, text).unwrap();
+    let status = Command::new("kill")
+        .args(["-HUP", &ingest.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The reload runs as the signal arrives: wait for the new key to be taken.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut answer = 0;
+    while answer != 200 && std::time::Instant::now() < deadline {
+        answer = post("hup-key").await.unwrap().status().as_u16();
+        if answer != 200 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(answer, 200, "the new source after SIGHUP");
+    assert_eq!(post(WRITE_KEY).await.unwrap().status(), 200, "old sources stay");
+    let records = consume(&ingest.topics.ingest, 2, WAIT).await;
+    let sources: Vec<_> = records.iter().filter_map(|r| r.header("source_id")).collect();
+    assert!(sources.contains(&"src_hup"), "{sources:?}");
+    ingest.terminate();
+    let (ok, log) = ingest.wait();
+    assert!(ok, "{log}");
+    assert!(
+        log.contains("sources file reloaded") && log.contains("SIGHUP"),
+        "{log}"
+    );
+}

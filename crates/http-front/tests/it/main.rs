@@ -9,6 +9,7 @@ mod faults;
 mod lossless;
 mod operations;
 mod ordering;
+mod reload;
 
 use std::net::SocketAddr;
 use std::time::Duration;

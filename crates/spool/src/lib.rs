@@ -177,10 +177,19 @@ impl Spool {
             .write(true)
             .open(&lock_path)
             .map_err(io(&lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Locked(dir)),
-            Err(std::fs::TryLockError::Error(source)) => return Err(io(&lock_path)(source)),
+        // A holder that is going away (a process exiting, or in this process the fsync thread
+        // finishing its last sync of a dropped spool) releases the lock within moments: wait
+        // that long before calling the directory taken.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Locked(dir)),
+                Err(std::fs::TryLockError::Error(source)) => return Err(io(&lock_path)(source)),
+            }
         }
         let mut found = Vec::new();
         for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
@@ -444,6 +453,9 @@ fn sync_sealed(sealed: Option<(PathBuf, File)>) {
         }
     }
 }
+
+/// How long `open` waits for a spool directory's lock to be released.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 fn fsync_loop(spool: Weak<Spool>, interval: Duration) {
     loop {

@@ -98,7 +98,7 @@ impl Phase {
     /// Reads the ingest topic until `expected` records or `timeout`: how many, and the order
     /// of the [`send_ordered`] visitors' events.
     async fn read(&self, expected: usize, timeout: Duration) -> Result<(usize, Order)> {
-        read_records(self.broker.address(), &self.ingest, expected, timeout).await
+        read_records(self.broker.settings(), &self.ingest, expected, timeout).await
     }
 }
 
@@ -721,7 +721,7 @@ impl Order {
 /// Reads `topic` from the start until `expected` records or `timeout`: how many, and the order
 /// of the [`send_ordered`] visitors' records (one visitor, one partition).
 async fn read_records(
-    brokers: &str,
+    kafka: &kafka_producer::KafkaSettings,
     topic: &str,
     expected: usize,
     timeout: Duration,
@@ -729,13 +729,16 @@ async fn read_records(
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Message;
     use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-    let (brokers, topic) = (brokers.to_string(), topic.to_string());
+    let (kafka, topic) = (kafka.clone(), topic.to_string());
     tokio::task::spawn_blocking(move || -> Result<(usize, Order)> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
+        let mut config = ClientConfig::new();
+        config
             .set("group.id", "bench-count")
-            .set("enable.auto.commit", "false")
-            .create()?;
+            .set("enable.auto.commit", "false");
+        let consumer: BaseConsumer = kafka
+            .apply(&mut config)?
+            .create()
+            .map_err(kafka_producer::config_error)?;
         let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
         let mut tpl = TopicPartitionList::new();
         for p in metadata.topics().iter().flat_map(|t| t.partitions()) {

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use kafka_producer::KafkaSettings;
+
 use crate::tools::tools_dir;
 use tokio::process::{Child, Command};
 
@@ -17,7 +19,18 @@ const TANSU_FEATURES: &str = "dynostore,libsql";
 /// A running broker: ours (stopped on drop) or an existing cluster from `KAFKA_BROKERS`.
 pub struct Broker {
     address: String,
+    /// How xtask's own clients connect: `address` with the `CDP_KAFKA_*` security variables,
+    /// which the binaries and tests it starts inherit too.
+    settings: KafkaSettings,
     child: Option<Child>,
+}
+
+/// `address` with the security settings of the `CDP_KAFKA_*` variables (TLS, SASL,
+/// `CDP_KAFKA_OPTIONS`), read as the binaries read them.
+fn settings_from_env(address: &str) -> Result<KafkaSettings> {
+    let security = ops::KafkaSecurityArgs::from_env()
+        .map_err(|e| anyhow::anyhow!("reading the CDP_KAFKA_* variables: {e}"))?;
+    Ok(security.settings(address))
 }
 
 impl Broker {
@@ -25,7 +38,12 @@ impl Broker {
     pub async fn start_or_existing(root: &Path) -> Result<Broker> {
         if let Ok(address) = std::env::var("KAFKA_BROKERS") {
             println!("using the existing Kafka cluster at {address} (KAFKA_BROKERS)");
-            let broker = Broker { address, child: None };
+            let settings = settings_from_env(&address)?;
+            let broker = Broker {
+                address,
+                settings,
+                child: None,
+            };
             broker.wait_ready(Duration::from_secs(30)).await?;
             return Ok(broker);
         }
@@ -54,8 +72,10 @@ impl Broker {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", tansu.display()))?;
+        let address = format!("127.0.0.1:{port}");
         let broker = Broker {
-            address: format!("127.0.0.1:{port}"),
+            settings: settings_from_env(&address)?,
+            address,
             child: Some(child),
         };
         broker
@@ -75,22 +95,31 @@ impl Broker {
         &self.address
     }
 
+    /// How to connect to it (the address and the `CDP_KAFKA_*` security settings).
+    pub fn settings(&self) -> &KafkaSettings {
+        &self.settings
+    }
+
     /// Creates the topics that do not exist yet.
     pub async fn create_topics(&self, topics: &[(&str, i32)]) -> Result<()> {
-        kafka_producer::ensure_topics(&self.address, topics).await?;
+        kafka_producer::ensure_topics(&self.settings, topics).await?;
         Ok(())
     }
 
     async fn wait_ready(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            let address = self.address.clone();
+            let settings = self.settings.clone();
             let answer = tokio::task::spawn_blocking(move || {
-                kafka_producer::fetch_topics(&address, Duration::from_secs(2))
+                kafka_producer::fetch_topics(settings, Duration::from_secs(2))
             })
             .await?;
             match answer {
                 Ok(_) => return Ok(()),
+                // Wrong credentials or certificates do not get better by waiting.
+                Err(e @ (kafka_producer::Error::Connect { .. } | kafka_producer::Error::Settings(_))) => {
+                    bail!("{e}")
+                }
                 Err(e) if Instant::now() > deadline => {
                     bail!("broker at {} does not answer metadata: {e}", self.address)
                 }

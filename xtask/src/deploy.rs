@@ -29,22 +29,22 @@ pub async fn check(root: &Path) -> Result<()> {
         .current_dir(&rules))
     .await?;
 
-    let base = deploy.join("k8s").join("base");
-    let kustomization =
-        std::fs::read_to_string(base.join("kustomization.yaml")).context("reading kustomization.yaml")?;
-    let resources: Vec<&str> = kustomization
-        .lines()
-        .skip_while(|l| !l.starts_with("resources:"))
-        .skip(1)
-        .map_while(|l| l.trim().strip_prefix("- "))
-        .collect();
-    anyhow::ensure!(!resources.is_empty(), "kustomization.yaml lists no resources");
     let bin = python_venv("venv-kubernetes-validate", "kubernetes-validate==1.37.0").await?;
-    run(Command::new(bin.join("kubernetes-validate"))
-        .args(["--strict", "--quiet"])
-        .args(&resources)
-        .current_dir(&base))
-    .await?;
+    let mut manifests = 0;
+    let k8s = deploy.join("k8s");
+    let mut kustomizations = vec![k8s.join("base")];
+    for entry in std::fs::read_dir(k8s.join("overlays")).context("reading deploy/k8s/overlays")? {
+        kustomizations.push(entry?.path());
+    }
+    for dir in kustomizations {
+        let files = kustomization_files(&dir)?;
+        run(Command::new(bin.join("kubernetes-validate"))
+            .args(["--strict", "--quiet"])
+            .args(&files)
+            .current_dir(&dir))
+        .await?;
+        manifests += files.len();
+    }
 
     run(Command::new("python3")
         .args(["-m", "json.tool"])
@@ -52,8 +52,32 @@ pub async fn check(root: &Path) -> Result<()> {
         .stdout(std::process::Stdio::null()))
     .await?;
     println!(
-        "deploy checks passed: {} manifests, Prometheus config and rules, dashboard",
-        resources.len()
+        "deploy checks passed: {manifests} manifests (base and overlays), Prometheus config and rules, dashboard"
     );
     Ok(())
+}
+
+/// The manifest files a `kustomization.yaml` lists under `resources:` and as `path:` of its
+/// `patches:` (each a whole manifest, so each validates on its own); directories are skipped.
+fn kustomization_files(dir: &Path) -> Result<Vec<String>> {
+    let path = dir.join("kustomization.yaml");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut files = Vec::new();
+    let mut in_resources = false;
+    for line in text.lines() {
+        if !line.starts_with(' ') && !line.starts_with('-') {
+            in_resources = line.starts_with("resources:");
+        }
+        let item = line.trim().trim_start_matches("- ");
+        let file = match item.strip_prefix("path: ") {
+            Some(patch) => patch,
+            None if in_resources && line.trim().starts_with("- ") => item,
+            None => continue,
+        };
+        if file.ends_with(".yaml") || file.ends_with(".yml") {
+            files.push(file.to_string());
+        }
+    }
+    anyhow::ensure!(!files.is_empty(), "{} lists no manifest", path.display());
+    Ok(files)
 }

@@ -34,8 +34,11 @@ pub struct Limits {
     pub max_batch_events: usize,
     /// Deepest nesting of JSON objects and arrays.
     pub max_depth: usize,
-    /// Most keys in one JSON object.
+    /// Most keys in one JSON object (checked before parsing).
     pub max_object_keys: usize,
+    /// Most keys in all the objects of one body (checked before parsing): bounds the parser's
+    /// allocations whatever `--max-request-bytes` is.
+    pub max_total_keys: usize,
 }
 
 impl Default for Limits {
@@ -45,6 +48,7 @@ impl Default for Limits {
             max_batch_events: 2_500,
             max_depth: 64,
             max_object_keys: 1_000,
+            max_total_keys: 200_000,
         }
     }
 }

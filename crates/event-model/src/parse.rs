@@ -110,7 +110,11 @@ const BOM: &[u8] = b"\xEF\xBB\xBF";
 ///
 /// An `Err` rejects the whole body: not JSON ([`Reason::InvalidJson`], including numbers
 /// beyond the largest double), nested deeper than [`Limits::max_depth`] ([`Reason::TooDeep`]),
-/// not an object, no `batch` array, more than [`Limits::max_batch_events`] events. Batch-level
+/// an object with more than [`Limits::max_object_keys`] keys or a body with more than
+/// [`Limits::max_total_keys`] ([`Reason::TooManyKeys`]; both found before parsing, so that the
+/// parser's work is bounded and linear in the body whatever the key counts, and named by a JSON
+/// Pointer into the body), not an object, no `batch` array, more than
+/// [`Limits::max_batch_events`] events. Batch-level
 /// fields of the wrong type do not (see [`BatchFields`]); per-event problems are left to
 /// [`crate::normalize`].
 pub fn parse_body<'a>(
@@ -126,7 +130,7 @@ pub fn parse_body<'a>(
     } else {
         &mut body[..]
     };
-    prescan(body, limits.max_depth)?;
+    prescan(body, limits)?;
     let value = BUFFERS
         .with(|buffers| simd_json::to_borrowed_value_with_buffers(body, &mut buffers.borrow_mut()))
         .map_err(|e| Rejection::new(Reason::InvalidJson, "", format!("body is not valid JSON: {e}")))?;
@@ -265,25 +269,36 @@ thread_local! {
     static BUFFERS: std::cell::RefCell<simd_json::Buffers> = std::cell::RefCell::new(simd_json::Buffers::default());
 }
 
-/// One linear pass before parsing:
+/// One linear pass before parsing, so that the parser only ever sees bodies whose work is
+/// bounded (it runs before authentication):
 ///
-/// - refuses JSON nested deeper than `max` ([`Reason::TooDeep`]), so that no later recursive
-///   walk (serialisation, drop) can exhaust the stack;
+/// - refuses JSON nested deeper than [`Limits::max_depth`] ([`Reason::TooDeep`]), so that no
+///   later recursive walk (serialisation, drop) can exhaust the stack;
+/// - refuses an object with more than [`Limits::max_object_keys`] keys (except inside a batch
+///   item: see [`in_batch_item`]), and a body with more than [`Limits::max_total_keys`] keys in
+///   all ([`Reason::TooManyKeys`]), counting the `:` outside strings in a stack of one frame per
+///   open object or array;
 /// - rewrites each `\u` escape of a lone UTF-16 surrogate in place to `\ufffd` (the same six
 ///   bytes' length), so that simd-json reads U+FFFD (it would read U+0000). A high surrogate
 ///   escape followed by a low surrogate escape is a pair and is left alone.
-///
 /// - rewrites fractions of more than 19 digits that simd-json would misread (see
 ///   [`shorten_float`]).
 ///
-/// Strings are skipped with a SIMD search for `"` and `\`; only escapes are looked at.
-fn prescan(bytes: &mut [u8], max: usize) -> Result<(), Rejection> {
-    let mut depth = 0usize;
+/// Strings are skipped with a SIMD search for `"` and `\`; only escapes are looked at. The
+/// refusals name the place by a JSON Pointer into the body, built only then from the frames
+/// (each remembers its last key's bytes, or its element index).
+fn prescan(bytes: &mut [u8], limits: &Limits) -> Result<(), Rejection> {
+    let max_depth = limits.max_depth;
+    let mut frames: Vec<Frame> = Vec::with_capacity(max_depth.min(64) + 1);
+    let mut total_keys = 0usize;
+    // The span of the last string read: an object's key when a `:` follows.
+    let mut last_string = (0usize, 0usize);
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         match b {
             b'"' => {
                 // Skip to the closing quote; an unterminated string is the parser's to report.
+                let start = i + 1;
                 i += 1;
                 loop {
                     let rest = bytes.get(i..).unwrap_or_default();
@@ -296,19 +311,59 @@ fn prescan(bytes: &mut [u8], max: usize) -> Result<(), Rejection> {
                         }
                     }
                 }
+                last_string = (start, i - 1);
                 continue;
             }
             b'{' | b'[' => {
-                depth += 1;
-                if depth > max {
+                if frames.len() >= max_depth {
                     return Err(Rejection::new(
                         Reason::TooDeep,
-                        "",
-                        format!("JSON nested deeper than {max} levels"),
+                        pointer_of(bytes, &frames),
+                        format!("JSON nested deeper than {max_depth} levels"),
                     ));
                 }
+                frames.push(Frame {
+                    object: b == b'{',
+                    count: 0,
+                    key: (0, 0),
+                });
             }
-            b'}' | b']' => depth = depth.saturating_sub(1),
+            b'}' | b']' => {
+                frames.pop();
+            }
+            b':' => {
+                if let Some(frame) = frames.last_mut().filter(|f| f.object) {
+                    frame.count += 1;
+                    frame.key = last_string;
+                    total_keys += 1;
+                    if frame.count > limits.max_object_keys && !in_batch_item(bytes, &frames) {
+                        let object = &frames[..frames.len() - 1];
+                        return Err(Rejection::new(
+                            Reason::TooManyKeys,
+                            pointer_of(bytes, object),
+                            format!(
+                                "more than {} keys in one object (found before parsing)",
+                                limits.max_object_keys
+                            ),
+                        ));
+                    }
+                    if total_keys > limits.max_total_keys {
+                        return Err(Rejection::new(
+                            Reason::TooManyKeys,
+                            "",
+                            format!(
+                                "more than {} keys in the body (found before parsing)",
+                                limits.max_total_keys
+                            ),
+                        ));
+                    }
+                }
+            }
+            b',' => {
+                if let Some(frame) = frames.last_mut().filter(|f| !f.object) {
+                    frame.count += 1;
+                }
+            }
             b'-' | b'0'..=b'9' => {
                 let start = i;
                 let (mut digits, mut float) = (0usize, false);
@@ -333,6 +388,56 @@ fn prescan(bytes: &mut [u8], max: usize) -> Result<(), Rejection> {
         i += 1;
     }
     Ok(())
+}
+
+/// Whether the innermost of `frames` is inside an item of a batch (`/batch/N/...`). An item's
+/// object over the key limit is left to [`crate::normalize`], which rejects that item alone
+/// (one event's problem never costs another); the body's total key limit still bounds the work,
+/// and a repeated key costs one map insert (simd-json's `value-no-dup-keys`).
+#[cold]
+fn in_batch_item(bytes: &[u8], frames: &[Frame]) -> bool {
+    match frames {
+        [top, batch, _, ..] => {
+            top.object && !batch.object && bytes.get(top.key.0..top.key.1) == Some(&b"batch"[..])
+        }
+        _ => false,
+    }
+}
+
+/// An open object or array in [`prescan`].
+struct Frame {
+    object: bool,
+    /// Keys so far (an object), or the index of the current element (an array).
+    count: usize,
+    /// The byte span of the current key (an object).
+    key: (usize, usize),
+}
+
+/// The JSON Pointer (RFC 6901) of the value the innermost of `frames` is at: each object's
+/// current key, each array's current index. Only built for a refusal.
+#[cold]
+fn pointer_of(bytes: &[u8], frames: &[Frame]) -> String {
+    let mut pointer = String::new();
+    for frame in frames {
+        pointer.push('/');
+        if frame.object {
+            let raw = bytes.get(frame.key.0..frame.key.1).unwrap_or_default();
+            let key = if raw.contains(&b'\\') {
+                // Decode the escapes as the parser would.
+                let mut quoted = Vec::with_capacity(raw.len() + 2);
+                quoted.push(b'"');
+                quoted.extend_from_slice(raw);
+                quoted.push(b'"');
+                simd_json::from_slice::<String>(&mut quoted).unwrap_or_default()
+            } else {
+                String::from_utf8_lossy(raw).into_owned()
+            };
+            pointer.push_str(&key.replace('~', "~0").replace('/', "~1"));
+        } else {
+            pointer.push_str(&frame.count.to_string());
+        }
+    }
+    pointer
 }
 
 /// Rewrites a fraction of more than 19 digits in place as the nearest double's shortest form,

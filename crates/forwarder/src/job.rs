@@ -20,6 +20,8 @@ pub(crate) type Producer = FutureProducer<FatalWatch>;
 /// stops instead of retrying forever; a restart resumes from the committed offsets.
 pub(crate) struct FatalWatch {
     pub fatal: Arc<AtomicBool>,
+    /// Authentication and TLS failures, counted and logged with their cause.
+    pub watch: kafka_producer::ConnectionWatch,
 }
 
 impl ClientContext for FatalWatch {
@@ -27,7 +29,7 @@ impl ClientContext for FatalWatch {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
             self.fatal.store(true, Ordering::SeqCst);
         }
-        tracing::error!(%error, reason, "kafka producer error");
+        kafka_producer::log_client_error(&self.watch, &error, reason);
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kafka_producer::retry::RetryInfo;
-use kafka_producer::ProducerConfig;
+use kafka_producer::{ConnectionWatch, ProducerConfig};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::Message;
@@ -61,9 +61,10 @@ struct Done {
     rest: Vec<Entry>,
 }
 
-/// Rebalance callbacks and statistics.
+/// Rebalance callbacks, statistics and connection failures.
 struct Context {
     topic: String,
+    watch: ConnectionWatch,
     /// Partitions taken away (`None`: all of them).
     revoked: mpsc::UnboundedSender<Option<Vec<i32>>>,
 }
@@ -77,6 +78,11 @@ impl ClientContext for Context {
                 }
             }
         }
+        self.watch.stats(&stats);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        kafka_producer::log_client_error(&self.watch, &error, reason);
     }
 }
 
@@ -107,30 +113,45 @@ impl ConsumerContext for Context {
 /// the shutdown grace) and commits the offsets of everything acknowledged.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let topic = config.kafka.topic_retry.clone();
-    let brokers = config.kafka.brokers.clone();
+    let settings = config.kafka.settings();
+    settings.validate()?;
+    // The start-up ping: fails at once naming an authentication or TLS failure.
+    let ping = settings.clone();
     let existing =
-        tokio::task::spawn_blocking(move || kafka_producer::fetch_topics(&brokers, Duration::from_secs(10)))
+        tokio::task::spawn_blocking(move || kafka_producer::fetch_topics(ping, Duration::from_secs(10)))
             .await
             .map_err(|e| Error::Create(rdkafka::error::KafkaError::ClientCreation(e.to_string())))??;
     if !existing.iter().any(|(t, _)| *t == topic) {
         return Err(kafka_producer::Error::MissingTopic(topic).into());
     }
 
-    let mut producer_config = ProducerConfig::new(&config.kafka.brokers, config.kafka.topics());
+    // Authentication and TLS failures of both clients, counted as
+    // cdp_retry_forwarder_kafka_authentication_failures_total.
+    let watch = ConnectionWatch::new("cdp_retry_forwarder", &settings);
+    let mut producer_config = ProducerConfig::new(settings.clone(), config.kafka.topics());
     producer_config.client_id = "cdp-retry-forwarder".into();
     producer_config.message_timeout = config.produce_timeout;
     let fatal = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut producer_client = producer_config.client_config()?;
+    if !settings
+        .option_pairs()?
+        .iter()
+        .any(|(k, _)| k == "statistics.interval.ms")
+    {
+        producer_client.set("statistics.interval.ms", "0");
+    }
     let producer: Arc<Producer> = Arc::new(
-        producer_config
-            .client_config()
-            .set("statistics.interval.ms", "0")
-            .create_with_context(FatalWatch { fatal: fatal.clone() })
-            .map_err(Error::Create)?,
+        producer_client
+            .create_with_context(FatalWatch {
+                fatal: fatal.clone(),
+                watch: watch.clone(),
+            })
+            .map_err(kafka_producer::config_error)?,
     );
 
     let (revoked_tx, mut revoked) = mpsc::unbounded_channel();
-    let consumer: StreamConsumer<Context> = ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka.brokers)
+    let mut consumer_config = ClientConfig::new();
+    consumer_config
         .set("group.id", &config.group_id)
         .set("client.id", "cdp-retry-forwarder")
         .set("enable.auto.commit", "true")
@@ -138,12 +159,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         // Offsets are stored only after the record was settled (forwarded, re-queued or DLQ).
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("statistics.interval.ms", "5000")
+        .set("statistics.interval.ms", "5000");
+    let consumer: StreamConsumer<Context> = settings
+        .apply(&mut consumer_config)?
         .create_with_context(Context {
             topic: topic.clone(),
+            watch,
             revoked: revoked_tx,
         })
-        .map_err(Error::Create)?;
+        .map_err(kafka_producer::config_error)?;
     consumer.subscribe(&[&topic]).map_err(|source| Error::Subscribe {
         topic: topic.clone(),
         source,

@@ -37,6 +37,11 @@ pub struct Config {
     /// Largest request body, in bytes, after gzip decompression (and before it).
     #[arg(long, env = "CDP_MAX_REQUEST_BYTES", default_value_t = 500 * 1024)]
     pub max_request_bytes: usize,
+    /// Most bytes one request's events may become, as normalised (batch context merged into
+    /// each) plus the copies of rejected ones for the DLQ; over it: 413, nothing written.
+    /// Default: 4 times --max-request-bytes (`OUTPUT_BYTES_PER_REQUEST_BYTE`).
+    #[arg(long, env = "CDP_MAX_REQUEST_OUTPUT_BYTES")]
+    pub max_request_output_bytes: Option<usize>,
     /// Events per second a source may send, unless the sources file sets its `rate_limit`
     /// (0: unlimited). Over it: 429 with Retry-After.
     #[arg(long, env = "CDP_DEFAULT_RATE_LIMIT", default_value_t = 10_000)]
@@ -44,7 +49,8 @@ pub struct Config {
     /// Events a source may send at once, unless the sources file sets its `rate_burst`.
     #[arg(long, env = "CDP_DEFAULT_RATE_BURST", default_value_t = 20_000)]
     pub default_rate_burst: u32,
-    /// Most open client connections; more are closed at once.
+    /// Most open client connections; more are closed at once (a few answered 503 first, see
+    /// the README). Lowered at start, with a warning, to the open-file limit less a reserve.
     #[arg(long, env = "CDP_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
     /// Largest request head (request line and headers), in bytes; over it: 431.
@@ -113,6 +119,11 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
 }
 
+/// The default `--max-request-output-bytes`, per byte of `--max-request-bytes`: room for the
+/// JSON each event gains as normalised (received time, ids, context), not for a batch context
+/// copied into thousands of events.
+pub const OUTPUT_BYTES_PER_REQUEST_BYTE: usize = 4;
+
 /// When a request's events count as taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DeliveryMode {
@@ -128,6 +139,15 @@ impl Config {
         self.limits.limits()
     }
 
+    /// The per-request output budget in force: `--max-request-output-bytes`, else
+    /// [`OUTPUT_BYTES_PER_REQUEST_BYTE`] times `--max-request-bytes`.
+    pub fn max_request_output_bytes(&self) -> usize {
+        self.max_request_output_bytes.unwrap_or(
+            self.max_request_bytes
+                .saturating_mul(OUTPUT_BYTES_PER_REQUEST_BYTE),
+        )
+    }
+
     /// The spool settings from the flags.
     pub fn spool(&self) -> kafka_producer::spool::Options {
         kafka_producer::spool::Options {
@@ -140,7 +160,7 @@ impl Config {
 
     /// The producer settings from the flags (S2 defaults otherwise).
     pub fn producer(&self) -> kafka_producer::ProducerConfig {
-        let mut producer = kafka_producer::ProducerConfig::new(&self.kafka.brokers, self.kafka.topics());
+        let mut producer = kafka_producer::ProducerConfig::new(self.kafka.settings(), self.kafka.topics());
         producer.queue_max_messages = self.kafka_queue_max_messages;
         producer.queue_max_kbytes = self.kafka_queue_max_kbytes;
         producer.dlq_timeout = self.dlq_timeout;

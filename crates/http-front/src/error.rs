@@ -35,6 +35,13 @@ pub enum Error {
     /// The body is over the request limit (before or after decompression).
     #[error("request body over the limit of {0} bytes")]
     BodyTooLarge(usize),
+    /// The request's events, as normalised (plus their DLQ copies), are over
+    /// `--max-request-output-bytes`: nothing of it was written.
+    #[error("the request's events as normalised are over the limit of {0} bytes: send smaller batches")]
+    OutputTooLarge(usize),
+    /// Over the connection cap: the connection is answered this and closed.
+    #[error("too many open connections: retry later")]
+    TooManyConnections,
     /// The client did not send the body in time.
     #[error("request body not received within {0:?}")]
     BodyTimeout(Duration),
@@ -90,7 +97,9 @@ impl Error {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Error::BodyTooLarge(_) | Error::OverBurst(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::BodyTooLarge(_) | Error::OverBurst(_) | Error::OutputTooLarge(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             Error::Rejected { rejection, .. } if rejection.reason == Reason::TooLarge => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
@@ -98,10 +107,36 @@ impl Error {
             Error::BodyRead(_) | Error::BadGzip(_) | Error::Rejected { .. } => StatusCode::BAD_REQUEST,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Error::Unavailable { .. } | Error::Kafka(_) | Error::ShuttingDown => {
+            Error::Unavailable { .. } | Error::Kafka(_) | Error::ShuttingDown | Error::TooManyConnections => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Error::Sources(_) | Error::Spool(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A short name of the kind of error, from a closed set: the key of the refusal logs'
+    /// rate limit.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Error::Sources(_) => "sources",
+            Error::Spool(_) => "spool",
+            Error::Kafka(_) => "kafka",
+            Error::NotFound(_) => "not_found",
+            Error::MethodNotAllowed(_) => "method_not_allowed",
+            Error::UnsupportedEncoding(_) => "unsupported_encoding",
+            Error::BodyTooLarge(_) => "body_too_large",
+            Error::OutputTooLarge(_) => "output_too_large",
+            Error::TooManyConnections => "too_many_connections",
+            Error::BodyTimeout(_) => "body_timeout",
+            Error::BodyRead(_) => "body_read",
+            Error::BadGzip(_) => "bad_gzip",
+            Error::Unauthorized(_) => "unauthorized",
+            Error::Rejected { .. } => "rejected",
+            Error::Unavailable { .. } => "unavailable",
+            Error::RateLimited { .. } => "rate_limited",
+            Error::OverBurst(_) => "over_burst",
+            Error::ShuttingDown => "shutting_down",
+            Error::Internal(_) => "internal",
         }
     }
 

@@ -19,10 +19,12 @@ use kafka_producer::EventProducer;
 use simd_json::BorrowedValue;
 use tracing::Instrument;
 
+use crate::admission::Admission;
 use crate::auth::{self, EarlyKey};
 use crate::body::{self, BodyLimits};
 use crate::config::DeliveryMode;
 use crate::error::{json_response, RejectedItem, Reply};
+use crate::logs;
 use crate::metrics::{self, Outcome};
 use crate::pixel;
 use crate::reload::LiveSources;
@@ -36,6 +38,10 @@ pub(crate) struct State {
     pub producer: EventProducer,
     pub sources: Arc<LiveSources>,
     pub limits: Limits,
+    /// `--max-request-output-bytes`: most bytes a request's events may become.
+    pub max_output_bytes: usize,
+    /// Room reserved by requests being enqueued (buffered mode).
+    pub admission: Admission,
     pub body_limits: BodyLimits,
     pub trusted_proxies: Vec<IpNet>,
     /// Where clients reach this edge, for the settings endpoint (`--public-url`).
@@ -47,6 +53,21 @@ pub(crate) struct State {
     /// Set when the drain time is over: requests still running enqueue nothing (503), since
     /// the producer is being flushed.
     pub closed: AtomicBool,
+}
+
+/// A request on a connection over the connection cap: `/healthz` and `/readyz` are answered
+/// (probes still see the process), anything else gets 503 with `Retry-After`.
+pub(crate) async fn over_cap(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let started = Instant::now();
+    let route = Route::of(req.method(), req.uri().path());
+    let label = route.as_ref().map_or("unknown", Route::label);
+    let response = match route {
+        Ok(Route::Healthz) => json_response(StatusCode::OK, &Reply::success()),
+        Ok(Route::Readyz) => readiness(&state),
+        _ => Error::TooManyConnections.into_response(state.retry_after_secs),
+    };
+    metrics::request(label, response.status(), started.elapsed());
+    response
 }
 
 /// Handles one request, in a span with a fresh request id (also sent as `X-Request-Id`).
@@ -84,7 +105,9 @@ async fn handle_in_span(state: &State, req: Request<Incoming>, peer: SocketAddr)
     if let (true, Err(error)) = (takes_events, &result) {
         // Rejections and 503s are logged with their message ids where they happen.
         if !matches!(error, Error::Rejected { .. } | Error::Unavailable { .. }) {
-            tracing::warn!(route = label, status = error.status().as_u16(), %error, "request refused");
+            if logs::allow(error.kind()) {
+                tracing::warn!(route = label, status = error.status().as_u16(), %error, "request refused");
+            }
             metrics::events("unknown", Outcome::Refused, 1);
         }
     }
@@ -126,7 +149,7 @@ fn settings(state: &State, write_key: &str, headers: &HeaderMap) -> Result<Respo
 
 /// `/readyz`: 200 while events can be taken (Kafka reachable, or in buffered mode the spool has
 /// room) and the spool a previous process left is drained, with the spool's fill either way.
-fn readiness(state: &State) -> Response<Full<Bytes>> {
+pub(crate) fn readiness(state: &State) -> Response<Full<Bytes>> {
     let producer = &state.producer;
     let spool = producer.spool().map(|s| SpoolFill {
         records: s.records(),
@@ -136,6 +159,9 @@ fn readiness(state: &State) -> Response<Full<Bytes>> {
     // Room for a large request (1 MiB), or an eighth of a small spool.
     let spool_has_room = spool.is_some_and(|s| s.bytes + (s.max_bytes / 8).min(1024 * 1024) < s.max_bytes);
     let buffered = state.delivery_mode == DeliveryMode::Buffered;
+    // Brokers that refuse our credentials or certificates take nothing: events would wait in
+    // memory only, so the replica is not ready (whatever the mode) until they are accepted.
+    let authentication_failure = producer.authentication_failure().map(|f| f.to_string());
     let not_ready = if state.shutting_down.load(Ordering::Relaxed) {
         Some("shutting down")
     } else if producer.is_rebuilding() {
@@ -146,6 +172,8 @@ fn readiness(state: &State) -> Response<Full<Bytes>> {
         Some("the local spool is full")
     } else if !producer.is_healthy() && !buffered {
         Some("no Kafka broker reachable")
+    } else if authentication_failure.is_some() {
+        Some("Kafka authentication failing")
     } else {
         None
     };
@@ -157,6 +185,7 @@ fn readiness(state: &State) -> Response<Full<Bytes>> {
         success: error.is_none(),
         error,
         kafka_reachable: producer.is_healthy(),
+        kafka_authentication_failure: authentication_failure,
         spool,
     };
     json_response(status, &reply)
@@ -169,6 +198,9 @@ struct Readiness {
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'static str>,
     kafka_reachable: bool,
+    /// What the brokers said when they last refused our credentials or certificates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kafka_authentication_failure: Option<String>,
     spool: Option<SpoolFill>,
 }
 
@@ -348,21 +380,65 @@ async fn ingest(
     };
     let mut accepted = Vec::with_capacity(parsed.items.len());
     let mut rejected = Vec::new();
+    // What the request becomes, counted as it grows: over the budget, it stops here.
+    let (mut output, mut dlq_bytes) = (0usize, 0usize);
     for (index, item) in parsed.items.iter().enumerate() {
         match normalize(item, fixed_type, &parsed.shared, &received, &state.limits) {
-            Ok(event) => accepted.push(event),
-            Err(rejection) => rejected.push(RejectedEvent {
-                index,
-                message_id: message_id_of(item).map_or_else(new_message_id, str::to_string),
-                event_type: fixed_type
-                    .or_else(|| type_of(item))
-                    .map_or("unknown", EventType::as_str),
-                rejection,
-                raw: simd_json::to_string(item).unwrap_or_default(),
-            }),
+            Ok(event) => {
+                output += event.value.len() + event.key.len();
+                accepted.push(event);
+            }
+            Err(rejection) => {
+                let raw = simd_json::to_string(item).unwrap_or_default();
+                output += raw.len();
+                dlq_bytes += raw.len();
+                rejected.push(RejectedEvent {
+                    index,
+                    message_id: message_id_of(item).map_or_else(new_message_id, str::to_string),
+                    event_type: fixed_type
+                        .or_else(|| type_of(item))
+                        .map_or("unknown", EventType::as_str),
+                    rejection,
+                    raw,
+                });
+            }
+        }
+        if output > state.max_output_bytes {
+            metrics::output_budget_exceeded();
+            return Err(Error::OutputTooLarge(state.max_output_bytes));
         }
     }
 
+    // Buffered mode: room for all of the request, or none of it is written (not even the DLQ).
+    let _reservation = match state.delivery_mode {
+        DeliveryMode::Buffered if !accepted.is_empty() => Some(
+            state
+                .admission
+                .reserve(
+                    &state.producer,
+                    &accepted,
+                    (rejected.len(), dlq_bytes as u64),
+                    &source.workspace_id,
+                    &source.source_id,
+                )
+                .map_err(|error| {
+                    let why = match error {
+                        kafka_producer::Error::SpoolFull { .. } => "spool",
+                        _ => "queue",
+                    };
+                    metrics::admission_refused(why);
+                    refuse(&accepted, &error.to_string());
+                    for r in &rejected {
+                        metrics::events(r.event_type, Outcome::Refused, 1);
+                    }
+                    Error::Unavailable {
+                        accepted: 0,
+                        source: error,
+                    }
+                })?,
+        ),
+        _ => None,
+    };
     write_dlq(state, &source, &origin, &rejected)
         .await
         .inspect_err(|_| refuse(&accepted, "DLQ write failed"))?;
@@ -417,7 +493,9 @@ async fn reject_body(
             rejection: rejected.rejection,
         };
     }
-    tracing::warn!(message_id, reason = %rejection.reason, field = rejection.field, "unauthenticated body rejected, not written to the DLQ");
+    if logs::allow("rejected_unauthenticated") {
+        tracing::warn!(message_id, reason = %rejection.reason, field = rejection.field, "unauthenticated body rejected, not written to the DLQ");
+    }
     metrics::events("unknown", Outcome::Rejected, 1);
     Error::Rejected {
         message_id,
@@ -462,16 +540,20 @@ async fn write_dlq(
             Ok(()) => {
                 metrics::events(r.event_type, Outcome::Rejected, 1);
                 metrics::rejected(r.event_type, reason);
-                tracing::info!(
-                    message_id = r.message_id,
-                    reason,
-                    field = r.rejection.field,
-                    "event rejected, written to the DLQ"
-                );
+                if logs::allow("rejected") {
+                    tracing::info!(
+                        message_id = r.message_id,
+                        reason,
+                        field = r.rejection.field,
+                        "event rejected, written to the DLQ"
+                    );
+                }
             }
             Err(error) => {
                 metrics::events(r.event_type, Outcome::Refused, 1);
-                tracing::error!(message_id = r.message_id, reason, %error, "DLQ write failed, client gets 503");
+                if logs::allow("dlq_failed") {
+                    tracing::error!(message_id = r.message_id, reason, %error, "DLQ write failed, client gets 503");
+                }
                 failure.get_or_insert(error);
             }
         }
@@ -482,8 +564,9 @@ async fn write_dlq(
     }
 }
 
-/// Enqueues valid events without waiting for the broker (S1). On a full queue or an
-/// unreachable cluster the rest of the request is refused with 503.
+/// Enqueues valid events without waiting for the broker (S1), under the request's
+/// reservation ([`crate::admission`]). Should librdkafka refuse one all the same, the rest of
+/// the request is refused with 503 (counted as a partial admission when some were taken).
 fn enqueue(state: &State, source: &Source, accepted: &[Accepted]) -> Result<(), Error> {
     let mut counts = [0u64; EventType::ALL.len()];
     let mut result = Ok(());
@@ -493,6 +576,9 @@ fn enqueue(state: &State, source: &Source, accepted: &[Accepted]) -> Result<(), 
             .send_event(event, &source.workspace_id, &source.source_id)
         {
             refuse(&accepted[i..], &source_error.to_string());
+            if i > 0 {
+                metrics::partial_admission();
+            }
             result = Err(Error::Unavailable {
                 accepted: i,
                 source: source_error,
@@ -562,6 +648,9 @@ fn refuse(events: &[Accepted], why: &str) {
     }
     for event in events {
         metrics::events(event.event_type.as_str(), Outcome::Refused, 1);
+    }
+    if !logs::allow("refused") {
+        return;
     }
     let message_ids: Vec<&str> = events.iter().map(|e| e.message_id.as_str()).collect();
     tracing::warn!(

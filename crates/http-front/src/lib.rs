@@ -10,19 +10,23 @@
 //! - `auth`: where the write key is found, and which place wins;
 //! - `body`: reading bodies with limits, timeouts and gzip;
 //! - `handler`: auth, validation, DLQ and produce, CORS;
+//! - `admission`: whole-request admission (room reserved before enqueueing);
+//! - `logs`: refusal logs rate-limited per reason;
 //! - `pixel`: tracking pixels' events and their GIF;
 //! - [`settings`]: the analytics.js settings endpoint;
 //! - `error`: the crate's error type and its one mapping to HTTP status;
-//! - `server`: the accept loop and graceful shutdown.
+//! - `server`: the open-file limit, the accept loop and graceful shutdown.
 
 pub mod config;
 pub mod settings;
 pub mod sources;
 
+mod admission;
 mod auth;
 mod body;
 mod error;
 mod handler;
+mod logs;
 mod metrics;
 mod pixel;
 mod reload;

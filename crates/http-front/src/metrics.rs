@@ -98,3 +98,42 @@ pub(crate) fn sources_reloaded_none() {
         counter!("cdp_ingest_sources_reloads_total", "outcome" => outcome).increment(0);
     }
 }
+
+/// `cdp_ingest_accept_errors_total`: failed `accept` calls on the events listener (out of file
+/// descriptors, say); each is followed by a pause before the next accept.
+pub(crate) fn accept_error() {
+    counter!("cdp_ingest_accept_errors_total").increment(1);
+}
+
+/// At start: `cdp_ingest_open_files_limit{kind}` (`soft`, `hard`: `RLIMIT_NOFILE` after raising
+/// the soft limit) and `cdp_ingest_max_connections` (the connection cap in force).
+pub(crate) fn limits(soft: u64, hard: u64, max_connections: usize) {
+    gauge!("cdp_ingest_open_files_limit", "kind" => "soft").set(soft as f64);
+    gauge!("cdp_ingest_open_files_limit", "kind" => "hard").set(hard as f64);
+    gauge!("cdp_ingest_max_connections").set(max_connections as f64);
+    counter!("cdp_ingest_accept_errors_total").increment(0);
+}
+
+/// `cdp_ingest_output_budget_exceeded_total`: requests refused with 413 because their events,
+/// as normalised (and their DLQ copies), are over `--max-request-output-bytes`.
+pub(crate) fn output_budget_exceeded() {
+    counter!("cdp_ingest_output_budget_exceeded_total").increment(1);
+}
+
+/// `cdp_ingest_admissions_refused_total{why}`: buffered requests refused whole (503) before any
+/// of their events was enqueued, `queue` (librdkafka's queue) or `spool` (no room for them).
+pub(crate) fn admission_refused(why: &'static str) {
+    counter!("cdp_ingest_admissions_refused_total", "why" => why).increment(1);
+}
+
+/// `cdp_ingest_partial_admissions_total`: buffered requests that got 503 after part of their
+/// events was taken (librdkafka refused a record despite the reservation: see `admission`).
+pub(crate) fn partial_admission() {
+    counter!("cdp_ingest_partial_admissions_total").increment(1);
+}
+
+/// `cdp_ingest_log_lines_suppressed_total{reason}`: refusal log lines not written (rate limit
+/// per reason), the refusals themselves being counted by their own metrics.
+pub(crate) fn log_suppressed(reason: &'static str) {
+    counter!("cdp_ingest_log_lines_suppressed_total", "reason" => reason).increment(1);
+}

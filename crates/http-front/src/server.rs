@@ -16,9 +16,11 @@ use kafka_producer::EventProducer;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::Admission;
 use crate::body::BodyLimits;
 use crate::error::Error;
 use crate::handler::{self, State};
+use crate::logs;
 use crate::metrics;
 use crate::reload::{self, LiveSources};
 use crate::sources::RateLimit;
@@ -29,10 +31,11 @@ use crate::Config;
 /// in-flight requests finish (up to the drain timeout) and flushes the producer (up to the
 /// flush grace), spooling what is left undelivered.
 pub async fn run(
-    config: Config,
+    mut config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
+    config.max_connections = open_files(config.max_connections);
     let default_rate = RateLimit {
         per_second: config.default_rate_limit,
         burst: config.default_rate_burst,
@@ -56,6 +59,8 @@ pub async fn run(
         producer,
         sources: sources.clone(),
         limits: config.limits(),
+        max_output_bytes: config.max_request_output_bytes(),
+        admission: Admission::new(config.kafka_queue_max_messages, config.kafka_queue_max_kbytes),
         body_limits: BodyLimits {
             max_bytes: config.max_request_bytes,
             timeout: config.body_read_timeout,
@@ -98,6 +103,57 @@ pub async fn run(
     Ok(())
 }
 
+/// File descriptors kept for everything but client connections: librdkafka's sockets and
+/// wake-up pipes, the spool's files, the metrics listener and its scrapes, the over-cap lane
+/// ([`OVER_CAP_CONNECTIONS`]).
+pub const RESERVED_FILES: u64 = 256;
+
+/// Connections over the cap served at once, each for one request (probes answered, events
+/// refused with 503); more are closed at once.
+const OVER_CAP_CONNECTIONS: usize = 32;
+
+/// Raises the soft open-file limit (`RLIMIT_NOFILE`) to the hard one and logs both; returns
+/// the connection cap that fits in it: `max_connections`, or lowered with a warning to the
+/// limit less [`RESERVED_FILES`], so that `accept` never runs out of descriptors.
+fn open_files(max_connections: usize) -> usize {
+    use rlimit::Resource;
+    let (soft, hard) = match Resource::NOFILE.get() {
+        Ok(limits) => limits,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the open-file limit");
+            return max_connections;
+        }
+    };
+    let soft = if soft < hard {
+        match Resource::NOFILE.set(hard, hard) {
+            Ok(()) => hard,
+            Err(error) => {
+                tracing::warn!(%error, soft, hard, "cannot raise the soft open-file limit");
+                soft
+            }
+        }
+    } else {
+        soft
+    };
+    tracing::info!(soft, hard, "open-file limit (RLIMIT_NOFILE)");
+    let fits = usize::try_from(soft.saturating_sub(RESERVED_FILES)).unwrap_or(usize::MAX);
+    let cap = if max_connections > fits {
+        let cap = fits.max(1);
+        tracing::warn!(
+            max_connections,
+            lowered_to = cap,
+            open_files = soft,
+            reserved = RESERVED_FILES,
+            "--max-connections plus the reserve exceed the open-file limit: lowering the connection cap (raise the hard limit, e.g. `ulimit -Hn`, to keep it)"
+        );
+        cap
+    } else {
+        max_connections
+    };
+    metrics::limits(soft, hard, cap);
+    cap
+}
+
 async fn serve(
     state: &Arc<State>,
     config: &Config,
@@ -116,8 +172,22 @@ async fn serve(
         .max_buf_size(config.max_header_bytes.max(8192))
         // A client that half-closes after sending its request still gets it processed.
         .half_close(true);
+    let mut over_cap_builder = http1::Builder::new();
+    over_cap_builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(1).min(config.header_read_timeout))
+        .keep_alive(false)
+        .max_buf_size(8192);
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+    let over_cap = Arc::new(tokio::sync::Semaphore::new(OVER_CAP_CONNECTIONS));
+    let log_summaries = tokio::spawn(async {
+        let mut every_second = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            every_second.tick().await;
+            logs::flush(false);
+        }
+    });
     let tasks = TaskTracker::new();
     tokio::pin!(shutdown);
     loop {
@@ -125,8 +195,12 @@ async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(error) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(%error, "accept failed");
+                    // Out of file descriptors and the like: back off (without spinning), keep
+                    // serving the connections there are.
+                    metrics::accept_error();
+                    if logs::allow("accept_error") {
+                        tracing::warn!(%error, "accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -134,9 +208,21 @@ async fn serve(
             () = &mut shutdown => break,
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            // Over the connection cap: close at once rather than queue without bound.
+            // Over the connection cap: a few are answered one request (probes 200, events
+            // 503) and closed; the rest are closed at once rather than queued without bound.
             metrics::connection_refused();
-            drop(stream);
+            if let Ok(permit) = over_cap.clone().try_acquire_owned() {
+                let state = state.clone();
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(handler::over_cap(state, req).await) }
+                });
+                let conn = over_cap_builder.serve_connection(TokioIo::new(stream), service);
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let _ = conn.await;
+                });
+            }
             continue;
         };
         let (state, tasks) = (state.clone(), tasks.clone());
@@ -163,6 +249,8 @@ async fn serve(
     }
 
     state.shutting_down.store(true, Ordering::Relaxed);
+    log_summaries.abort();
+    logs::flush(true);
     drop(listener);
     tracing::info!("shutting down: listener closed, draining in-flight requests");
     // Connections first, then request tasks whose client went away (they run on, S6).

@@ -1,5 +1,6 @@
 //! The crate's one error type.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use rdkafka::error::KafkaError;
@@ -10,6 +11,27 @@ pub enum Error {
     /// librdkafka refused the configuration.
     #[error("cannot create the Kafka client: {0}")]
     Create(#[source] KafkaError),
+    /// The Kafka settings do not fit together, or librdkafka refused one (never shows a secret).
+    #[error("Kafka settings: {0}")]
+    Settings(String),
+    /// A secret file (password, key passphrase, client secret) cannot be used.
+    #[error("cannot read {what} {}: {reason}", path.display())]
+    SecretFile {
+        /// The flag naming the file.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why (never its contents).
+        reason: String,
+    },
+    /// The brokers refused the connection: authentication, TLS, or a protocol mismatch.
+    #[error("cannot connect to the Kafka cluster at {brokers}: {failure}")]
+    Connect {
+        /// The bootstrap servers tried.
+        brokers: String,
+        /// What went wrong, naming the flag to check.
+        failure: crate::ConnectFailure,
+    },
     /// The start-up metadata request failed.
     #[error("cannot reach the Kafka cluster at {brokers}: {source}")]
     Unreachable {

@@ -5,6 +5,10 @@
 //! records, awaited writes for DLQ records, and a delivery callback that hands every failure
 //! to the rescue thread (retry topic, DLQ, or the local [`spool`]). A drainer thread sends
 //! spooled records back; a producer that raises a fatal error is replaced.
+//!
+//! [`KafkaSettings`] (bootstrap servers, TLS, SASL, other librdkafka properties) configures
+//! every client of the workspace; [`ConnectionWatch`] turns librdkafka's authentication and TLS
+//! errors into messages naming the cause, for the start-up ping, logs, a counter and readiness.
 
 mod admin;
 mod error;
@@ -12,9 +16,19 @@ mod metrics;
 mod producer;
 mod rescue;
 pub mod retry;
+mod settings;
+mod watch;
 
 pub use admin::{ensure_topics, fetch_topics};
 pub use error::Error;
 pub use producer::{Ack, Closed, EventProducer, ProducerConfig, Topics};
 pub use rescue::DELIVERY_REJECTED;
+pub use settings::{owned_property, KafkaSettings, Oidc, SaslMechanism, Secret, SecurityProtocol};
 pub use spool;
+pub use watch::{log_client_error, ConnectFailure, ConnectionWatch, WatchedContext};
+
+/// Maps librdkafka's refusal to create a client to [`Error`], without the value of a secret
+/// property (rdkafka's own message repeats the value).
+pub fn config_error(error: rdkafka::error::KafkaError) -> Error {
+    settings::create_error(error)
+}

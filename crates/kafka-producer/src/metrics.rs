@@ -94,3 +94,10 @@ impl ProducerMetrics {
         }
     }
 }
+
+/// Connection failures a client reported, by cause (`sasl`: the brokers refused the
+/// credentials; `tls`: the TLS handshake failed, an untrusted certificate say), for every
+/// client of the process, consumers included: `<prefix>_kafka_authentication_failures_total`.
+pub(crate) fn authentication_failures(prefix: &str, cause: &'static str) -> Counter {
+    counter!(format!("{prefix}_kafka_authentication_failures_total"), "cause" => cause)
+}

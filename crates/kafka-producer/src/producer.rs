@@ -19,7 +19,8 @@ use spool::Spool;
 
 use crate::metrics::ProducerMetrics;
 use crate::rescue::{Drainer, Rescuer};
-use crate::Error;
+use crate::watch::ConnectionWatch;
+use crate::{ConnectFailure, Error, KafkaSettings};
 
 /// The three topics (S9).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,8 +36,8 @@ pub struct Topics {
 /// How to build the producer.
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
-    /// Bootstrap servers, `host:port[,host:port]`.
-    pub brokers: String,
+    /// The cluster: bootstrap servers, security, other librdkafka properties.
+    pub kafka: KafkaSettings,
     /// The three topics.
     pub topics: Topics,
     /// `client.id` (S2: `cdp-ingest`).
@@ -61,10 +62,11 @@ pub struct ProducerConfig {
 }
 
 impl ProducerConfig {
-    /// The Go service's settings (S2) for `brokers` and `topics`.
-    pub fn new(brokers: impl Into<String>, topics: Topics) -> Self {
+    /// The Go service's settings (S2) for `kafka` (a [`KafkaSettings`], or the bootstrap
+    /// servers of a plaintext cluster) and `topics`.
+    pub fn new(kafka: impl Into<KafkaSettings>, topics: Topics) -> Self {
         ProducerConfig {
-            brokers: brokers.into(),
+            kafka: kafka.into(),
             topics,
             client_id: "cdp-ingest".into(),
             queue_max_messages: 100_000,
@@ -78,11 +80,11 @@ impl ProducerConfig {
         }
     }
 
-    /// The librdkafka settings (S2) for a producer with this configuration.
-    pub fn client_config(&self) -> ClientConfig {
+    /// The librdkafka settings (S2) for a producer with this configuration, then the
+    /// cluster's ([`KafkaSettings::apply`]). Fails when those do not fit together.
+    pub fn client_config(&self) -> Result<ClientConfig, Error> {
         let mut config = ClientConfig::new();
         config
-            .set("bootstrap.servers", &self.brokers)
             .set("client.id", &self.client_id)
             .set("linger.ms", self.linger.as_millis().to_string())
             .set("compression.type", "zstd")
@@ -95,7 +97,8 @@ impl ProducerConfig {
             .set("enable.idempotence", "true")
             .set("message.timeout.ms", self.message_timeout.as_millis().to_string())
             .set("statistics.interval.ms", "1000");
-        config
+        self.kafka.apply(&mut config)?;
+        Ok(config)
     }
 }
 
@@ -144,6 +147,7 @@ pub(crate) enum Job {
 pub(crate) struct Callbacks {
     metrics: Arc<ProducerMetrics>,
     healthy: Arc<AtomicBool>,
+    watch: ConnectionWatch,
     jobs: mpsc::Sender<Job>,
     /// Failed records sent to the rescue thread and not yet re-routed.
     pending: Arc<AtomicUsize>,
@@ -185,9 +189,16 @@ impl ClientContext for Callbacks {
         if up > 0 {
             self.healthy.store(true, Ordering::Relaxed);
         }
+        self.watch.stats(&stats);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if let Some(failure) = self.watch.observe(&error, reason) {
+            // Authentication, TLS, protocol mismatch: counted, shown by readiness; librdkafka
+            // keeps reconnecting.
+            tracing::error!(%failure, "kafka connection failed");
+            return;
+        }
         match error.rdkafka_error_code() {
             Some(RDKafkaErrorCode::AllBrokersDown) => self.healthy.store(false, Ordering::Relaxed),
             Some(RDKafkaErrorCode::BrokerTransportFailure) => {}
@@ -318,6 +329,8 @@ pub(crate) struct Core {
     pub pending: Arc<AtomicUsize>,
     pub spool: Option<Arc<Spool>>,
     pub jobs: Mutex<mpsc::Sender<Job>>,
+    /// Authentication and TLS failures the producers reported.
+    pub watch: ConnectionWatch,
     /// The librdkafka producer; replaced after a fatal error, taken at close.
     current: RwLock<Option<ThreadedProducer<Callbacks>>>,
     /// Set when the flush grace is over: failed records go straight to the spool.
@@ -340,11 +353,12 @@ impl Core {
             healthy: self.healthy.clone(),
             jobs: self.jobs.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             pending: self.pending.clone(),
+            watch: self.watch.clone(),
         };
         self.config
-            .client_config()
+            .client_config()?
             .create_with_context(callbacks)
-            .map_err(Error::Create)
+            .map_err(crate::settings::create_error)
     }
 
     /// Swaps in a new producer, or none; returns the old one. Once the producer is stopping,
@@ -441,8 +455,9 @@ pub struct EventProducer {
 
 impl EventProducer {
     /// Creates the producer and pings the cluster (S3): fails when the cluster does not answer
-    /// metadata within the ping timeout, or when one of the three topics does not exist.
-    /// Blocks for up to the ping timeout.
+    /// metadata within the ping timeout, or when one of the three topics does not exist; fails
+    /// at once, naming the cause, when the brokers refuse the credentials or the TLS handshake
+    /// fails ([`Error::Connect`]). Blocks for up to the ping timeout.
     ///
     /// With a `spool`, records Kafka cannot take are kept on disk and drained once the cluster
     /// is back; records already in it (a previous process's) are drained first.
@@ -460,7 +475,9 @@ impl EventProducer {
             .queue_max_messages
             .set(f64::from(config.queue_max_messages));
         let (jobs, job_queue) = mpsc::channel();
+        let watch = ConnectionWatch::new(&config.metric_prefix, &config.kafka);
         let core = Arc::new(Core {
+            watch,
             metrics,
             healthy: Arc::new(AtomicBool::new(false)),
             pending: Arc::new(AtomicUsize::new(0)),
@@ -476,13 +493,7 @@ impl EventProducer {
             config,
         });
         let producer = core.build()?;
-        let metadata = producer
-            .client()
-            .fetch_metadata(None, core.config.ping_timeout)
-            .map_err(|source| Error::Unreachable {
-                brokers: core.config.brokers.clone(),
-                source,
-            })?;
+        let metadata = core.watch.ping(producer.client(), core.config.ping_timeout)?;
         for topic in topics {
             let found = metadata
                 .topics()
@@ -537,6 +548,13 @@ impl EventProducer {
     /// for it, so that a restarted replica sends its backlog before new traffic).
     pub fn is_recovering(&self) -> bool {
         self.core.recovering.load(Ordering::Relaxed)
+    }
+
+    /// The authentication (SASL) or TLS failure the producer reported in the last 45 s, unless
+    /// every broker has connected since (librdkafka reports a persisting failure again every
+    /// 30 s); `None` while authenticated. For readiness: while `Some`, no record reaches Kafka.
+    pub fn authentication_failure(&self) -> Option<ConnectFailure> {
+        self.core.watch.authentication_failure()
     }
 
     /// True while a producer that raised a fatal error is being replaced.

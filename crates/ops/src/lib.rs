@@ -10,7 +10,11 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use kafka_producer::Topics;
+use std::path::PathBuf;
+
+use clap::builder::TypedValueParser as _;
+
+use kafka_producer::{KafkaSettings, Oidc, SaslMechanism, Secret, SecurityProtocol, Topics};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
@@ -29,6 +33,9 @@ pub struct KafkaArgs {
     /// Topic for records whose delivery failed transiently.
     #[arg(long, env = "CDP_TOPIC_RETRY", default_value = "cdp.retry")]
     pub topic_retry: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub security: KafkaSecurityArgs,
 }
 
 impl KafkaArgs {
@@ -38,6 +45,137 @@ impl KafkaArgs {
             ingest: self.topic_ingest.clone(),
             dlq: self.topic_dlq.clone(),
             retry: self.topic_retry.clone(),
+        }
+    }
+
+    /// The settings every Kafka client of the process is created with. Secret files are read,
+    /// and the settings checked, when a client is created ([`KafkaSettings::validate`]).
+    pub fn settings(&self) -> KafkaSettings {
+        self.security.settings(&self.brokers)
+    }
+}
+
+/// How to connect to the cluster: TLS, SASL, and any other librdkafka property. Part of
+/// [`KafkaArgs`]; tools and tests that take the brokers from elsewhere read these from the
+/// environment with [`KafkaSecurityArgs::from_env`].
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "Kafka connection")]
+pub struct KafkaSecurityArgs {
+    /// How to talk to the brokers (librdkafka's `security.protocol`).
+    #[arg(
+        long,
+        env = "CDP_KAFKA_SECURITY_PROTOCOL",
+        default_value = "plaintext",
+        ignore_case = true,
+        value_parser = clap::builder::PossibleValuesParser::new(SecurityProtocol::NAMES)
+            .map(|s| s.parse::<SecurityProtocol>().expect("one of the names"))
+    )]
+    pub kafka_security_protocol: SecurityProtocol,
+    /// SASL mechanism, with sasl_plaintext or sasl_ssl. GSSAPI (Kerberos) is not supported.
+    #[arg(
+        long,
+        env = "CDP_KAFKA_SASL_MECHANISM",
+        ignore_case = true,
+        value_parser = clap::builder::PossibleValuesParser::new(SaslMechanism::NAMES)
+            .map(|s| s.parse::<SaslMechanism>().expect("one of the names"))
+    )]
+    pub kafka_sasl_mechanism: Option<SaslMechanism>,
+    /// SASL username (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512).
+    #[arg(long, env = "CDP_KAFKA_SASL_USERNAME")]
+    pub kafka_sasl_username: Option<String>,
+    /// File holding the SASL password (a mounted Secret); a trailing newline is ignored. Read
+    /// at start (and when the producer is rebuilt).
+    #[arg(long, env = "CDP_KAFKA_SASL_PASSWORD_FILE", value_name = "FILE")]
+    pub kafka_sasl_password_file: Option<PathBuf>,
+    /// CA certificate(s) (PEM file or directory) to verify the brokers with; default: the
+    /// system's CA certificates.
+    #[arg(long, env = "CDP_KAFKA_SSL_CA_LOCATION", value_name = "PATH")]
+    pub kafka_ssl_ca_location: Option<PathBuf>,
+    /// Client certificate (PEM), for mutual TLS.
+    #[arg(long, env = "CDP_KAFKA_SSL_CERTIFICATE_LOCATION", value_name = "FILE")]
+    pub kafka_ssl_certificate_location: Option<PathBuf>,
+    /// The client certificate's private key (PEM), for mutual TLS.
+    #[arg(long, env = "CDP_KAFKA_SSL_KEY_LOCATION", value_name = "FILE")]
+    pub kafka_ssl_key_location: Option<PathBuf>,
+    /// File holding the private key's passphrase, if the key is encrypted.
+    #[arg(long, env = "CDP_KAFKA_SSL_KEY_PASSWORD_FILE", value_name = "FILE")]
+    pub kafka_ssl_key_password_file: Option<PathBuf>,
+    /// OAUTHBEARER through OIDC client credentials: the identity provider's token endpoint.
+    #[arg(
+        long,
+        env = "CDP_KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL",
+        value_name = "URL"
+    )]
+    pub kafka_sasl_oauthbearer_token_endpoint_url: Option<String>,
+    /// OAUTHBEARER OIDC: the client id.
+    #[arg(long, env = "CDP_KAFKA_SASL_OAUTHBEARER_CLIENT_ID")]
+    pub kafka_sasl_oauthbearer_client_id: Option<String>,
+    /// OAUTHBEARER OIDC: file holding the client secret; a trailing newline is ignored.
+    #[arg(
+        long,
+        env = "CDP_KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET_FILE",
+        value_name = "FILE"
+    )]
+    pub kafka_sasl_oauthbearer_client_secret_file: Option<PathBuf>,
+    /// OAUTHBEARER OIDC: the scope to request, if the provider wants one.
+    #[arg(long, env = "CDP_KAFKA_SASL_OAUTHBEARER_SCOPE")]
+    pub kafka_sasl_oauthbearer_scope: Option<String>,
+    /// Any other librdkafka property, `KEY=VALUE`; repeat the flag for more. The variable
+    /// holds one per line (values may contain commas). Properties with a flag of their own,
+    /// and the ones cdp-ingest fixes (acks, enable.idempotence, compression.type, client.id),
+    /// are refused.
+    #[arg(
+        long = "kafka-option",
+        env = "CDP_KAFKA_OPTIONS",
+        value_name = "KEY=VALUE",
+        hide_env_values = true
+    )]
+    pub kafka_options: Vec<String>,
+}
+
+impl KafkaSecurityArgs {
+    /// The `CDP_KAFKA_*` security variables (as the binaries read them), for tools and tests
+    /// that have no command line of their own. Unset variables mean plaintext.
+    pub fn from_env() -> Result<Self, clap::Error> {
+        #[derive(clap::Parser)]
+        struct EnvOnly {
+            #[command(flatten)]
+            security: KafkaSecurityArgs,
+        }
+        <EnvOnly as clap::Parser>::try_parse_from(["cdp-kafka-env"]).map(|e| e.security)
+    }
+
+    /// The settings for `brokers`.
+    pub fn settings(&self, brokers: &str) -> KafkaSettings {
+        let oidc_used = self.kafka_sasl_oauthbearer_token_endpoint_url.is_some()
+            || self.kafka_sasl_oauthbearer_client_id.is_some()
+            || self.kafka_sasl_oauthbearer_client_secret_file.is_some()
+            || self.kafka_sasl_oauthbearer_scope.is_some();
+        let oidc = oidc_used.then(|| Oidc {
+            token_endpoint_url: self
+                .kafka_sasl_oauthbearer_token_endpoint_url
+                .clone()
+                .unwrap_or_default(),
+            client_id: self.kafka_sasl_oauthbearer_client_id.clone().unwrap_or_default(),
+            client_secret: Secret::File(
+                self.kafka_sasl_oauthbearer_client_secret_file
+                    .clone()
+                    .unwrap_or_default(),
+            ),
+            scope: self.kafka_sasl_oauthbearer_scope.clone(),
+        });
+        KafkaSettings {
+            brokers: brokers.to_string(),
+            protocol: self.kafka_security_protocol,
+            sasl_mechanism: self.kafka_sasl_mechanism,
+            sasl_username: self.kafka_sasl_username.clone(),
+            sasl_password: self.kafka_sasl_password_file.clone().map(Secret::File),
+            oidc,
+            ssl_ca_location: self.kafka_ssl_ca_location.clone(),
+            ssl_certificate_location: self.kafka_ssl_certificate_location.clone(),
+            ssl_key_location: self.kafka_ssl_key_location.clone(),
+            ssl_key_password: self.kafka_ssl_key_password_file.clone().map(Secret::File),
+            options: self.kafka_options.clone(),
         }
     }
 }

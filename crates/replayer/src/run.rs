@@ -6,9 +6,9 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
-use kafka_producer::{Ack, EventProducer, ProducerConfig};
+use kafka_producer::{Ack, ConnectionWatch, EventProducer, ProducerConfig, WatchedContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer as RdStreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -72,6 +72,9 @@ impl fmt::Display for Summary {
     }
 }
 
+/// The DLQ consumer: its context counts and names authentication and TLS failures.
+type StreamConsumer = RdStreamConsumer<WatchedContext>;
+
 /// Records judged per round before their writes are awaited.
 const CHUNK: usize = 500;
 /// In `--until-end` mode: how long without records before giving up on partitions whose end
@@ -81,7 +84,8 @@ const IDLE_END: Duration = Duration::from_secs(10);
 /// Replays until `shutdown` resolves or, with `--until-end`, until the end offsets seen at
 /// start; returns what was done.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<Summary, Error> {
-    let mut producer_config = ProducerConfig::new(&config.kafka.brokers, config.kafka.topics());
+    let settings = config.kafka.settings();
+    let mut producer_config = ProducerConfig::new(settings.clone(), config.kafka.topics());
     producer_config.client_id = "cdp-dlq-replayer".into();
     producer_config.metric_prefix = "cdp_dlq_replayer".into();
     producer_config.dlq_timeout = config.produce_timeout;
@@ -90,20 +94,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
         .await
         .map_err(|e| KafkaError::ClientCreation(e.to_string()))??;
     if let Some(park) = &config.park_topic {
-        let brokers = config.kafka.brokers.clone();
-        let topics = tokio::task::spawn_blocking(move || {
-            kafka_producer::fetch_topics(&brokers, Duration::from_secs(10))
-        })
-        .await
-        .map_err(|e| KafkaError::ClientCreation(e.to_string()))??;
+        let ping = settings.clone();
+        let topics =
+            tokio::task::spawn_blocking(move || kafka_producer::fetch_topics(ping, Duration::from_secs(10)))
+                .await
+                .map_err(|e| KafkaError::ClientCreation(e.to_string()))??;
         if !topics.iter().any(|(t, _)| t == park) {
             return Err(kafka_producer::Error::MissingTopic(park.clone()).into());
         }
     }
 
     let topic = config.kafka.topic_dlq.clone();
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka.brokers)
+    let mut consumer_config = ClientConfig::new();
+    consumer_config
         .set("group.id", &config.group_id)
         .set("client.id", "cdp-dlq-replayer")
         .set(
@@ -113,8 +116,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
         .set("auto.commit.interval.ms", "1000")
         // Offsets are stored only after the replayed event was acknowledged.
         .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()?;
+        .set("auto.offset.reset", "earliest");
+    // Counted with the producer's, as cdp_dlq_replayer_kafka_authentication_failures_total.
+    let watch = ConnectionWatch::new("cdp_dlq_replayer", &settings);
+    let consumer: StreamConsumer = settings
+        .apply(&mut consumer_config)?
+        .create_with_context(WatchedContext::new(watch))
+        .map_err(kafka_producer::config_error)?;
     let mut ends = if config.until_end || config.from_beginning {
         let ends = assign_all(&consumer, &topic, config.from_beginning).await?;
         config.until_end.then_some(ends)

@@ -1,6 +1,7 @@
 //! Integration-test helpers, against the real broker that `cargo xtask test` starts.
 //!
-//! - [`brokers`]: the broker address (`KAFKA_BROKERS`);
+//! - [`brokers`]: the broker address (`KAFKA_BROKERS`); [`kafka`]: with the `CDP_KAFKA_*`
+//!   security settings, which every helper's client uses;
 //! - [`fresh_topics`]: a new ingest/DLQ/retry topic set per test;
 //! - [`consume`]: collects records (key, headers, value, partition) until a count or a timeout;
 //! - [`sources_file`]: a sources file with development keys;
@@ -10,7 +11,10 @@
 //!   JavaScript clients;
 //! - [`mock`]: librdkafka's mock cluster with faults on cue;
 //! - [`assert_nothing_lost`]: the fault tests' oracle over the three topics;
-//! - [`OwnBroker`]: a tansu process of the test's own, to kill and restart.
+//! - [`OwnBroker`]: a tansu process of the test's own, to kill and restart;
+//! - [`SecureBroker`]: a tansu requiring SCRAM-SHA-512, over plaintext or behind TLS, and the
+//!   refusal checks every binary passes ([`assert_refuses_a_wrong_password_and_an_untrusted_ca`],
+//!   [`assert_checks_kafka_options`]).
 
 #![allow(clippy::missing_panics_doc)]
 
@@ -23,10 +27,15 @@ use std::time::{Duration, Instant};
 pub mod browser;
 pub mod mock;
 mod own_broker;
+mod secure_broker;
 
 pub use own_broker::OwnBroker;
+pub use secure_broker::{
+    assert_checks_kafka_options, assert_refuses_a_wrong_password_and_an_untrusted_ca, SecureBroker, Tls, Via,
+    INHERITED_SECURITY_VARIABLES, PASSWORD, USER,
+};
 
-pub use kafka_producer::Topics;
+pub use kafka_producer::{KafkaSettings, Topics};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -44,9 +53,26 @@ pub fn brokers() -> String {
     })
 }
 
+/// The broker under test with the security settings of the `CDP_KAFKA_*` variables (as the
+/// binaries read them; plaintext when unset): how every helper here connects.
+pub fn kafka() -> KafkaSettings {
+    settings_from_env(&brokers())
+}
+
+fn settings_from_env(brokers: &str) -> KafkaSettings {
+    ops::KafkaSecurityArgs::from_env()
+        .unwrap_or_else(|e| panic!("reading the CDP_KAFKA_* variables: {e}"))
+        .settings(brokers)
+}
+
 /// Creates a new topic set (`<prefix>-<id>.ingest`, `.dlq`, `.retry`); the ingest topic has
 /// `partitions` partitions, the others one.
 pub async fn fresh_topics(partitions: i32) -> Topics {
+    fresh_topics_on(kafka(), partitions).await
+}
+
+/// [`fresh_topics`] on another cluster (a [`SecureBroker`], say).
+pub async fn fresh_topics_on(kafka: impl Into<KafkaSettings>, partitions: i32) -> Topics {
     let id = &uuid::Uuid::new_v4().simple().to_string()[..12];
     let topics = Topics {
         ingest: format!("t-{id}.ingest"),
@@ -54,7 +80,7 @@ pub async fn fresh_topics(partitions: i32) -> Topics {
         retry: format!("t-{id}.retry"),
     };
     kafka_producer::ensure_topics(
-        &brokers(),
+        kafka,
         &[(&topics.ingest, partitions), (&topics.dlq, 1), (&topics.retry, 1)],
     )
     .await
@@ -102,24 +128,33 @@ impl Record {
 /// `timeout` passed, and returns what arrived (in partition order, then offset order).
 /// Waits for records, never for watermarks (tansu's in-memory watermarks are approximate).
 pub async fn consume(topic: &str, count: usize, timeout: Duration) -> Vec<Record> {
-    consume_from(&brokers(), topic, count, timeout).await
+    consume_from(kafka(), topic, count, timeout).await
 }
 
-/// [`consume`] from another cluster (a mock cluster, say).
-pub async fn consume_from(brokers: &str, topic: &str, count: usize, timeout: Duration) -> Vec<Record> {
-    let (brokers, topic) = (brokers.to_string(), topic.to_string());
-    tokio::task::spawn_blocking(move || consume_blocking(&brokers, &topic, count, timeout))
+/// [`consume`] from another cluster (a mock cluster's bootstrap servers, a
+/// [`SecureBroker`]'s settings).
+pub async fn consume_from(
+    kafka: impl Into<KafkaSettings>,
+    topic: &str,
+    count: usize,
+    timeout: Duration,
+) -> Vec<Record> {
+    let (kafka, topic) = (kafka.into(), topic.to_string());
+    tokio::task::spawn_blocking(move || consume_blocking(&kafka, &topic, count, timeout))
         .await
         .expect("consumer thread")
 }
 
 /// A consumer of every partition of `topics` from the beginning, in a group of its own.
-fn consumer_from_start(brokers: &str, topics: &[&str]) -> (BaseConsumer, TopicPartitionList) {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+fn consumer_from_start(kafka: &KafkaSettings, topics: &[&str]) -> (BaseConsumer, TopicPartitionList) {
+    let mut config = ClientConfig::new();
+    config
         .set("group.id", format!("test-{}", uuid::Uuid::new_v4()))
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
+        .set("enable.partition.eof", "false");
+    let consumer: BaseConsumer = kafka
+        .apply(&mut config)
+        .expect("test Kafka settings")
         .create()
         .expect("creating test consumer");
     let mut assignment = TopicPartitionList::new();
@@ -137,8 +172,8 @@ fn consumer_from_start(brokers: &str, topics: &[&str]) -> (BaseConsumer, TopicPa
     (consumer, assignment)
 }
 
-fn consume_blocking(brokers: &str, topic: &str, count: usize, timeout: Duration) -> Vec<Record> {
-    let (consumer, _) = consumer_from_start(brokers, &[topic]);
+fn consume_blocking(kafka: &KafkaSettings, topic: &str, count: usize, timeout: Duration) -> Vec<Record> {
+    let (consumer, _) = consumer_from_start(kafka, &[topic]);
     let deadline = Instant::now() + timeout;
     let mut records = Vec::new();
     while records.len() < count && Instant::now() < deadline {
@@ -190,12 +225,17 @@ impl Landed {
 
 /// Reads the ingest, retry and DLQ topics of `brokers` until every id of `accepted` was seen
 /// or `timeout` passed, counting the records of each id (the `message_id` of the value).
-pub async fn landed(brokers: &str, topics: &Topics, accepted: &[String], timeout: Duration) -> Landed {
-    let brokers = brokers.to_string();
+pub async fn landed(
+    kafka: impl Into<KafkaSettings>,
+    topics: &Topics,
+    accepted: &[String],
+    timeout: Duration,
+) -> Landed {
+    let kafka: KafkaSettings = kafka.into();
     let topics = [topics.ingest.clone(), topics.retry.clone(), topics.dlq.clone()];
     let accepted = accepted.to_vec();
     tokio::task::spawn_blocking(move || {
-        let (consumer, assignment) = consumer_from_start(&brokers, &topics.each_ref().map(String::as_str));
+        let (consumer, assignment) = consumer_from_start(&kafka, &topics.each_ref().map(String::as_str));
         let mut counts: HashMap<String, usize> = accepted.iter().map(|id| (id.clone(), 0)).collect();
         let mut unseen = accepted.len();
         let deadline = Instant::now() + timeout;
@@ -246,7 +286,7 @@ pub async fn landed(brokers: &str, topics: &Topics, accepted: &[String], timeout
 /// The fault tests' oracle: every event that got a 2xx is on the ingest, retry or DLQ topic
 /// (duplicates allowed). Panics naming the missing ones; returns what landed.
 pub async fn assert_nothing_lost(
-    brokers: &str,
+    kafka: impl Into<KafkaSettings>,
     topics: &Topics,
     accepted: &[String],
     timeout: Duration,
@@ -255,7 +295,7 @@ pub async fn assert_nothing_lost(
         !accepted.is_empty(),
         "no event was accepted: the test proves nothing"
     );
-    let landed = landed(brokers, topics, accepted, timeout).await;
+    let landed = landed(kafka, topics, accepted, timeout).await;
     assert!(
         landed.missing.is_empty(),
         "{} of {} events that got a 2xx are on no topic: {:?}",
@@ -268,16 +308,33 @@ pub async fn assert_nothing_lost(
 
 /// Produces one record to `topic` and waits for the acknowledgement.
 pub async fn produce(topic: &str, key: Option<&str>, value: &[u8], headers: &[(&str, &str)]) {
-    use rdkafka::message::{Header, OwnedHeaders};
-    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::producer::FutureProducer;
     static PRODUCER: OnceLock<FutureProducer> = OnceLock::new();
-    let producer = PRODUCER.get_or_init(|| {
-        ClientConfig::new()
-            .set("bootstrap.servers", brokers())
-            .set("linger.ms", "0")
-            .create()
-            .expect("creating test producer")
-    });
+    let producer = PRODUCER.get_or_init(|| test_producer(&kafka()));
+    produce_with(producer, topic, key, value, headers).await;
+}
+
+/// A producer for test records on `kafka`'s cluster.
+pub fn test_producer(kafka: &KafkaSettings) -> rdkafka::producer::FutureProducer {
+    let mut config = ClientConfig::new();
+    config.set("linger.ms", "0");
+    kafka
+        .apply(&mut config)
+        .expect("test Kafka settings")
+        .create()
+        .expect("creating test producer")
+}
+
+/// [`produce`] with a producer of the caller's ([`test_producer`]).
+pub async fn produce_with(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    key: Option<&str>,
+    value: &[u8],
+    headers: &[(&str, &str)],
+) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::FutureRecord;
     let mut owned = OwnedHeaders::new();
     for (k, v) in headers {
         owned = owned.insert(Header {
@@ -299,9 +356,11 @@ pub async fn produce(topic: &str, key: Option<&str>, value: &[u8], headers: &[(&
 pub async fn committed(group: &str, topic: &str) -> Vec<(i32, Option<i64>)> {
     let (group, topic) = (group.to_string(), topic.to_string());
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
-            .set("group.id", &group)
+        let mut config = ClientConfig::new();
+        config.set("group.id", &group);
+        let consumer: BaseConsumer = kafka()
+            .apply(&mut config)
+            .expect("test Kafka settings")
             .create()
             .expect("creating test consumer");
         let metadata = consumer
@@ -388,4 +447,66 @@ pub fn python() -> PathBuf {
         );
     }
     python
+}
+
+/// What a process printed and how it ended.
+#[derive(Debug)]
+pub struct Exited {
+    /// Its exit status.
+    pub status: std::process::ExitStatus,
+    /// Its standard error (logs, the final error).
+    pub stderr: String,
+    /// How long it ran.
+    pub after: Duration,
+}
+
+/// Runs `command` (its stderr piped) until it exits; panics if it is still running after
+/// `timeout` (then killed), showing what it printed.
+pub fn run_until_exit(command: &mut Command, timeout: Duration) -> Exited {
+    use std::io::Read;
+    let started = Instant::now();
+    let mut child = command
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {command:?}: {e}"));
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let status = child.wait();
+        let _ = tx.send(());
+        status
+    });
+    if rx.recv_timeout(timeout).is_err() {
+        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        let _ = waiter.join();
+        panic!(
+            "{command:?} still ran after {timeout:?}; its stderr:\n{}",
+            reader.join().unwrap_or_default()
+        );
+    }
+    let status = waiter
+        .join()
+        .expect("waiter thread")
+        .expect("waiting for the process");
+    Exited {
+        status,
+        stderr: reader.join().unwrap_or_default(),
+        after: started.elapsed(),
+    }
+}
+
+/// Removes the `CDP_KAFKA_*` security variables `command` would inherit from the test process
+/// (the suite's own cluster's), for a test that connects it to a cluster of its own.
+pub fn without_inherited_security(command: &mut Command) -> &mut Command {
+    for variable in INHERITED_SECURITY_VARIABLES {
+        command.env_remove(variable);
+    }
+    command
 }

@@ -1,4 +1,7 @@
-//! The `dlq-replayer` binary: a one-shot job's summary, and a replay killed mid-run.
+//! The `dlq-replayer` binary: a one-shot job's summary, a replay killed mid-run, and Kafka
+//! security (SASL, TLS) in `security`.
+
+mod security;
 
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};

@@ -297,3 +297,130 @@ async fn a_flooding_source_gets_429_while_another_is_unaffected_and_guessed_keys
     let (peak, _) = ingest.memory();
     assert!(peak < RSS_BOUND, "peak RSS {} MiB", peak >> 20);
 }
+
+/// The value of a metric line (with its labels) in the text exposition.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{series} missing from:\n{text}"))
+}
+
+async fn metrics_text(ingest: &Ingest) -> String {
+    reqwest::get(&ingest.metrics_url)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_low_open_file_limit_connections_beyond_the_cap_are_refused_and_counted() {
+    // 400 files: the default cap of 10 000 is lowered to 400 less the 256 reserved.
+    let ingest = Ingest::start_limited(400, &[]).await;
+    let text = metrics_text(&ingest).await;
+    assert_eq!(metric(&text, "cdp_ingest_max_connections"), 144.0, "{text}");
+    assert_eq!(metric(&text, "cdp_ingest_open_files_limit{kind=\"soft\"}"), 400.0);
+    let refused_before = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("cdp_ingest_connections_refused_total ")?
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or(0.0);
+
+    // 200 idle connections: 56 or more are over the cap.
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(TcpStream::connect(("127.0.0.1", ingest.port)).await.unwrap());
+    }
+    let mut refused = 0.0;
+    for _ in 0..200 {
+        refused = metric(
+            &metrics_text(&ingest).await,
+            "cdp_ingest_connections_refused_total",
+        ) - refused_before;
+        if refused >= 56.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(refused >= 56.0, "{refused} connections refused");
+    // /healthz still answers (over the cap, probes are answered on a few connections).
+    let mut healthy = false;
+    for _ in 0..100 {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        if client
+            .get(format!("{}/healthz", ingest.url))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            healthy = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(healthy, "/healthz never answered");
+    let text = metrics_text(&ingest).await;
+    assert_eq!(metric(&text, "cdp_ingest_accept_errors_total"), 0.0, "{text}");
+    drop(idle);
+    ingest.terminate();
+    let (ok, log) = ingest.wait();
+    assert!(ok, "{log}");
+    assert!(
+        log.contains("lowering the connection cap") && log.contains("\"lowered_to\":144"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_brute_force_of_a_thousand_keys_writes_few_log_lines_and_counts_every_one() {
+    let ingest = Ingest::start().await;
+    let client = reqwest::Client::new();
+    for i in 0..1000 {
+        let response = client
+            .post(format!("{}/v1/track", ingest.url))
+            .basic_auth(format!("guess-{i}"), Some(""))
+            .json(&json!({"anonymousId": "a", "event": "e"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401);
+    }
+    let text = metrics_text(&ingest).await;
+    assert_eq!(
+        metric(&text, "cdp_ingest_auth_failures_total{reason=\"unknown\"}"),
+        1000.0,
+        "{text}"
+    );
+    ingest.terminate();
+    let (ok, log) = ingest.wait();
+    assert!(ok);
+    let lines: Vec<serde_json::Value> = log.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let message = |l: &serde_json::Value| l["fields"]["message"].as_str().unwrap_or_default().to_string();
+    let written = lines.iter().filter(|l| message(l) == "request refused").count();
+    let suppressed: u64 = lines
+        .iter()
+        .filter(|l| {
+            message(l).starts_with("refusal log lines suppressed") && l["fields"]["reason"] == "unauthorized"
+        })
+        .map(|l| l["fields"]["suppressed"].as_u64().unwrap())
+        .sum();
+    eprintln!(
+        "{written} refusal lines written, {suppressed} suppressed, {} log lines in all",
+        log.lines().count()
+    );
+    // Every refusal is either written or summed up, and few are written.
+    assert_eq!(
+        written as u64 + suppressed,
+        1000,
+        "{written} written, {suppressed} suppressed"
+    );
+    assert!(written <= 200, "{written} refusal lines for 1000 refusals");
+    assert!(log.lines().count() < 300, "{} log lines", log.lines().count());
+}

@@ -4,6 +4,7 @@
 
 mod browser;
 mod hostile;
+mod kafka_security;
 mod lossless;
 mod node_sdks;
 mod process;
@@ -50,6 +51,27 @@ impl Ingest {
         Ingest::start_on(&test_support::brokers(), topics, spool, env, sources).await
     }
 
+    /// [`Ingest::start_with`] under an open-file limit of `nofile` (soft and hard, set with
+    /// the shell's `ulimit -n` before `exec`).
+    async fn start_limited(nofile: u64, env: &[(&str, &str)]) -> Ingest {
+        let topics = test_support::fresh_topics(3).await;
+        let spool = std::sync::Arc::new(tempfile::tempdir().unwrap());
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -n {nofile} && exec \"$0\""))
+            .arg(env!("CARGO_BIN_EXE_ingest"));
+        Ingest::spawn(
+            command,
+            &test_support::brokers(),
+            topics,
+            spool,
+            env,
+            test_support::sources_file(),
+        )
+        .await
+    }
+
     /// `ingest` on `brokers` and `topics` with the spool in `spool` (shared with an earlier
     /// process, to restart one).
     async fn start_on(
@@ -59,9 +81,22 @@ impl Ingest {
         env: &[(&str, &str)],
         sources: tempfile::NamedTempFile,
     ) -> Ingest {
+        let command = Command::new(env!("CARGO_BIN_EXE_ingest"));
+        Ingest::spawn(command, brokers, topics, spool, env, sources).await
+    }
+
+    /// Runs `command` (the binary, or a wrapper that `exec`s it) as [`Ingest::start_on`] does.
+    async fn spawn(
+        mut command: Command,
+        brokers: &str,
+        topics: Topics,
+        spool: std::sync::Arc<tempfile::TempDir>,
+        env: &[(&str, &str)],
+        sources: tempfile::NamedTempFile,
+    ) -> Ingest {
         let port = free_port();
         let metrics_port = free_port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ingest"))
+        let mut child = command
             .env("CDP_KAFKA_BROKERS", brokers)
             .env("CDP_TOPIC_INGEST", &topics.ingest)
             .env("CDP_TOPIC_DLQ", &topics.dlq)

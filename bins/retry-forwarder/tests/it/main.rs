@@ -1,5 +1,7 @@
-//! The `retry-forwarder` binary: crash safety (SIGKILL), graceful commits (SIGTERM) and two
-//! instances sharing one group.
+//! The `retry-forwarder` binary: crash safety (SIGKILL), graceful commits (SIGTERM), two
+//! instances sharing one group, and Kafka security (SASL, TLS) in `security`.
+
+mod security;
 
 use std::collections::BTreeSet;
 use std::net::TcpListener;

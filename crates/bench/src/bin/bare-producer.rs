@@ -23,6 +23,9 @@ struct Args {
     /// Records to send.
     #[arg(long, default_value_t = 200_000)]
     count: usize,
+    /// TLS, SASL and other librdkafka settings, as the binaries take them (`CDP_KAFKA_*`).
+    #[command(flatten)]
+    security: ops::KafkaSecurityArgs,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,11 +40,12 @@ fn main() -> anyhow::Result<()> {
         dlq: args.topic.clone(),
         retry: args.topic.clone(),
     };
-    let config = ProducerConfig::new(&args.brokers, topics);
+    let config = ProducerConfig::new(args.security.settings(&args.brokers), topics);
     let producer: ThreadedProducer<DefaultProducerContext> = config
-        .client_config()
+        .client_config()?
         .set("statistics.interval.ms", "0")
-        .create()?;
+        .create()
+        .map_err(kafka_producer::config_error)?;
     let started = Instant::now();
     let cpu_before = bench::cpu_seconds();
     for i in 0..args.count {

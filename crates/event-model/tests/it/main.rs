@@ -1,6 +1,7 @@
 //! Integration tests of the event model: one binary, one module per concern.
 
 mod batch;
+mod cost;
 mod props;
 mod reading;
 mod reference;

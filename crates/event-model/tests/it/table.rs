@@ -340,9 +340,10 @@ fn deeply_nested_json_is_refused_before_parsing() {
         "]".repeat(100)
     );
     let rejection = run(Endpoint::Single(Track), &body).unwrap_err();
+    // Named by the pointer to the container that is one too deep.
     assert_eq!(
-        (rejection.reason, rejection.field.as_str()),
-        (Reason::TooDeep, "")
+        (rejection.reason, rejection.field),
+        (Reason::TooDeep, format!("/properties{}", "/0".repeat(63)))
     );
     // Brackets inside strings do not count, escaped quotes included.
     let body = format!(r#"{{"anonymousId":"a","event":"{}"}}"#, "[".repeat(100));
@@ -360,10 +361,8 @@ fn objects_with_too_many_keys_are_rejected_with_their_pointer() {
         (0..1001).map(|i| (format!("k{i}"), json!(i))).collect();
     let body =
         json!({"anonymousId": "a", "event": "e", "properties": {"a/b": [1, {"deep": keys}]}}).to_string();
-    let rejection = run(Endpoint::Single(Track), &body)
-        .unwrap()
-        .remove(0)
-        .unwrap_err();
+    // Refused by the scan before parsing, named by its pointer into the body.
+    let rejection = run(Endpoint::Single(Track), &body).unwrap_err();
     assert_eq!(
         (rejection.reason, rejection.field.as_str()),
         (Reason::TooManyKeys, "/properties/a~1b/1/deep")
@@ -373,6 +372,48 @@ fn objects_with_too_many_keys_are_rejected_with_their_pointer() {
     accept(
         Track,
         &json!({"anonymousId": "a", "event": "e", "properties": ok}).to_string(),
+    );
+}
+
+#[test]
+fn repeated_keys_are_refused_before_parsing_however_many() {
+    // The issue's body: 102 388 copies of `"":0` in properties, 512 KB.
+    let copies = vec![r#""":0"#; 102_388].join(",");
+    let body = format!(r#"{{"anonymousId":"a","event":"e","properties":{{{copies}}}}}"#);
+    let rejection = run(Endpoint::Single(Track), &body).unwrap_err();
+    assert_eq!(
+        (rejection.reason, rejection.field.as_str()),
+        (Reason::TooManyKeys, "/properties")
+    );
+    // In a batch, an item over the limit costs that item alone (one event's problem never costs
+    // another); its pointer is into the event, escaped keys decoded.
+    let keys: serde_json::Map<String, serde_json::Value> =
+        (0..1001).map(|i| (format!("k{i}"), json!(i))).collect();
+    let ok = json!({"type": "track", "event": "e", "anonymousId": "a"});
+    let body = json!({"batch": [ok, {"type": "track", "properties": {"\"q~": keys}}]}).to_string();
+    let mut items = run(Endpoint::Batch, &body).unwrap();
+    let rejection = items.remove(1).unwrap_err();
+    assert_eq!(
+        (rejection.reason, rejection.field.as_str()),
+        (Reason::TooManyKeys, "/properties/\"q~0")
+    );
+    assert!(items.remove(0).is_ok(), "the other item stands");
+    // Many objects, each under the limit, over the body's total.
+    let limits = event_model::Limits::default();
+    let object = format!("{{{}}}", vec![r#""k":0"#; 1000].join(","));
+    let objects = vec![object.as_str(); limits.max_total_keys / 1000 + 1].join(",");
+    let mut body =
+        format!(r#"{{"anonymousId":"a","event":"e","properties":{{"p":[{objects}]}}}}"#).into_bytes();
+    let rejection = event_model::parse_event(&mut body, &limits).unwrap_err();
+    assert_eq!(
+        (rejection.reason, rejection.field.as_str()),
+        (Reason::TooManyKeys, "")
+    );
+    // Keys in strings, and `:` in strings, are not keys.
+    let text = vec![r#"\"k\":0"#; 2000].join(",");
+    accept(
+        Track,
+        &json!({"anonymousId": "a", "event": "e", "properties": {"t": text, "u": ":::"}}).to_string(),
     );
 }
 

@@ -1,6 +1,7 @@
 //! `ingest` served in-process on port 0, against the real broker (`cargo xtask test`), and
 //! against librdkafka's mock cluster for the faults a real broker cannot produce on cue.
 
+mod attacks;
 mod auth;
 mod body;
 mod compat;

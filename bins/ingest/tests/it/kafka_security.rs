@@ -1,0 +1,103 @@
+//! ingest against a broker that requires SASL SCRAM-SHA-512, with and without TLS (set through
+//! the `CDP_KAFKA_*` variables); refused credentials and certificates; `--kafka-option`.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use test_support::{
+    assert_checks_kafka_options, assert_refuses_a_wrong_password_and_an_untrusted_ca, consume_from,
+    fresh_topics_on, SecureBroker, Tls, Via, WRITE_KEY,
+};
+
+use crate::{Ingest, WAIT};
+
+/// How long a refused start may take: the ping timeout is 10 s.
+const REFUSED_WITHIN: Duration = Duration::from_secs(30);
+
+/// `ingest` with `sources` and `spool`, listening on free ports; Kafka settings to be added.
+fn ingest(sources: &Path, spool: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ingest"));
+    command
+        .env("CDP_SOURCES_FILE", sources)
+        .env("CDP_SPOOL_DIR", spool)
+        .env("CDP_LISTEN", "127.0.0.1:0")
+        .env("CDP_METRICS_LISTEN", "127.0.0.1:0");
+    command
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takes_events_over_sasl_plaintext_and_sasl_ssl() {
+    for tls in [Tls::Off, Tls::On] {
+        let broker = SecureBroker::start(tls).await;
+        let settings = broker.settings();
+        let topics = fresh_topics_on(&settings, 1).await;
+        let env = broker.env_with(&broker.password_file(), broker.ca().as_deref());
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let spool = std::sync::Arc::new(tempfile::tempdir().unwrap());
+        let ingest = Ingest::start_on(
+            &broker.address(),
+            topics.clone(),
+            spool,
+            &env,
+            test_support::sources_file(),
+        )
+        .await;
+        let response = reqwest::Client::new()
+            .post(format!("{}/v1/track", ingest.url))
+            .basic_auth(WRITE_KEY, Some(""))
+            .json(&serde_json::json!({"anonymousId": "v1", "event": "Signed Up", "messageId": "sec-1"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{tls:?}");
+        let records = consume_from(&settings, &topics.ingest, 1, WAIT).await;
+        assert_eq!(records.len(), 1, "{tls:?}: the event is not on the ingest topic");
+        assert_eq!(records[0].json()["message_id"], "sec-1");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_or_an_untrusted_ca_stops_it_naming_the_cause() {
+    let (sources, spool) = (test_support::sources_file(), tempfile::tempdir().unwrap());
+    assert_refuses_a_wrong_password_and_an_untrusted_ca(Via::Env, REFUSED_WITHIN, || {
+        ingest(sources.path(), spool.path())
+    })
+    .await;
+}
+
+#[test]
+fn kafka_options_reach_librdkafka_and_fixed_settings_are_refused() {
+    let (sources, spool) = (test_support::sources_file(), tempfile::tempdir().unwrap());
+    assert_checks_kafka_options(Via::Env, REFUSED_WITHIN, || ingest(sources.path(), spool.path()));
+}
+
+#[test]
+fn help_shows_the_connection_flags_and_no_secret() {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ingest"));
+    let output = command
+        .arg("--help")
+        .env("CDP_KAFKA_OPTIONS", "ssl.keystore.password=hunter2")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(output.stdout).unwrap();
+    for flag in [
+        "--kafka-security-protocol",
+        "--kafka-sasl-mechanism",
+        "--kafka-sasl-username",
+        "--kafka-sasl-password-file",
+        "--kafka-ssl-ca-location",
+        "--kafka-ssl-certificate-location",
+        "--kafka-ssl-key-location",
+        "--kafka-ssl-key-password-file",
+        "--kafka-sasl-oauthbearer-token-endpoint-url",
+        "--kafka-sasl-oauthbearer-client-id",
+        "--kafka-sasl-oauthbearer-client-secret-file",
+        "--kafka-sasl-oauthbearer-scope",
+        "--kafka-option",
+        "CDP_KAFKA_OPTIONS",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+    assert!(!help.contains("hunter2"), "--help shows a secret");
+}

@@ -1,0 +1,138 @@
+//! Whole-request admission in buffered mode: a request's events are all taken or none is.
+//!
+//! librdkafka's queue has no reservation: a batch enqueued one record at a time can find the
+//! queue full half-way, after part of it was taken (and the client, getting a 503, sends the
+//! whole batch again). So before enqueueing, a request reserves room for all its records here,
+//! against the queue's record cap (`--kafka-queue-max-messages`) less what librdkafka holds
+//! and what other requests have reserved; while no broker is reachable (its records go to the
+//! spool) it reserves room in the spool instead. The reservation is released once the request
+//! has enqueued (librdkafka's own count then covers its records).
+//!
+//! What still races it: the producer's own threads (the spool drainer, the rescuer) and DLQ
+//! writes enqueue without reserving, and librdkafka's byte cap (`--kafka-queue-max-kbytes`) is
+//! not visible to it. Those can still refuse a record half-way; the request then gets 503 with
+//! the count taken (`accepted`), and `cdp_ingest_partial_admissions_total` counts it.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use event_model::Accepted;
+use kafka_producer::EventProducer;
+
+/// Room reserved by requests being enqueued.
+pub(crate) struct Admission {
+    /// librdkafka's record cap (`queue.buffering.max.messages`).
+    max_records: usize,
+    /// librdkafka's byte cap (`queue.buffering.max.kbytes`), in bytes: one request alone
+    /// over it could never be taken whole.
+    max_bytes: u64,
+    reserved_records: AtomicUsize,
+    reserved_bytes: AtomicU64,
+    reserved_spool_bytes: AtomicU64,
+}
+
+/// Bytes a spool frame adds to a record's key, value and message id (frame header, lengths,
+/// the three header names and their source and type values are counted separately).
+const SPOOL_FRAME_OVERHEAD: u64 = 96;
+
+impl Admission {
+    pub(crate) fn new(max_records: u32, max_kbytes: u32) -> Self {
+        Admission {
+            max_records: max_records as usize,
+            max_bytes: u64::from(max_kbytes) * 1024,
+            reserved_records: AtomicUsize::new(0),
+            reserved_bytes: AtomicU64::new(0),
+            reserved_spool_bytes: AtomicU64::new(0),
+        }
+    }
+
+    /// Reserves room for all of `events` where they will go: librdkafka's queue while a
+    /// broker is reachable (or without a spool), else the spool. `Err` when they do not all
+    /// fit: the request is refused whole, with the producer's error for the 503.
+    ///
+    /// `dlq` is the count and bytes of the request's DLQ records, written first to the same
+    /// queue: reserved with the events, so that a refusal here comes before any write.
+    pub(crate) fn reserve<'a>(
+        &'a self,
+        producer: &EventProducer,
+        events: &[Accepted],
+        dlq: (usize, u64),
+        workspace_id: &str,
+        source_id: &str,
+    ) -> Result<Reservation<'a>, kafka_producer::Error> {
+        let event_bytes: u64 = events.iter().map(|e| (e.value.len() + e.key.len()) as u64).sum();
+        let (records, bytes) = (events.len() + dlq.0, event_bytes + dlq.1);
+        match producer.spool() {
+            Some(spool) if !producer.is_healthy() => {
+                let ids: u64 = events.iter().map(|e| e.message_id.len() as u64).sum();
+                let per_record = SPOOL_FRAME_OVERHEAD + (workspace_id.len() + source_id.len()) as u64;
+                let need = event_bytes + ids + per_record * events.len() as u64;
+                let fits = |reserved: u64| spool.bytes() + reserved + need <= spool.max_bytes();
+                if !reserve_u64(&self.reserved_spool_bytes, need, fits) {
+                    return Err(kafka_producer::Error::SpoolFull {
+                        cap: spool.max_bytes(),
+                    });
+                }
+                Ok(Reservation {
+                    admission: self,
+                    records: 0,
+                    bytes: 0,
+                    spool_bytes: need,
+                })
+            }
+            _ => {
+                // What librdkafka holds counts records this request's concurrent peers already
+                // enqueued under their reservation twice: conservative, never over the cap.
+                let held = producer.in_flight();
+                let fits_records = |reserved: usize| held + reserved + records <= self.max_records;
+                if bytes > self.max_bytes || !reserve_usize(&self.reserved_records, records, fits_records) {
+                    return Err(kafka_producer::Error::QueueFull);
+                }
+                let fits_bytes = |reserved: u64| reserved + bytes <= self.max_bytes;
+                if !reserve_u64(&self.reserved_bytes, bytes, fits_bytes) {
+                    self.reserved_records.fetch_sub(records, Ordering::AcqRel);
+                    return Err(kafka_producer::Error::QueueFull);
+                }
+                Ok(Reservation {
+                    admission: self,
+                    records,
+                    bytes,
+                    spool_bytes: 0,
+                })
+            }
+        }
+    }
+}
+
+/// Room held for one request; released when dropped (after it enqueued).
+pub(crate) struct Reservation<'a> {
+    admission: &'a Admission,
+    records: usize,
+    bytes: u64,
+    spool_bytes: u64,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let a = self.admission;
+        a.reserved_records.fetch_sub(self.records, Ordering::AcqRel);
+        a.reserved_bytes.fetch_sub(self.bytes, Ordering::AcqRel);
+        a.reserved_spool_bytes
+            .fetch_sub(self.spool_bytes, Ordering::AcqRel);
+    }
+}
+
+fn reserve_usize(counter: &AtomicUsize, n: usize, fits: impl Fn(usize) -> bool) -> bool {
+    counter
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |reserved| {
+            fits(reserved).then_some(reserved + n)
+        })
+        .is_ok()
+}
+
+fn reserve_u64(counter: &AtomicU64, n: u64, fits: impl Fn(u64) -> bool) -> bool {
+    counter
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |reserved| {
+            fits(reserved).then_some(reserved + n)
+        })
+        .is_ok()
+}

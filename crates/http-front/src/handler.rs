@@ -170,10 +170,11 @@ pub(crate) fn readiness(state: &State) -> Response<Full<Bytes>> {
         Some("draining the spool the previous process left")
     } else if buffered && !spool_has_room {
         Some("the local spool is full")
+    } else if authentication_failure.is_some() {
+        // Before "unreachable": brokers refusing us also count as down for librdkafka.
+        Some("Kafka authentication failing")
     } else if !producer.is_healthy() && !buffered {
         Some("no Kafka broker reachable")
-    } else if authentication_failure.is_some() {
-        Some("Kafka authentication failing")
     } else {
         None
     };

@@ -7,6 +7,10 @@
 //! `socat` (`OPENSSL-LISTEN`) does, in front of it, with the broker advertising the proxy's port.
 //! `socat` and `openssl` are installed with apt-get on first use.
 //!
+//! [`SecureBroker::change_password`] changes the user's password on a running one the same way
+//! (stop, create the user again on the same file from an unauthenticated broker, restart with
+//! `--authentication` on the same port): credentials rotated away from a running client.
+//!
 //! The checks every binary passes against one: [`assert_refuses_a_wrong_password_and_an_untrusted_ca`]
 //! and [`assert_checks_kafka_options`].
 
@@ -39,9 +43,13 @@ pub enum Tls {
 /// A tansu requiring SCRAM-SHA-512 (and its TLS proxy); both killed when dropped.
 pub struct SecureBroker {
     dir: tempfile::TempDir,
+    /// The tansu binary.
+    bin: PathBuf,
     tls: Tls,
     /// The port clients use: the broker's, or the proxy's.
     port: u16,
+    /// The port the broker listens on (the proxy's target, with TLS).
+    broker_port: u16,
     broker: Child,
     proxy: Option<Child>,
 }
@@ -72,28 +80,7 @@ impl SecureBroker {
         let broker_port = free_port();
         let plain = format!("tcp://127.0.0.1:{broker_port}");
         // Without authentication, to create the user.
-        let mut setup = tansu(&bin, dir.path(), &plain, &plain, false);
-        wait_listening(broker_port, &mut setup, dir.path());
-        let created = Command::new(&bin)
-            .args([
-                "user",
-                "create",
-                "--broker",
-                &plain,
-                USER,
-                PASSWORD,
-                "--mechanism",
-                "scram512",
-            ])
-            .output()
-            .expect("running tansu user create");
-        assert!(
-            created.status.success(),
-            "tansu user create failed: {}",
-            String::from_utf8_lossy(&created.stderr)
-        );
-        let _ = setup.kill();
-        let _ = setup.wait();
+        create_user(&bin, dir.path(), broker_port, PASSWORD);
 
         std::fs::write(dir.path().join("password"), format!("{PASSWORD}\n")).unwrap();
         std::fs::write(dir.path().join("wrong-password"), format!("{WRONG_PASSWORD}\n")).unwrap();
@@ -122,8 +109,10 @@ impl SecureBroker {
         let broker = tansu(&bin, dir.path(), &plain, &advertised, true);
         let mut secure = SecureBroker {
             dir,
+            bin,
             tls,
             port,
+            broker_port,
             broker,
             proxy,
         };
@@ -133,6 +122,43 @@ impl SecureBroker {
             wait_listening(port, proxy, &dir);
         }
         secure
+    }
+
+    /// Changes [`USER`]'s password to `password`, as an operator rotating credentials does:
+    /// stops the broker (its clients lose their connections), sets the password from an
+    /// unauthenticated broker on another port and the same storage (so the clients' port stays
+    /// closed meanwhile), restarts the broker with `--authentication` on its port, and waits
+    /// until [`USER`] can read its metadata with the new password. The TLS proxy, if any, keeps
+    /// running.
+    ///
+    /// [`SecureBroker::password_file`] then holds `password`, as a rotated Secret's mounted file
+    /// does; a process that read the old one at start keeps it and is refused at its next
+    /// connection.
+    pub async fn change_password(&mut self, password: &str) {
+        let _ = self.broker.kill();
+        let _ = self.broker.wait();
+        let (bin, dir, broker_port, advertised) = (
+            self.bin.clone(),
+            self.dir.path().to_path_buf(),
+            self.broker_port,
+            format!("tcp://127.0.0.1:{}", self.port),
+        );
+        let password_ = password.to_string();
+        self.broker = tokio::task::spawn_blocking(move || {
+            create_user(&bin, &dir, free_port(), &password_);
+            let plain = format!("tcp://127.0.0.1:{broker_port}");
+            let mut broker = tansu(&bin, &dir, &plain, &advertised, true);
+            wait_listening(broker_port, &mut broker, &dir);
+            broker
+        })
+        .await
+        .expect("secure broker thread");
+        std::fs::write(self.password_file(), format!("{password}\n")).unwrap();
+        let settings = self.settings();
+        tokio::task::spawn_blocking(move || kafka_producer::fetch_topics(settings, Duration::from_secs(20)))
+            .await
+            .expect("ping thread")
+            .unwrap_or_else(|e| panic!("the restarted secure broker does not take the new password: {e}"));
     }
 
     /// The bootstrap address clients use (the proxy's, with TLS).
@@ -374,6 +400,34 @@ pub fn assert_checks_kafka_options(via: Via, within: Duration, binary: impl Fn()
     let exited = run_with(&binary, (args, env), within);
     assert!(!exited.status.success(), "{}", exited.stderr);
     assert!(exited.stderr.contains(acks_refused), "{}", exited.stderr);
+}
+
+/// Creates [`USER`] with `password` (replacing its credentials if it exists) in the storage in
+/// `dir`, through a broker without authentication started for it on `port` and then stopped.
+fn create_user(bin: &Path, dir: &Path, port: u16, password: &str) {
+    let plain = format!("tcp://127.0.0.1:{port}");
+    let mut setup = tansu(bin, dir, &plain, &plain, false);
+    wait_listening(port, &mut setup, dir);
+    let created = Command::new(bin)
+        .args([
+            "user",
+            "create",
+            "--broker",
+            &plain,
+            USER,
+            password,
+            "--mechanism",
+            "scram512",
+        ])
+        .output()
+        .expect("running tansu user create");
+    let _ = setup.kill();
+    let _ = setup.wait();
+    assert!(
+        created.status.success(),
+        "tansu user create failed: {}",
+        String::from_utf8_lossy(&created.stderr)
+    );
 }
 
 fn tansu(bin: &Path, dir: &Path, listener: &str, advertised: &str, authentication: bool) -> Child {

@@ -1,13 +1,14 @@
 //! ingest against a broker that requires SASL SCRAM-SHA-512, with and without TLS (set through
-//! the `CDP_KAFKA_*` variables); refused credentials and certificates; `--kafka-option`.
+//! the `CDP_KAFKA_*` variables); refused credentials and certificates, at start and at run time;
+//! `--kafka-option`.
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use test_support::{
     assert_checks_kafka_options, assert_refuses_a_wrong_password_and_an_untrusted_ca, consume_from,
-    fresh_topics_on, SecureBroker, Tls, Via, WRITE_KEY,
+    fresh_topics_on, SecureBroker, Tls, Via, PASSWORD, USER, WRITE_KEY,
 };
 
 use crate::{Ingest, WAIT};
@@ -54,6 +55,92 @@ async fn takes_events_over_sasl_plaintext_and_sasl_ssl() {
         let records = consume_from(&settings, &topics.ingest, 1, WAIT).await;
         assert_eq!(records.len(), 1, "{tls:?}: the event is not on the ingest topic");
         assert_eq!(records[0].json()["message_id"], "sec-1");
+    }
+}
+
+/// The series counting refused SASL credentials.
+const SASL_FAILURES: &str = "cdp_ingest_kafka_authentication_failures_total{cause=\"sasl\"}";
+
+/// The value of `series` (with its labels) on `ingest`'s metrics endpoint, if it is there.
+async fn metric(ingest: &Ingest, series: &str) -> Option<f64> {
+    let text = reqwest::get(&ingest.metrics_url).await.ok()?.text().await.ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Credentials rotated away from a running ingest (its password file is read at start): the
+/// broker refuses its reconnections, and `/readyz` turns 503 naming the cause while the SASL
+/// failure counter rises.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_changed_at_run_time_makes_it_unready_naming_the_cause() {
+    const ROTATED: &str = "rotated-password";
+    let mut broker = SecureBroker::start(Tls::Off).await;
+    let settings = broker.settings();
+    let topics = fresh_topics_on(&settings, 1).await;
+    let env = broker.env_with(&broker.password_file(), None);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let spool = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let ingest = Ingest::start_on(
+        &broker.address(),
+        topics.clone(),
+        spool,
+        &env,
+        test_support::sources_file(),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!("{}/v1/track", ingest.url))
+        .basic_auth(WRITE_KEY, Some(""))
+        .json(&serde_json::json!({"anonymousId": "v1", "event": "Signed Up", "messageId": "rot-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let records = consume_from(&settings, &topics.ingest, 1, WAIT).await;
+    assert_eq!(records.len(), 1, "the event is not on the ingest topic");
+    let before = metric(&ingest, SASL_FAILURES)
+        .await
+        .unwrap_or_else(|| panic!("{SASL_FAILURES} is not registered at start"));
+    assert_eq!(before, 0.0, "SASL failures counted while authenticated");
+
+    broker.change_password(ROTATED).await;
+    let changed = Instant::now();
+
+    // librdkafka reconnects (backing off up to 10 s) and is refused.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut status, mut body, mut failures) = (None, serde_json::Value::Null, before);
+    loop {
+        if let Ok(response) = client.get(format!("{}/readyz", ingest.url)).send().await {
+            status = Some(response.status());
+            body = response.json().await.unwrap_or_default();
+        }
+        failures = metric(&ingest, SASL_FAILURES).await.unwrap_or(failures);
+        let cause = body["kafka_authentication_failure"].as_str().unwrap_or_default();
+        if status == Some(reqwest::StatusCode::SERVICE_UNAVAILABLE)
+            && body["error"] == "Kafka authentication failing"
+            && cause.contains(&format!(
+                "SASL authentication failed for user {USER} (SCRAM-SHA-512)"
+            ))
+            && failures > before
+        {
+            eprintln!(
+                "unready after {:?}: {body}, {SASL_FAILURES} {failures}",
+                changed.elapsed()
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after the password change: /readyz {status:?} {body}, {SASL_FAILURES} {failures}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for password in [PASSWORD, ROTATED] {
+        assert!(
+            !body.to_string().contains(password),
+            "/readyz shows a password: {body}"
+        );
     }
 }
 

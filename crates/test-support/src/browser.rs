@@ -63,16 +63,22 @@ fn run(command: &mut Command) {
     );
 }
 
-fn found(program: &str) -> bool {
+/// Whether `program` is on the `PATH`.
+pub(crate) fn found(program: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {program}")])
         .output()
         .is_ok_and(|o| o.status.success())
 }
 
-/// Installs Debian packages with apt-get (through sudo unless root), under a lock.
-fn apt_install(packages: &[&str]) {
+/// Installs Debian packages with apt-get (through sudo unless root), under the tools cache's
+/// `apt.lock` (one install at a time across test processes); nothing when every package's
+/// program is already there once the lock is held.
+pub(crate) fn apt_install(packages: &[&str]) {
     locked("apt", || {
+        if packages.iter().all(|p| found(p)) {
+            return;
+        }
         let root = Command::new("id")
             .arg("-u")
             .output()

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use kafka_producer::{KafkaSettings, SaslMechanism, Secret, SecurityProtocol};
 
+use crate::browser::{apt_install, found};
 use crate::{run_until_exit, without_inherited_security, Exited};
 
 /// The SCRAM-SHA-512 user every [`SecureBroker`] has.
@@ -485,51 +486,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// Installs Debian packages with apt-get (through sudo unless root), under the tools cache's
-/// `apt.lock`, which the browser helpers' installs take too.
-fn apt_install(packages: &[&str]) {
-    let dir = crate::browser::tools_dir();
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-    let lock = File::create(dir.join("apt.lock")).expect("creating apt.lock");
-    lock.lock().expect("locking apt.lock");
-    if packages.iter().all(|p| found(p)) {
-        return;
-    }
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
-    for args in [
-        vec!["update", "-q"],
-        [&["install", "-y", "-q", "--no-install-recommends"][..], packages].concat(),
-    ] {
-        let mut command = if root {
-            Command::new("apt-get")
-        } else {
-            let mut c = Command::new("sudo");
-            c.arg("apt-get");
-            c
-        };
-        let output = command
-            .args(&args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .output()
-            .unwrap_or_else(|e| panic!("running apt-get: {e}"));
-        assert!(
-            output.status.success(),
-            "apt-get {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-}
-
-fn found(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 /// A CA, a server certificate for 127.0.0.1 signed by it, and an unrelated CA.

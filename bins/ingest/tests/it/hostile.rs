@@ -305,6 +305,13 @@ fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("{series} missing from:\n{text}"))
 }
 
+/// [`metric`], or 0 for a series not exported yet (a counter appears with its first event).
+fn metric_or_zero(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 async fn metrics_text(ingest: &Ingest) -> String {
     reqwest::get(&ingest.metrics_url)
         .await
@@ -321,14 +328,7 @@ async fn under_a_low_open_file_limit_connections_beyond_the_cap_are_refused_and_
     let text = metrics_text(&ingest).await;
     assert_eq!(metric(&text, "cdp_ingest_max_connections"), 144.0, "{text}");
     assert_eq!(metric(&text, "cdp_ingest_open_files_limit{kind=\"soft\"}"), 400.0);
-    let refused_before = text
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("cdp_ingest_connections_refused_total ")?
-                .parse::<f64>()
-                .ok()
-        })
-        .unwrap_or(0.0);
+    let refused_before = metric_or_zero(&text, "cdp_ingest_connections_refused_total");
 
     // 200 idle connections: 56 or more are over the cap.
     let mut idle = Vec::new();
@@ -337,7 +337,8 @@ async fn under_a_low_open_file_limit_connections_beyond_the_cap_are_refused_and_
     }
     let mut refused = 0.0;
     for _ in 0..200 {
-        refused = metric(
+        // The counter appears with the first refusal.
+        refused = metric_or_zero(
             &metrics_text(&ingest).await,
             "cdp_ingest_connections_refused_total",
         ) - refused_before;

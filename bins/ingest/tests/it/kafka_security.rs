@@ -12,6 +12,7 @@ use test_support::{
 };
 
 use crate::{Ingest, WAIT};
+use test_support::Topics;
 
 /// How long a refused start may take: the ping timeout is 10 s.
 const REFUSED_WITHIN: Duration = Duration::from_secs(30);
@@ -27,23 +28,28 @@ fn ingest(sources: &Path, spool: &Path) -> Command {
     command
 }
 
+/// ingest on `broker` and `topics`, with the broker's password file and `ca`, as variables.
+async fn start_secured(broker: &SecureBroker, topics: &Topics, ca: Option<&Path>) -> Ingest {
+    let env = broker.env_with(&broker.password_file(), ca);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let spool = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    Ingest::start_on(
+        &broker.address(),
+        topics.clone(),
+        spool,
+        &env,
+        test_support::sources_file(),
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn takes_events_over_sasl_plaintext_and_sasl_ssl() {
     for tls in [Tls::Off, Tls::On] {
         let broker = SecureBroker::start(tls).await;
         let settings = broker.settings();
         let topics = fresh_topics_on(&settings, 1).await;
-        let env = broker.env_with(&broker.password_file(), broker.ca().as_deref());
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let spool = std::sync::Arc::new(tempfile::tempdir().unwrap());
-        let ingest = Ingest::start_on(
-            &broker.address(),
-            topics.clone(),
-            spool,
-            &env,
-            test_support::sources_file(),
-        )
-        .await;
+        let ingest = start_secured(&broker, &topics, broker.ca().as_deref()).await;
         let response = reqwest::Client::new()
             .post(format!("{}/v1/track", ingest.url))
             .basic_auth(WRITE_KEY, Some(""))
@@ -77,17 +83,7 @@ async fn a_password_changed_at_run_time_makes_it_unready_naming_the_cause() {
     let mut broker = SecureBroker::start(Tls::Off).await;
     let settings = broker.settings();
     let topics = fresh_topics_on(&settings, 1).await;
-    let env = broker.env_with(&broker.password_file(), None);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let spool = std::sync::Arc::new(tempfile::tempdir().unwrap());
-    let ingest = Ingest::start_on(
-        &broker.address(),
-        topics.clone(),
-        spool,
-        &env,
-        test_support::sources_file(),
-    )
-    .await;
+    let ingest = start_secured(&broker, &topics, None).await;
     let client = reqwest::Client::new();
     let response = client
         .post(format!("{}/v1/track", ingest.url))

@@ -62,7 +62,7 @@ impl Admission {
         let event_bytes: u64 = events.iter().map(|e| (e.value.len() + e.key.len()) as u64).sum();
         let (records, bytes) = (events.len() + dlq.0, event_bytes + dlq.1);
         match producer.spool() {
-            Some(spool) if !producer.is_healthy() => {
+            Some(spool) if producer.spools_events() => {
                 let ids: u64 = events.iter().map(|e| e.message_id.len() as u64).sum();
                 let per_record = SPOOL_FRAME_OVERHEAD + (workspace_id.len() + source_id.len()) as u64;
                 let need = event_bytes + ids + per_record * events.len() as u64;

@@ -62,6 +62,16 @@ pub enum Error {
         /// Why.
         rejection: Rejection,
     },
+    /// Some of the request's events were invalid (written to the DLQ); the others were taken.
+    #[error("{} event(s) rejected", .rejected.len())]
+    PartlyRejected {
+        /// Events taken.
+        accepted: usize,
+        /// The rejected ones.
+        rejected: Vec<RejectedItem>,
+        /// The request was a single-event endpoint's.
+        single_event: bool,
+    },
     /// The events cannot be taken now (queue full, cluster unreachable, DLQ write failed).
     #[error("cannot take events now: {source}")]
     Unavailable {
@@ -103,6 +113,15 @@ impl Error {
             Error::Rejected { rejection, .. } if rejection.reason == Reason::TooLarge => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
+            // A single event over the size limit is a 413, like an oversize body.
+            Error::PartlyRejected {
+                rejected,
+                single_event: true,
+                ..
+            } if matches!(&rejected[..], [only] if only.reason == Reason::TooLarge.as_str()) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            Error::PartlyRejected { .. } => StatusCode::BAD_REQUEST,
             Error::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Error::BodyRead(_) | Error::BadGzip(_) | Error::Rejected { .. } => StatusCode::BAD_REQUEST,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -132,6 +151,7 @@ impl Error {
             Error::BadGzip(_) => "bad_gzip",
             Error::Unauthorized(_) => "unauthorized",
             Error::Rejected { .. } => "rejected",
+            Error::PartlyRejected { .. } => "partly_rejected",
             Error::Unavailable { .. } => "unavailable",
             Error::RateLimited { .. } => "rate_limited",
             Error::OverBurst(_) => "over_burst",
@@ -144,6 +164,11 @@ impl Error {
     /// body or the accepted count where there is one, and `Retry-After` with a 503.
     pub(crate) fn into_response(self, retry_after_secs: u32) -> Response<Full<Bytes>> {
         let status = self.status();
+        let retry_after = match &self {
+            Error::RateLimited { retry_after_secs, .. } => Some(*retry_after_secs),
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(u64::from(retry_after_secs)),
+            _ => None,
+        };
         let mut reply = Reply::failure(self.to_string());
         match &self {
             Error::Rejected {
@@ -156,16 +181,13 @@ impl Error {
             Error::Unavailable { accepted, .. } => reply.accepted = Some(*accepted),
             _ => {}
         }
-        let mut response = json_response(status, &reply);
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        if let Error::PartlyRejected { accepted, rejected, .. } = self {
+            reply.accepted = Some(accepted);
+            reply.rejected = rejected;
         }
-        if let Error::RateLimited { retry_after_secs, .. } = self {
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        let mut response = json_response(status, &reply);
+        if let Some(secs) = retry_after {
+            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }
@@ -202,25 +224,20 @@ impl Reply {
         }
     }
 
-    /// Some events rejected: HTTP 400 naming them.
-    pub(crate) fn partial(accepted: usize, rejected: Vec<RejectedItem>) -> Self {
-        let error = format!("{} event(s) rejected", rejected.len());
-        Reply {
-            success: false,
-            error: Some(error),
-            accepted: Some(accepted),
-            rejected,
-        }
-    }
 }
 
 /// One rejected event in a 400 body.
 #[derive(Debug, Serialize)]
-pub(crate) struct RejectedItem {
+pub struct RejectedItem {
+    /// The event's position in the request (0 for a single event).
     pub index: usize,
+    /// Its `messageId`, or the one generated for it.
     pub message_id: String,
+    /// The [`Reason`] name.
     pub reason: &'static str,
+    /// The offending field, a JSON Pointer.
     pub field: String,
+    /// What is wrong with it.
     pub detail: String,
 }
 

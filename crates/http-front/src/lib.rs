@@ -26,10 +26,12 @@ mod auth;
 mod body;
 mod error;
 mod handler;
+mod ingest;
 mod logs;
 mod metrics;
 mod pixel;
 mod reload;
+mod report;
 mod route;
 mod server;
 

@@ -64,6 +64,10 @@ pub enum Error {
         /// The spool's cap, in bytes.
         cap: u64,
     },
+    /// The spool did not take the events within the spool timeout (a slow or frozen disk):
+    /// shed load (HTTP 503).
+    #[error("the local spool did not answer within {0:?}")]
+    SpoolTimeout(Duration),
     /// The local spool failed (disk error).
     #[error("the local spool failed: {0}")]
     Spool(#[source] spool::Error),

@@ -11,20 +11,37 @@
 //! errors into messages naming the cause, for the start-up ping, logs, a counter and readiness.
 
 mod admin;
+mod callbacks;
+mod client;
+mod config;
+mod core;
+mod drainer;
 mod error;
+mod health;
 mod metrics;
 mod producer;
-mod rescue;
+mod readiness;
+mod record;
 pub mod retry;
+mod route;
 mod settings;
+mod spool_writer;
+mod supervisor;
 mod watch;
+mod window;
 
 pub use admin::{ensure_topics, fetch_topics};
+pub use config::{defaults, ProducerConfig, Topics};
 pub use error::Error;
-pub use producer::{Ack, Closed, EventProducer, ProducerConfig, Topics};
-pub use rescue::DELIVERY_REJECTED;
+pub use health::{Event, Health, Step, Why};
+pub use producer::{Ack, Closed, EventProducer, Refused};
+pub use readiness::{NotReady, SpoolCondition, Status};
+pub use route::{route, Conditions, Destination, ErrorClass, Stage};
 pub use settings::{owned_property, KafkaSettings, Oidc, SaslMechanism, Secret, SecurityProtocol};
 pub use spool;
+
+/// The DLQ reason of records Kafka refused for good (too large, not authorised).
+pub const DELIVERY_REJECTED: &str = "delivery_rejected";
 pub use watch::{log_client_error, ConnectFailure, ConnectionWatch, WatchedContext};
 
 /// Maps librdkafka's refusal to create a client to [`Error`], without the value of a secret

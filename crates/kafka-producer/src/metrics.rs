@@ -1,6 +1,8 @@
 //! The producer's metrics, all defined here. Names are `cdp_<binary>_kafka_<what>_<unit>`,
 //! the binary's name coming from [`crate::ProducerConfig::metric_prefix`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use metrics::{counter, gauge, Counter, Gauge};
 
 /// Handles to the producer's metrics, registered once so the delivery callback does no lookup.
@@ -16,12 +18,16 @@ pub(crate) struct ProducerMetrics {
     pub broker_rtt_p99: Gauge,
     /// p99 time records wait in librdkafka's queue before they are sent, seconds.
     pub queue_latency_p99: Gauge,
-    /// Records lost: delivery failed and neither the retry topic, the DLQ nor the spool took them.
-    pub lost: Counter,
+    /// Records lost: neither Kafka nor the spool took them. Only through [`ProducerMetrics::lose`].
+    lost: Counter,
     /// Failed records waiting for the rescue thread.
     pub rescue_pending: Gauge,
-    /// Producers replaced after a fatal error.
-    pub rebuilds: Counter,
+    /// The producer's state ([`crate::Health::label`]): 1 for the current one, 0 for the others.
+    health: [(&'static str, Gauge); 4],
+    /// Producers replaced: only through [`ProducerMetrics::rebuilt`].
+    rebuilds: Counter,
+    /// 1 while the spool can take records, 0 while it is full, failing or stalled.
+    pub spool_writable: Gauge,
     /// Bytes in the spool.
     pub spool_bytes: Gauge,
     /// Records in the spool.
@@ -31,6 +37,9 @@ pub(crate) struct ProducerMetrics {
     /// Spooled records produced to the ingest topic.
     pub spool_drained: Counter,
     per_topic: Vec<TopicMetrics>,
+    /// Records spooled and lost so far, for [`ProducerMetrics::outcomes`].
+    spooled_records: AtomicU64,
+    lost_records: AtomicU64,
 }
 
 /// Delivery outcomes of one topic.
@@ -54,12 +63,17 @@ impl ProducerMetrics {
             queue_latency_p99: gauge!(format!("{prefix}_kafka_queue_latency_p99_seconds")),
             lost: counter!(format!("{prefix}_kafka_records_lost_total")),
             rescue_pending: gauge!(format!("{prefix}_kafka_rescue_pending_records")),
+            health: ["delivering", "unreachable", "rebuilding", "closed"]
+                .map(|state| (state, gauge!(format!("{prefix}_kafka_state"), "state" => state))),
             rebuilds: counter!(format!("{prefix}_kafka_producer_rebuilds_total")),
+            spool_writable: gauge!(format!("{prefix}_spool_writable")),
             spool_bytes: gauge!(format!("{prefix}_spool_bytes")),
             spool_records: gauge!(format!("{prefix}_spool_records")),
             spool_max_bytes: gauge!(format!("{prefix}_spool_max_bytes")),
             spool_drained: counter!(format!("{prefix}_spool_drained_total")),
             per_topic: Vec::new(),
+            spooled_records: AtomicU64::new(0),
+            lost_records: AtomicU64::new(0),
         };
         metrics.per_topic = topics.iter().map(|t| metrics.register(t)).collect();
         metrics
@@ -74,15 +88,55 @@ impl ProducerMetrics {
         }
     }
 
-    /// Failed records written to the retry topic (`to="retry"`) or the DLQ (`to="dlq"`).
+    /// Publishes the producer's state.
+    pub(crate) fn health(&self, health: crate::Health) {
+        for (state, gauge) in &self.health {
+            gauge.set(if *state == health.label() { 1.0 } else { 0.0 });
+        }
+    }
+
+    /// Producers replaced (a fatal error, a stall, every record failing): one per episode,
+    /// its cause in the log line that goes with it.
+    pub(crate) fn rebuilt(&self, cause: &'static str) {
+        self.rebuilds.increment(1);
+        tracing::warn!(cause, "replacing the Kafka producer");
+    }
+
+    /// The one place a record is lost: counted in `<prefix>_kafka_records_lost_total` and
+    /// logged with its message id and why.
+    pub(crate) fn lose(&self, message_id: &str, why: &dyn std::fmt::Display) {
+        self.lost.increment(1);
+        self.lost_records.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(message_id, %why, "record lost: neither Kafka nor the spool took it");
+    }
+
+    /// Records lost whose message ids are not known any more (a producer that did not report
+    /// them, unreadable spool frames): counted and logged once.
+    pub(crate) fn lose_unknown(&self, records: u64, why: &dyn std::fmt::Display) {
+        self.lost.increment(records);
+        self.lost_records.fetch_add(records, Ordering::Relaxed);
+        tracing::error!(records, %why, "records lost");
+    }
+
+    /// Failed records re-routed, by destination ([`crate::route::Destination::label`]:
+    /// `ingest`, `retry`, `dlq`, `spool`).
     pub(crate) fn rescued(&self, to: &'static str) -> Counter {
         counter!(format!("{}_kafka_rescued_total", self.prefix), "to" => to)
     }
 
     /// Records appended to the spool: by a request (`from="request"`), or after their delivery
     /// failed (`from="rescue"`).
-    pub(crate) fn spooled(&self, from: &'static str) -> Counter {
-        counter!(format!("{}_spool_appended_total", self.prefix), "from" => from)
+    pub(crate) fn spooled(&self, from: &'static str, records: u64) {
+        counter!(format!("{}_spool_appended_total", self.prefix), "from" => from).increment(records);
+        self.spooled_records.fetch_add(records, Ordering::Relaxed);
+    }
+
+    /// Records spooled and lost since the start: `(spooled, lost)`.
+    pub(crate) fn outcomes(&self) -> (u64, u64) {
+        (
+            self.spooled_records.load(Ordering::Relaxed),
+            self.lost_records.load(Ordering::Relaxed),
+        )
     }
 
     /// The counters of `topic` (one of the configured topics, or registered on the fly).

@@ -348,6 +348,33 @@ impl Spool {
         Ok(())
     }
 
+    /// Whether an append could be written now, without appending: the spool's file system is
+    /// mounted read-only, or has less free space than one segment (`segment_bytes`, at least
+    /// 1 MiB), is an [`Error::Io`] naming the directory (`EROFS`, `ENOSPC`). With `probe`, a
+    /// 4 KiB file is also written to the directory and removed, which finds I/O errors and
+    /// write permissions that `statvfs(2)` does not show. Never touches the segments.
+    pub fn check_writable(&self, probe: bool) -> Result<(), Error> {
+        let io = |source: io::Error| Error::Io {
+            path: self.dir.clone(),
+            source,
+        };
+        let stat = rustix::fs::statvfs(&self.dir).map_err(|e| io(e.into()))?;
+        if stat.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY) {
+            return Err(io(io::Error::from_raw_os_error(rustix::io::Errno::ROFS.raw_os_error())));
+        }
+        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        if free < self.options.segment_bytes.max(1 << 20) {
+            return Err(io(io::Error::from_raw_os_error(rustix::io::Errno::NOSPC.raw_os_error())));
+        }
+        if probe {
+            let path = self.dir.join(".write-probe");
+            let written = File::create(&path).and_then(|mut f| f.write_all(&[0; 4096]).and_then(|()| f.sync_data()));
+            let _ = std::fs::remove_file(&path);
+            written.map_err(|source| Error::Io { path, source })?;
+        }
+        Ok(())
+    }
+
     /// Syncs appended records to disk now (the group fsync does it every interval). The sync
     /// itself runs outside the lock.
     pub fn sync(&self) -> Result<(), Error> {
@@ -379,6 +406,18 @@ impl Spool {
             }
         }
         Ok(())
+    }
+
+    /// Every segment, oldest first, sealing the active one: all the spool holds now. Like
+    /// [`Spool::take_segment`], the segments stay on disk until [`Spool::remove`].
+    pub fn take_all(&self) -> Vec<Segment> {
+        let (segments, sealed) = {
+            let mut state = self.lock();
+            let sealed = self.seal(&mut state);
+            (state.sealed.iter().cloned().collect(), sealed)
+        };
+        sync_sealed(sealed);
+        segments
     }
 
     /// The oldest segment to drain, sealing the active one when no sealed segment is left;

@@ -1,0 +1,475 @@
+//! The event pipeline, one path for every endpoint and delivery mode: authenticate (header or
+//! query before the body, else the body's keys), parse, rate-limit, validate and normalise,
+//! reserve room (buffered mode), write rejections to the DLQ (awaited, S8), hand the valid
+//! events to the producer (buffered, or awaiting every acknowledgement), answer.
+
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use event_model::{
+    message_id_of, normalize, parse_body, Accepted, DlqEnvelope, Endpoint, EventType, Received, Rejection,
+};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::HeaderMap;
+use hyper::{Request, Response, StatusCode};
+use ipnet::IpNet;
+use kafka_producer::Refused;
+use simd_json::BorrowedValue;
+
+use crate::admission::Reservation;
+use crate::auth::{self, EarlyKey};
+use crate::body;
+use crate::config::DeliveryMode;
+use crate::error::{json_response, RejectedItem, Reply};
+use crate::handler::State;
+use crate::metrics::{self, Outcome};
+use crate::pixel;
+use crate::reload::LiveSources;
+use crate::report;
+use crate::sources::{RateLimited, Source};
+use crate::Error;
+
+/// An event the validator rejected.
+struct RejectedEvent {
+    index: usize,
+    message_id: String,
+    event_type: &'static str,
+    rejection: Rejection,
+    raw: String,
+}
+
+/// Where and when a request arrived, recorded in its DLQ envelopes for faithful replays.
+struct Origin {
+    received_at: chrono::DateTime<chrono::Utc>,
+    client_ip: IpAddr,
+    /// The type a single-event endpoint's path sets.
+    path_type: Option<&'static str>,
+}
+
+/// `POST` of events: authenticate from the header or query string when they hold the key
+/// (before reading the body), read the body, then [`ingest`].
+pub(crate) async fn ingest_request(
+    state: &State,
+    req: Request<Incoming>,
+    endpoint: Endpoint,
+    peer: IpAddr,
+) -> Result<Response<Full<Bytes>>, Error> {
+    let early = early_source(state, req.headers(), req.uri().query())?;
+    let (parts, body) = body::read(req, state.body_limits).await?;
+    let client_ip = client_ip(&parts.headers, peer, &state.trusted_proxies);
+    ingest(state, endpoint, early, &body, client_ip).await
+}
+
+/// `GET` of a tracking pixel: its event from the query string, then [`ingest`] as a single
+/// event of the path's type. The caller answers the GIF whatever this returns.
+pub(crate) async fn ingest_pixel(
+    state: &State,
+    req: Request<Incoming>,
+    event_type: EventType,
+    peer: IpAddr,
+) -> Result<Response<Full<Bytes>>, Error> {
+    let early = early_source(state, req.headers(), req.uri().query())?;
+    let body = pixel::event_body(req.uri().query());
+    let client_ip = client_ip(req.headers(), peer, &state.trusted_proxies);
+    ingest(state, Endpoint::Single(event_type), early, &body, client_ip).await
+}
+
+/// The source as far as the header and the query string tell, before the body is read.
+enum EarlySource {
+    /// Authenticated from the header or the query string: the body's keys are not looked at.
+    Known(Arc<Source>),
+    /// The body must hold the key; `malformed_header`: an `Authorization` header without a
+    /// usable credential was sent (the 401's wording, if the body has no key either).
+    InBody { malformed_header: bool },
+}
+
+/// The source the header or the query string names; 401 for an unknown or disabled key there.
+fn early_source(state: &State, headers: &HeaderMap, query: Option<&str>) -> Result<EarlySource, Error> {
+    Ok(match auth::early_key(headers, query) {
+        EarlyKey::Found(key) => EarlySource::Known(authenticate(&state.sources, &key)?),
+        EarlyKey::Malformed => EarlySource::InBody {
+            malformed_header: true,
+        },
+        EarlyKey::Absent => EarlySource::InBody {
+            malformed_header: false,
+        },
+    })
+}
+
+/// Validates a body's events, writes rejections to the DLQ, enqueues the rest. Unless `early`
+/// knows the source, the body's `writeKey` decides (module [`crate::auth`] has the order).
+async fn ingest(
+    state: &State,
+    endpoint: Endpoint,
+    early: EarlySource,
+    body: &[u8],
+    client_ip: IpAddr,
+) -> Result<Response<Full<Bytes>>, Error> {
+    let origin = Origin {
+        received_at: chrono::Utc::now(),
+        client_ip,
+        path_type: match endpoint {
+            Endpoint::Single(t) => Some(t.as_str()),
+            Endpoint::Batch => None,
+        },
+    };
+    let mut scratch = body.to_vec();
+    let parsed = match parse_body(&mut scratch, endpoint, &state.limits) {
+        Ok(parsed) => parsed,
+        Err(rejection) => {
+            let source = match &early {
+                EarlySource::Known(source) => Some(&**source),
+                EarlySource::InBody { .. } => None,
+            };
+            return Err(reject_body(state, source, &origin, rejection, body).await);
+        }
+    };
+    let source = body_source(state, early, parsed.write_key.as_deref())?;
+    rate_limit(&source, parsed.items.len())?;
+    let Validated {
+        accepted,
+        rejected,
+        dlq_bytes,
+    } = validate(state, endpoint, &parsed, &source, &origin)?;
+    let _reservation = reserve(state, &source, &accepted, &rejected, dlq_bytes)?;
+    write_dlq(state, &source, &origin, &rejected)
+        .await
+        .inspect_err(|_| report::refused(&accepted, &"DLQ write failed"))?;
+    if state.closed.load(Ordering::Relaxed) {
+        report::refused(&accepted, &"shutting down");
+        return Err(Error::ShuttingDown);
+    }
+    send(state, &source, &accepted).await?;
+    if rejected.is_empty() {
+        return Ok(json_response(StatusCode::OK, &Reply::success()));
+    }
+    Err(Error::PartlyRejected {
+        accepted: accepted.len(),
+        single_event: matches!(endpoint, Endpoint::Single(_)),
+        rejected: rejected
+            .iter()
+            .map(|r| RejectedItem::new(r.index, &r.message_id, &r.rejection))
+            .collect(),
+    })
+}
+
+/// The source: the one the header or query named, else the body's `writeKey`'s; 401 without.
+fn body_source(state: &State, early: EarlySource, write_key: Option<&str>) -> Result<Arc<Source>, Error> {
+    match (early, write_key) {
+        (EarlySource::Known(source), _) => Ok(source),
+        (EarlySource::InBody { .. }, Some(key)) => authenticate(&state.sources, key),
+        (EarlySource::InBody { malformed_header: true }, None) => {
+            metrics::auth_failure("malformed");
+            Err(Error::Unauthorized(
+                "malformed Authorization header and no writeKey",
+            ))
+        }
+        (EarlySource::InBody { malformed_header: false }, None) => {
+            metrics::auth_failure("missing");
+            Err(Error::Unauthorized(
+                "missing write key: send it as the Basic auth username, the writeKey query parameter or writeKey in the body",
+            ))
+        }
+    }
+}
+
+/// The source's rate limit for `events` events: 429 with a wait, or 413 for more than its
+/// burst (retrying could never help).
+fn rate_limit(source: &Source, events: usize) -> Result<(), Error> {
+    let Err(limited) = source.admit(events) else {
+        return Ok(());
+    };
+    metrics::rate_limited(events);
+    match limited {
+        RateLimited::Wait(wait) => Err(Error::RateLimited {
+            retry_after_secs: wait.as_secs() + 1,
+            detail: format!("source {} is over its rate limit: retry later", source.source_id),
+        }),
+        RateLimited::OverBurst => Err(Error::OverBurst(format!(
+            "{events} events in one request exceed source {}'s rate burst: send smaller batches",
+            source.source_id
+        ))),
+    }
+}
+
+/// A request's events, validated.
+struct Validated {
+    accepted: Vec<Accepted>,
+    rejected: Vec<RejectedEvent>,
+    /// The bytes of the rejected events' DLQ copies.
+    dlq_bytes: usize,
+}
+
+/// Validates and normalises every item; 413 once what the request becomes exceeds the output
+/// budget (`--max-request-output-bytes`).
+fn validate(
+    state: &State,
+    endpoint: Endpoint,
+    parsed: &event_model::Parsed<'_>,
+    source: &Source,
+    origin: &Origin,
+) -> Result<Validated, Error> {
+    let received = Received {
+        at: origin.received_at,
+        workspace_id: source.workspace_id.clone(),
+        source_id: source.source_id.clone(),
+        client_ip: Some(origin.client_ip),
+    };
+    let fixed_type = match endpoint {
+        Endpoint::Single(t) => Some(t),
+        Endpoint::Batch => None,
+    };
+    let mut accepted = Vec::with_capacity(parsed.items.len());
+    let mut rejected = Vec::new();
+    // What the request becomes, counted as it grows: over the budget, it stops here.
+    let (mut output, mut dlq_bytes) = (0usize, 0usize);
+    for (index, item) in parsed.items.iter().enumerate() {
+        match normalize(item, fixed_type, &parsed.shared, &received, &state.limits) {
+            Ok(event) => {
+                output += event.value.len() + event.key.len();
+                accepted.push(event);
+            }
+            Err(rejection) => {
+                let raw = simd_json::to_string(item).unwrap_or_default();
+                output += raw.len();
+                dlq_bytes += raw.len();
+                rejected.push(RejectedEvent {
+                    index,
+                    message_id: message_id_of(item).map_or_else(new_message_id, str::to_string),
+                    event_type: fixed_type
+                        .or_else(|| type_of(item))
+                        .map_or("unknown", EventType::as_str),
+                    rejection,
+                    raw,
+                });
+            }
+        }
+        if output > state.max_output_bytes {
+            metrics::output_budget_exceeded();
+            return Err(Error::OutputTooLarge(state.max_output_bytes));
+        }
+    }
+    Ok(Validated {
+        accepted,
+        rejected,
+        dlq_bytes,
+    })
+}
+
+/// Buffered mode: room for all of the request, or none of it is written (not even the DLQ
+/// records); see [`crate::admission`].
+fn reserve<'a>(
+    state: &'a State,
+    source: &Source,
+    accepted: &[Accepted],
+    rejected: &[RejectedEvent],
+    dlq_bytes: usize,
+) -> Result<Option<Reservation<'a>>, Error> {
+    if state.delivery_mode != DeliveryMode::Buffered || accepted.is_empty() {
+        return Ok(None);
+    }
+    let dlq = (rejected.len(), dlq_bytes as u64);
+    let reservation = state
+        .admission
+        .reserve(&state.producer, accepted, dlq, &source.workspace_id, &source.source_id)
+        .map_err(|error| {
+            let why = match error {
+                kafka_producer::Error::SpoolFull { .. } => "spool",
+                _ => "queue",
+            };
+            metrics::admission_refused(why);
+            report::refused(accepted, &error);
+            for r in rejected {
+                metrics::events(r.event_type, Outcome::Refused, 1);
+            }
+            Error::Unavailable {
+                accepted: 0,
+                source: error,
+            }
+        })?;
+    Ok(Some(reservation))
+}
+
+/// Hands the valid events to the producer: buffered, or (acked mode) awaiting every
+/// acknowledgement. A refusal refuses the events from the first one not taken on (503, with
+/// the count taken).
+async fn send(state: &State, source: &Source, accepted: &[Accepted]) -> Result<(), Error> {
+    let acked = state.delivery_mode == DeliveryMode::Acked;
+    let sent = state
+        .producer
+        .send_events(accepted, &source.workspace_id, &source.source_id, acked)
+        .await;
+    match sent {
+        Ok(()) => {
+            report::accepted(accepted);
+            Ok(())
+        }
+        Err(Refused { taken, error }) => {
+            report::accepted(&accepted[..taken]);
+            report::refused(&accepted[taken..], &error);
+            if taken > 0 && !acked {
+                metrics::partial_admission();
+            }
+            Err(Error::Unavailable {
+                accepted: taken,
+                source: error,
+            })
+        }
+    }
+}
+
+/// A body rejected whole. Written to the DLQ when the source is known from the header;
+/// without a source there is no workspace to file it under, so it is only refused and logged.
+async fn reject_body(
+    state: &State,
+    source: Option<&Source>,
+    origin: &Origin,
+    rejection: Rejection,
+    body: &[u8],
+) -> Error {
+    let message_id = new_message_id();
+    if let Some(source) = source {
+        let rejected = RejectedEvent {
+            index: 0,
+            message_id: message_id.clone(),
+            event_type: "unknown",
+            rejection,
+            raw: String::from_utf8_lossy(body).into_owned(),
+        };
+        if let Err(e) = write_dlq(state, source, origin, std::slice::from_ref(&rejected)).await {
+            return e;
+        }
+        return Error::Rejected {
+            message_id,
+            rejection: rejected.rejection,
+        };
+    }
+    report::rejected_unauthenticated(&message_id, &rejection);
+    Error::Rejected {
+        message_id,
+        rejection,
+    }
+}
+
+/// Writes rejected events to the DLQ and waits for every acknowledgement (S8).
+async fn write_dlq(
+    state: &State,
+    source: &Source,
+    origin: &Origin,
+    rejected: &[RejectedEvent],
+) -> Result<(), Error> {
+    let mut acks = Vec::with_capacity(rejected.len());
+    for r in rejected {
+        let mut envelope = DlqEnvelope::new(
+            &source.workspace_id,
+            &source.source_id,
+            &r.message_id,
+            &r.rejection,
+            r.raw.clone(),
+        );
+        envelope.received_at = Some(
+            origin
+                .received_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        );
+        envelope.client_ip = Some(origin.client_ip.to_string());
+        envelope.event_type = origin.path_type.map(str::to_string);
+        acks.push(state.producer.send_dlq(&envelope));
+    }
+    let mut failure = None;
+    for (r, ack) in rejected.iter().zip(acks) {
+        let result = match ack {
+            Ok(ack) => ack.wait().await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => report::rejected(r.event_type, &r.message_id, &r.rejection),
+            Err(error) => {
+                report::dlq_failed(r.event_type, &r.message_id, &r.rejection, &error);
+                failure.get_or_insert(error);
+            }
+        }
+    }
+    match failure {
+        None => Ok(()),
+        Some(source) => Err(Error::Unavailable { accepted: 0, source }),
+    }
+}
+
+fn authenticate(sources: &LiveSources, key: &str) -> Result<Arc<Source>, Error> {
+    match sources.current().lookup(key) {
+        Some(source) if source.enabled => Ok(source.clone()),
+        Some(_) => {
+            metrics::auth_failure("disabled");
+            Err(Error::Unauthorized("this write key's source is disabled"))
+        }
+        None => {
+            metrics::auth_failure("unknown");
+            Err(Error::Unauthorized("unknown write key"))
+        }
+    }
+}
+
+/// The client address: the peer, or behind trusted proxies the last untrusted
+/// `X-Forwarded-For` address.
+fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let forwarded: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    let mut ip = peer;
+    for hop in forwarded.iter().rev() {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(addr) if is_trusted(&addr) => ip = addr,
+            Ok(addr) => return addr,
+            Err(_) => break,
+        }
+    }
+    ip
+}
+
+fn type_of(item: &BorrowedValue<'_>) -> Option<EventType> {
+    match item {
+        BorrowedValue::Object(obj) => match obj.get("type") {
+            Some(BorrowedValue::String(name)) => EventType::from_name(name),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn new_message_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_is_trusted_only_from_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("1.1.1.1, 203.0.113.9, 10.0.0.2"),
+        );
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let stranger: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(
+            client_ip(&headers, proxy, &trusted),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_ip(&headers, stranger, &trusted), stranger);
+        assert_eq!(client_ip(&HeaderMap::new(), proxy, &trusted), proxy);
+    }
+}

@@ -1,0 +1,133 @@
+//! What the producer is built from: the topics, the librdkafka settings (brief S2) and the
+//! supervision bounds. Every default lives in [`defaults`], read by [`ProducerConfig::new`]
+//! and by the binaries' flags.
+
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+
+use crate::{Error, KafkaSettings};
+
+/// The producer's defaults, in one place: [`ProducerConfig::new`] and the binaries' flags read
+/// them (S2 for the librdkafka ones).
+pub mod defaults {
+    use std::time::Duration;
+
+    /// `client.id` (S2).
+    pub const CLIENT_ID: &str = "cdp-ingest";
+    /// `queue.buffering.max.messages` (S2).
+    pub const QUEUE_MAX_MESSAGES: u32 = 100_000;
+    /// `queue.buffering.max.kbytes`: 64 MiB.
+    pub const QUEUE_MAX_KBYTES: u32 = 64 * 1024;
+    /// `linger.ms` (S2).
+    pub const LINGER: Duration = Duration::from_millis(5);
+    /// How long an awaited write (a DLQ record, an acked event) may take.
+    pub const DLQ_TIMEOUT: Duration = Duration::from_secs(5);
+    /// How long the start-up metadata ping may take.
+    pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `message.timeout.ms`.
+    pub const MESSAGE_TIMEOUT: Duration = Duration::from_secs(300);
+    /// How long a record waits on the retry topic.
+    pub const RETRY_DELAY: Duration = Duration::from_secs(10);
+    /// The memory-only window: a record unacknowledged for longer means Kafka is not taking
+    /// records (a hung broker keeps its connections up), and what the producer holds moves to
+    /// the spool.
+    pub const ACK_WINDOW: Duration = Duration::from_secs(5);
+    /// How long a producer may fail every record (with errors a retry could fix) before it is
+    /// replaced.
+    pub const FAILING_REBUILD_AFTER: Duration = Duration::from_secs(10);
+    /// How long a request waits for the spool to take its events before it gets 503.
+    pub const SPOOL_TIMEOUT: Duration = Duration::from_secs(2);
+    /// Metric name prefix.
+    pub const METRIC_PREFIX: &str = "cdp_ingest";
+}
+
+/// The three topics (S9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    /// Valid events, keyed by visitor.
+    pub ingest: String,
+    /// Rejected events, in the DLQ envelope.
+    pub dlq: String,
+    /// Records whose delivery failed transiently.
+    pub retry: String,
+}
+
+/// How to build the producer.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// The cluster: bootstrap servers, security, other librdkafka properties.
+    pub kafka: KafkaSettings,
+    /// The three topics.
+    pub topics: Topics,
+    /// `client.id`.
+    pub client_id: String,
+    /// Most records held in the producer's buffer.
+    pub queue_max_messages: u32,
+    /// Most payload bytes held in the producer's buffer, in KiB: bounds memory whatever the
+    /// event sizes.
+    pub queue_max_kbytes: u32,
+    /// `linger.ms`.
+    pub linger: Duration,
+    /// How long an awaited write (a DLQ record, an acked or replayed event) may take.
+    pub dlq_timeout: Duration,
+    /// How long the start-up metadata ping may take.
+    pub ping_timeout: Duration,
+    /// `message.timeout.ms`: how long librdkafka retries a record before reporting it failed.
+    pub message_timeout: Duration,
+    /// How long a record that failed delivery waits on the retry topic before it is forwarded.
+    pub retry_delay: Duration,
+    /// The memory-only window ([`defaults::ACK_WINDOW`]).
+    pub ack_window: Duration,
+    /// How long a producer may fail every record before it is replaced
+    /// ([`defaults::FAILING_REBUILD_AFTER`]).
+    pub failing_rebuild_after: Duration,
+    /// How long a request waits for the spool ([`defaults::SPOOL_TIMEOUT`]).
+    pub spool_timeout: Duration,
+    /// Metric name prefix, `cdp_<binary>`.
+    pub metric_prefix: String,
+}
+
+impl ProducerConfig {
+    /// The [`defaults`] for `kafka` (a [`KafkaSettings`], or the bootstrap servers of a
+    /// plaintext cluster) and `topics`.
+    pub fn new(kafka: impl Into<KafkaSettings>, topics: Topics) -> Self {
+        ProducerConfig {
+            kafka: kafka.into(),
+            topics,
+            client_id: defaults::CLIENT_ID.into(),
+            queue_max_messages: defaults::QUEUE_MAX_MESSAGES,
+            queue_max_kbytes: defaults::QUEUE_MAX_KBYTES,
+            linger: defaults::LINGER,
+            dlq_timeout: defaults::DLQ_TIMEOUT,
+            ping_timeout: defaults::PING_TIMEOUT,
+            message_timeout: defaults::MESSAGE_TIMEOUT,
+            retry_delay: defaults::RETRY_DELAY,
+            ack_window: defaults::ACK_WINDOW,
+            failing_rebuild_after: defaults::FAILING_REBUILD_AFTER,
+            spool_timeout: defaults::SPOOL_TIMEOUT,
+            metric_prefix: defaults::METRIC_PREFIX.into(),
+        }
+    }
+
+    /// The librdkafka settings (S2) for a producer with this configuration, then the
+    /// cluster's ([`KafkaSettings::apply`]). Fails when those do not fit together.
+    pub fn client_config(&self) -> Result<ClientConfig, Error> {
+        let mut config = ClientConfig::new();
+        config
+            .set("client.id", &self.client_id)
+            .set("linger.ms", self.linger.as_millis().to_string())
+            .set("compression.type", "zstd")
+            .set(
+                "queue.buffering.max.messages",
+                self.queue_max_messages.to_string(),
+            )
+            .set("queue.buffering.max.kbytes", self.queue_max_kbytes.to_string())
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", self.message_timeout.as_millis().to_string())
+            .set("statistics.interval.ms", "1000");
+        self.kafka.apply(&mut config)?;
+        Ok(config)
+    }
+}

@@ -1,0 +1,80 @@
+//! [`Core`]: what the producer's parts share. The supervisor thread alone changes the
+//! [`Health`]; the drainer alone clears the spool backlog; requests read both.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use spool::Spool;
+
+use crate::client::Client;
+use crate::health::{Event, Health, HealthCell, Step};
+use crate::metrics::ProducerMetrics;
+use crate::readiness::Status;
+use crate::route::Conditions;
+use crate::spool_writer::SpoolWriter;
+
+/// The producer's shared state.
+pub(crate) struct Core {
+    pub client: Client,
+    pub health: HealthCell,
+    /// The spool's writing thread; `None` without a spool.
+    pub writer: Option<SpoolWriter>,
+    /// The spool holds records that new events must not overtake: while set, buffered-mode
+    /// events are spooled behind them. Set by every spool append, cleared by the drainer
+    /// once it has handed the whole backlog to librdkafka (under [`Core::gate`]).
+    pub backlog: AtomicBool,
+    /// Requests deciding between the spool and Kafka hold it shared (deciding and handing
+    /// over, not waiting); the drainer holds it exclusively while it hands the spool's tail to
+    /// librdkafka, so that no new event is enqueued ahead of it.
+    pub gate: tokio::sync::RwLock<()>,
+    /// From start-up until the spool a previous process left is drained.
+    pub recovering: AtomicBool,
+    /// Set at close: the drainer stops.
+    pub stopping: AtomicBool,
+}
+
+impl Core {
+    pub(crate) fn metrics(&self) -> &ProducerMetrics {
+        &self.client.metrics
+    }
+
+    /// The spool, if there is one.
+    pub(crate) fn spool(&self) -> Option<&Arc<Spool>> {
+        self.writer.as_ref().map(SpoolWriter::spool)
+    }
+
+    /// Applies an event to the state; logs and publishes a change.
+    pub(crate) fn apply(&self, event: Event) -> Step {
+        let (before, step) = self.health.apply(event, self.writer.is_some());
+        if step.health != before {
+            self.metrics().health(step.health);
+            match step.health {
+                Health::Delivering => tracing::info!(from = ?before, "Kafka is delivering"),
+                Health::Closed => tracing::info!("producer closed"),
+                to => tracing::warn!(from = ?before, ?to, ?event, "Kafka is not delivering"),
+            }
+        }
+        step
+    }
+
+    /// What routing needs to know.
+    pub(crate) fn conditions(&self) -> Conditions {
+        let health = self.health.get();
+        Conditions {
+            spool: self.writer.is_some(),
+            delivering: health.is_delivering(),
+            closing: health == Health::Closed,
+        }
+    }
+
+    /// The snapshot readiness is derived from.
+    pub(crate) fn status(&self) -> Status {
+        Status {
+            health: self.health.get(),
+            spool: self.writer.as_ref().map(SpoolWriter::condition),
+            queue_full: self.client.counters.queue_full(),
+            recovering: self.recovering.load(Ordering::Relaxed),
+            authentication_failure: self.client.watch.authentication_failure(),
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Readiness as "an event sent now would be taken": a pure function of the producer's
+//! [`Status`], tested as a table. `/readyz` shows the [`NotReady`] cause.
+
+use std::fmt;
+
+use crate::health::{Health, Why};
+use crate::ConnectFailure;
+
+/// Whether the spool can take records now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpoolCondition {
+    /// Appends succeed.
+    Writable,
+    /// The spool holds `--spool-max-bytes` (or nearly: less than one large request's room).
+    Full,
+    /// The file system refuses writes: full, read-only, I/O errors. The OS error, as text.
+    Failing(String),
+    /// An append has been running longer than the spool timeout (a frozen or hung disk).
+    Stalled,
+}
+
+/// What readiness is derived from: a snapshot of the producer.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// The producer's state.
+    pub health: Health,
+    /// The spool's condition; `None` without a spool.
+    pub spool: Option<SpoolCondition>,
+    /// librdkafka's queue refused a record in the last second.
+    pub queue_full: bool,
+    /// The spool a previous process left is not drained yet.
+    pub recovering: bool,
+    /// The brokers refuse our credentials or certificates.
+    pub authentication_failure: Option<ConnectFailure>,
+}
+
+/// Why an event sent now would not be taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotReady {
+    /// The producer is closed.
+    Closed,
+    /// The producer is being replaced.
+    Rebuilding(Why),
+    /// The previous process's spool is being drained (its events go first).
+    Recovering,
+    /// The brokers refuse our credentials or certificates.
+    AuthenticationFailing,
+    /// librdkafka's queue is full.
+    QueueFull,
+    /// The spool is full.
+    SpoolFull,
+    /// The spool's file system refuses writes.
+    SpoolFailing(String),
+    /// The spool's disk does not answer.
+    SpoolStalled,
+    /// Kafka takes nothing and no spool takes events instead.
+    Unreachable(Why),
+}
+
+impl Status {
+    /// Why an event sent now would not be taken; `None` when it would. `spooling`: events
+    /// go to the spool while Kafka takes nothing (buffered mode), so the spool's condition
+    /// decides then; else (acked mode) Kafka must be delivering. A spool that cannot be
+    /// written makes a buffered replica unready even while Kafka delivers: a failed delivery
+    /// would have nowhere to go.
+    pub fn not_ready(&self, spooling: bool) -> Option<NotReady> {
+        let spooling = spooling && self.spool.is_some();
+        match self.health {
+            Health::Closed => return Some(NotReady::Closed),
+            Health::Rebuilding(why) => return Some(NotReady::Rebuilding(why)),
+            _ => {}
+        }
+        if self.recovering {
+            return Some(NotReady::Recovering);
+        }
+        if self.authentication_failure.is_some() {
+            return Some(NotReady::AuthenticationFailing);
+        }
+        if self.queue_full && self.health.is_delivering() {
+            return Some(NotReady::QueueFull);
+        }
+        if spooling {
+            match &self.spool {
+                Some(SpoolCondition::Full) => return Some(NotReady::SpoolFull),
+                Some(SpoolCondition::Failing(e)) => return Some(NotReady::SpoolFailing(e.clone())),
+                Some(SpoolCondition::Stalled) => return Some(NotReady::SpoolStalled),
+                _ => {}
+            }
+        }
+        match self.health {
+            Health::Unreachable(why) if !spooling => Some(NotReady::Unreachable(why)),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for NotReady {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotReady::Closed => f.write_str("shutting down"),
+            NotReady::Rebuilding(Why::Fatal) => {
+                f.write_str("replacing the Kafka producer after a fatal error")
+            }
+            NotReady::Rebuilding(Why::Failing) => {
+                f.write_str("replacing the Kafka producer: it failed every record")
+            }
+            NotReady::Rebuilding(_) => {
+                f.write_str("replacing the Kafka producer: Kafka stopped acknowledging")
+            }
+            NotReady::Recovering => f.write_str("draining the spool the previous process left"),
+            NotReady::AuthenticationFailing => f.write_str("Kafka authentication failing"),
+            NotReady::QueueFull => f.write_str("the producer queue is full"),
+            NotReady::SpoolFull => f.write_str("the local spool is full"),
+            NotReady::SpoolFailing(error) => write!(f, "the local spool cannot be written: {error}"),
+            NotReady::SpoolStalled => f.write_str("the local spool's disk is not answering"),
+            NotReady::Unreachable(Why::Stalled) => {
+                f.write_str("Kafka is not acknowledging records (a hung broker?)")
+            }
+            NotReady::Unreachable(_) => f.write_str("no Kafka broker reachable"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Health::*;
+    use SpoolCondition::*;
+
+    fn status(health: Health, spool: Option<SpoolCondition>) -> Status {
+        Status {
+            health,
+            spool,
+            queue_full: false,
+            recovering: false,
+            authentication_failure: None,
+        }
+    }
+
+    #[test]
+    fn readiness_table() {
+        let down = Unreachable(Why::BrokersDown);
+        let failing = || Some(Failing("No space left on device".into()));
+        #[rustfmt::skip]
+        let table: Vec<(Status, bool, Option<NotReady>)> = vec![
+            // status, spooling (buffered mode), not ready
+            (status(Delivering, Some(Writable)), true, None),
+            (status(Delivering, Some(Writable)), false, None),
+            (status(down, Some(Writable)), true, None),
+            (status(down, Some(Writable)), false, Some(NotReady::Unreachable(Why::BrokersDown))),
+            (status(down, None), true, Some(NotReady::Unreachable(Why::BrokersDown))),
+            (status(Unreachable(Why::Stalled), Some(Writable)), false, Some(NotReady::Unreachable(Why::Stalled))),
+            (status(down, Some(Full)), true, Some(NotReady::SpoolFull)),
+            (status(down, failing()), true, Some(NotReady::SpoolFailing("No space left on device".into()))),
+            (status(Delivering, failing()), true, Some(NotReady::SpoolFailing("No space left on device".into()))),
+            (status(Delivering, failing()), false, None),
+            (status(down, Some(Stalled)), true, Some(NotReady::SpoolStalled)),
+            (status(Delivering, Some(Stalled)), true, Some(NotReady::SpoolStalled)),
+            (status(Rebuilding(Why::Failing), Some(Writable)), true, Some(NotReady::Rebuilding(Why::Failing))),
+            (status(Closed, Some(Writable)), true, Some(NotReady::Closed)),
+            (Status { queue_full: true, ..status(Delivering, Some(Writable)) }, true, Some(NotReady::QueueFull)),
+            (Status { queue_full: true, ..status(down, Some(Writable)) }, true, None),
+            (Status { recovering: true, ..status(Delivering, Some(Writable)) }, true, Some(NotReady::Recovering)),
+        ];
+        for (status, spooling, expected) in table {
+            assert_eq!(status.not_ready(spooling), expected, "{status:?}, spooling: {spooling}");
+        }
+    }
+}

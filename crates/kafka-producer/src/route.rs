@@ -1,0 +1,164 @@
+//! Where a record whose delivery failed goes: one pure function of its error, the write that
+//! failed and the producer's state, tested as a table listing every case.
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+/// The kind of a delivery error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// No retry can fix it (too large, not authorised, invalid): the DLQ.
+    Permanent,
+    /// Taken back from a producer being replaced or closed (`Purge*`, `Fatal`): sent again.
+    Purged,
+    /// Anything else (timeouts, leaders moving, brokers down): a retry may succeed.
+    Transient,
+}
+
+impl ErrorClass {
+    /// The class of librdkafka's error.
+    pub fn of(error: &KafkaError) -> Self {
+        use RDKafkaErrorCode::*;
+        match error.rdkafka_error_code() {
+            Some(
+                MessageSizeTooLarge
+                | InvalidMessage
+                | InvalidMessageSize
+                | InvalidRecord
+                | InvalidTopic
+                | InvalidRequiredAcks
+                | UnsupportedForMessageFormat
+                | TopicAuthorizationFailed
+                | ClusterAuthorizationFailed
+                | BadMessage,
+            ) => ErrorClass::Permanent,
+            Some(Fatal | PurgeQueue | PurgeInflight) => ErrorClass::Purged,
+            _ => ErrorClass::Transient,
+        }
+    }
+}
+
+/// Which write failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// The ingest record itself.
+    Ingest,
+    /// Its retry-topic or DLQ copy, or the spool append that was to take it.
+    Rescue,
+}
+
+/// The producer's state as far as routing cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conditions {
+    /// A spool exists.
+    pub spool: bool,
+    /// Kafka is delivering ([`crate::Health::Delivering`]).
+    pub delivering: bool,
+    /// The producer is closing: nothing more is sent to Kafka.
+    pub closing: bool,
+}
+
+/// Where a failed record goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// The ingest topic again, as it was.
+    Ingest,
+    /// The retry topic, with retry headers (retry-forwarder sends it back later).
+    Retry,
+    /// The DLQ, as `delivery_rejected`.
+    Dlq,
+    /// The local spool (drained to the ingest topic once Kafka delivers).
+    Spool,
+    /// Nowhere: counted in `cdp_<binary>_kafka_records_lost_total` and logged with its
+    /// message id, in one place ([`crate::metrics::ProducerMetrics::lose`]).
+    Lost,
+}
+
+impl Destination {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Destination::Ingest => "ingest",
+            Destination::Retry => "retry",
+            Destination::Dlq => "dlq",
+            Destination::Spool => "spool",
+            Destination::Lost => "lost",
+        }
+    }
+}
+
+/// Where a record goes after `class` of error at `stage`. When writing it there fails, the
+/// record is routed again with [`Stage::Rescue`], which ends in the spool or [`Destination::Lost`].
+pub fn route(class: ErrorClass, stage: Stage, c: Conditions) -> Destination {
+    use Destination::*;
+    let spool_or_lost = if c.spool { Spool } else { Lost };
+    match (stage, class) {
+        _ if c.closing => spool_or_lost,
+        (Stage::Rescue, _) => spool_or_lost,
+        (Stage::Ingest, ErrorClass::Permanent) => Dlq,
+        // Kafka takes nothing now: the retry topic would fail the same way.
+        (Stage::Ingest, ErrorClass::Purged | ErrorClass::Transient) if c.spool && !c.delivering => Spool,
+        (Stage::Ingest, ErrorClass::Purged) => Ingest,
+        (Stage::Ingest, ErrorClass::Transient) => Retry,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Destination::*;
+    use super::ErrorClass::*;
+    use super::*;
+
+    #[test]
+    fn every_case() {
+        let c = |spool, delivering, closing| Conditions {
+            spool,
+            delivering,
+            closing,
+        };
+        let mut rows = Vec::new();
+        #[rustfmt::skip]
+        let expected = |stage: Stage, class: ErrorClass, c: Conditions| -> Destination {
+            match (stage, class, c.spool, c.delivering, c.closing) {
+                (_, _, true, _, true) => Spool,
+                (_, _, false, _, true) => Lost,
+                (Stage::Rescue, _, true, _, _) => Spool,
+                (Stage::Rescue, _, false, _, _) => Lost,
+                (Stage::Ingest, Permanent, _, _, _) => Dlq,
+                (Stage::Ingest, Purged, true, false, _) => Spool,
+                (Stage::Ingest, Purged, _, _, _) => Ingest,
+                (Stage::Ingest, Transient, true, false, _) => Spool,
+                (Stage::Ingest, Transient, _, _, _) => Retry,
+            }
+        };
+        for stage in [Stage::Ingest, Stage::Rescue] {
+            for class in [Permanent, Purged, Transient] {
+                for spool in [false, true] {
+                    for delivering in [false, true] {
+                        for closing in [false, true] {
+                            let conditions = c(spool, delivering, closing);
+                            rows.push((stage, class, conditions, expected(stage, class, conditions)));
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(rows.len(), 48);
+        for (stage, class, conditions, to) in rows {
+            assert_eq!(route(class, stage, conditions), to, "{stage:?} {class:?} {conditions:?}");
+        }
+    }
+
+    #[test]
+    fn error_classes() {
+        use rdkafka::error::RDKafkaErrorCode as Code;
+        let produce = |code| KafkaError::MessageProduction(code);
+        assert_eq!(ErrorClass::of(&produce(Code::MessageSizeTooLarge)), Permanent);
+        assert_eq!(ErrorClass::of(&produce(Code::TopicAuthorizationFailed)), Permanent);
+        assert_eq!(ErrorClass::of(&produce(Code::PurgeQueue)), Purged);
+        assert_eq!(ErrorClass::of(&produce(Code::PurgeInflight)), Purged);
+        assert_eq!(ErrorClass::of(&produce(Code::Fatal)), Purged);
+        assert_eq!(ErrorClass::of(&produce(Code::MessageTimedOut)), Transient);
+        assert_eq!(ErrorClass::of(&produce(Code::ProducerFenced)), Transient);
+        assert_eq!(ErrorClass::of(&produce(Code::NotEnoughReplicas)), Transient);
+    }
+}

@@ -1,0 +1,257 @@
+//! [`SpoolWriter`]: the one thread that appends to the spool, so that a slow or frozen disk
+//! never holds a runtime worker. Requests wait for their append with a timeout (then 503);
+//! rescued records are handed over without waiting. The thread also watches the spool's file
+//! system (free space, read-only) while idle, and publishes a [`SpoolCondition`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use spool::Spool;
+use tokio::sync::oneshot;
+
+use crate::metrics::ProducerMetrics;
+use crate::readiness::SpoolCondition;
+use crate::Error;
+
+/// Appends waiting for the writer, at most: beyond it the disk is not keeping up (503).
+const QUEUE: usize = 4096;
+/// How often the idle writer checks the file system.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Where spooled records come from (the `from` label of `<prefix>_spool_appended_total`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum From {
+    /// A request's events (buffered mode, Kafka not delivering).
+    Request,
+    /// Records whose delivery failed, or taken back from a replaced producer.
+    Rescue,
+}
+
+enum Work {
+    Append {
+        records: Vec<spool::Record>,
+        from: From,
+        /// `None`: nobody waits (rescued records); a failure loses them, counted and logged.
+        reply: Option<oneshot::Sender<Result<(), Error>>>,
+    },
+    /// Answered once everything queued before it is appended.
+    Barrier(mpsc::Sender<()>),
+    Stop,
+}
+
+struct Shared {
+    spool: Arc<Spool>,
+    metrics: Arc<ProducerMetrics>,
+    start: Instant,
+    /// When the running append began (ms since `start`, +1), 0 when idle.
+    busy_since: AtomicU64,
+    condition: Mutex<SpoolCondition>,
+}
+
+/// The spool's writing thread.
+pub(crate) struct SpoolWriter {
+    shared: Arc<Shared>,
+    work: mpsc::SyncSender<Work>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    timeout: Duration,
+}
+
+impl SpoolWriter {
+    pub(crate) fn start(spool: Arc<Spool>, metrics: Arc<ProducerMetrics>, timeout: Duration) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
+            spool,
+            metrics,
+            start: Instant::now(),
+            busy_since: AtomicU64::new(0),
+            condition: Mutex::new(SpoolCondition::Writable),
+        });
+        let (work, queue) = mpsc::sync_channel(QUEUE);
+        let thread = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("spool-write".into())
+                .spawn(move || shared.run(queue))?
+        };
+        Ok(SpoolWriter {
+            shared,
+            work,
+            thread: Mutex::new(Some(thread)),
+            timeout,
+        })
+    }
+
+    /// The spool.
+    pub(crate) fn spool(&self) -> &Arc<Spool> {
+        &self.shared.spool
+    }
+
+    /// Appends a request's records, waiting up to the spool timeout: `Err` when the spool is
+    /// full or failing ([`Error::SpoolFull`], [`Error::Spool`]), or did not answer in time
+    /// ([`Error::SpoolTimeout`]; the records may still be appended later: duplicates if the
+    /// client sends them again, never a loss).
+    pub(crate) async fn append(&self, records: Vec<spool::Record>) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        let work = Work::Append {
+            records,
+            from: From::Request,
+            reply: Some(tx),
+        };
+        if self.work.try_send(work).is_err() {
+            return Err(Error::SpoolTimeout(self.timeout));
+        }
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::Unavailable),
+            Err(_) => Err(Error::SpoolTimeout(self.timeout)),
+        }
+    }
+
+    /// Hands rescued records over without waiting (blocks only while the writer's queue is
+    /// full). A failure to append them is counted and logged as a loss by the writer.
+    pub(crate) fn append_detached(&self, records: Vec<spool::Record>) {
+        let work = Work::Append {
+            records,
+            from: From::Rescue,
+            reply: None,
+        };
+        if let Err(mpsc::SendError(Work::Append { records, .. })) = self.work.send(work) {
+            for record in records {
+                self.shared.metrics.lose(&record.message_id, &"the spool writer has stopped");
+            }
+        }
+    }
+
+    /// Waits (up to the spool timeout) until every append queued before is done; false when
+    /// the writer did not get there in time.
+    pub(crate) fn barrier(&self) -> bool {
+        let (tx, rx) = mpsc::channel();
+        self.work.try_send(Work::Barrier(tx)).is_ok() && rx.recv_timeout(self.timeout).is_ok()
+    }
+
+    /// The spool's condition: [`SpoolCondition::Stalled`] while an append has run longer than
+    /// the spool timeout, else what the last append or check found.
+    pub(crate) fn condition(&self) -> SpoolCondition {
+        let busy = self.shared.busy_since.load(Ordering::Relaxed);
+        let now = self.shared.start.elapsed().as_millis() as u64 + 1;
+        if busy != 0 && now.saturating_sub(busy) > self.timeout.as_millis() as u64 {
+            return SpoolCondition::Stalled;
+        }
+        match self.shared.current() {
+            SpoolCondition::Writable if self.shared.nearly_full() => SpoolCondition::Full,
+            condition => condition,
+        }
+    }
+
+    /// Appends what is queued, then stops the thread and syncs the spool.
+    pub(crate) fn stop(&self) {
+        let _ = self.work.send(Work::Stop);
+        if let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = thread.join();
+        }
+        if let Err(error) = self.shared.spool.sync() {
+            tracing::error!(%error, "spool sync at shutdown failed");
+        }
+    }
+}
+
+impl Shared {
+    fn run(&self, queue: mpsc::Receiver<Work>) {
+        self.metrics.spool_max_bytes.set(self.spool.max_bytes() as f64);
+        loop {
+            self.publish();
+            match queue.recv_timeout(CHECK_EVERY) {
+                Ok(Work::Append { records, from, reply }) => {
+                    let result = self.append(&records, from);
+                    match reply {
+                        Some(reply) => drop(reply.send(result.map_err(|(_, e)| e))),
+                        None => {
+                            if let Err((appended, error)) = result {
+                                for record in &records[appended..] {
+                                    self.metrics.lose(&record.message_id, &error);
+                                }
+                            }
+                        }
+                    }
+                }
+                Ok(Work::Barrier(done)) => drop(done.send(())),
+                Ok(Work::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                Err(mpsc::RecvTimeoutError::Timeout) => self.check(),
+            }
+        }
+    }
+
+    /// Appends `records` in order; on failure, how many were appended and the error.
+    fn append(&self, records: &[spool::Record], from: From) -> Result<(), (usize, Error)> {
+        let started = self.start.elapsed().as_millis() as u64 + 1;
+        self.busy_since.store(started, Ordering::Relaxed);
+        let mut result = Ok(());
+        for (i, record) in records.iter().enumerate() {
+            if let Err(error) = self.spool.append(record) {
+                result = Err((i, error));
+                break;
+            }
+        }
+        self.busy_since.store(0, Ordering::Relaxed);
+        let appended = result.as_ref().map_or_else(|(i, _)| *i, |()| records.len());
+        let label = match from {
+            From::Request => "request",
+            From::Rescue => "rescue",
+        };
+        self.metrics.spooled(label, appended as u64);
+        let condition = match &result {
+            Ok(()) => SpoolCondition::Writable,
+            Err((_, spool::Error::Full { .. })) => SpoolCondition::Full,
+            // One record too large for a segment says nothing about the disk.
+            Err((_, spool::Error::TooLarge(_))) => self.current(),
+            Err((_, error)) => SpoolCondition::Failing(error.to_string()),
+        };
+        self.set(condition);
+        result.map_err(|(i, error)| {
+            let error = match error {
+                spool::Error::Full { cap } => Error::SpoolFull { cap },
+                other => Error::Spool(other),
+            };
+            (i, error)
+        })
+    }
+
+    /// While idle: is the file system writable, and (after a failure) does a probe write pass?
+    fn check(&self) {
+        let current = self.current();
+        let probe = matches!(current, SpoolCondition::Failing(_));
+        let condition = match self.spool.check_writable(probe) {
+            Err(error) => SpoolCondition::Failing(error.to_string()),
+            Ok(()) if current == SpoolCondition::Full && self.nearly_full() => SpoolCondition::Full,
+            Ok(()) => SpoolCondition::Writable,
+        };
+        if condition != current {
+            match &condition {
+                SpoolCondition::Writable => tracing::info!("the spool can be written again"),
+                other => tracing::error!(condition = ?other, "the spool cannot be written"),
+            }
+        }
+        self.set(condition);
+    }
+
+    /// Less room than a large request (1 MiB) or an eighth of a small spool.
+    fn nearly_full(&self) -> bool {
+        let max = self.spool.max_bytes();
+        self.spool.bytes() + (max / 8).min(1 << 20) >= max
+    }
+
+    fn current(&self) -> SpoolCondition {
+        self.condition.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, condition: SpoolCondition) {
+        let writable = condition == SpoolCondition::Writable && !self.nearly_full();
+        self.metrics.spool_writable.set(if writable { 1.0 } else { 0.0 });
+        *self.condition.lock().unwrap_or_else(|e| e.into_inner()) = condition;
+    }
+
+    fn publish(&self) {
+        self.metrics.spool_bytes.set(self.spool.bytes() as f64);
+        self.metrics.spool_records.set(self.spool.records() as f64);
+    }
+}

@@ -1,0 +1,222 @@
+//! The supervisor: the one thread that owns the producer's [`Health`] and replaces the
+//! librdkafka producer. It routes every failed record ([`crate::route`]), and every 100 ms it
+//! looks at what the callbacks counted:
+//!
+//! - the oldest unacknowledged record older than the ack window: [`Event::Stalled`];
+//! - transient failures and no acknowledgement for the rebuild-after time: [`Event::Failing`];
+//! - acknowledgements: [`Event::Acknowledged`]; while unreachable, a metadata probe every
+//!   second: [`Event::ProbeOk`];
+//! - a fatal error on the client: [`Event::Fatal`].
+//!
+//! A step that says rebuild builds a new producer, swaps it in, and retires the old one on
+//! its own thread: what it held comes back as purged, and is routed like any failure.
+
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use crate::callbacks::{Delivery, Failed, Job};
+use crate::client::retire;
+use crate::core::Core;
+use crate::health::{Event, Health, Why};
+use crate::record::{dlq_copy, ingest_copy, retry_copy, Outgoing};
+use crate::route::{route, Destination, ErrorClass, Stage};
+
+/// How often the counters are looked at.
+const TICK: Duration = Duration::from_millis(100);
+/// How often an unreachable cluster is probed, and how long a probe may take.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// The supervisor thread's state.
+pub(crate) struct Supervisor {
+    core: Arc<Core>,
+    last_tick: Instant,
+    last_probe: Instant,
+    acked: u64,
+    failed: u64,
+    /// Since when records fail and none is acknowledged.
+    failing_since: Option<Instant>,
+    /// The last rebuild: the retired producer's records count as unacknowledged until they
+    /// are reported, so a stall is not looked for during the next ack window.
+    last_rebuild: Option<Instant>,
+}
+
+impl Supervisor {
+    pub(crate) fn new(core: Arc<Core>) -> Self {
+        let counters = &core.client.counters;
+        Supervisor {
+            acked: counters.acked.load(Ordering::Relaxed),
+            failed: counters.failed.load(Ordering::Relaxed),
+            core,
+            last_tick: Instant::now(),
+            last_probe: Instant::now(),
+            failing_since: None,
+            last_rebuild: None,
+        }
+    }
+
+    /// Runs until [`Job::Stop`]; then routes what is still queued.
+    pub(crate) fn run(mut self, jobs: mpsc::Receiver<Job>) {
+        loop {
+            match jobs.recv_timeout(TICK) {
+                Ok(Job::Failed(failed)) => self.route(failed),
+                Ok(Job::BrokersDown) => self.event(Event::BrokersDown),
+                Ok(Job::CheckFatal) => self.check_fatal(),
+                Ok(Job::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if self.last_tick.elapsed() >= TICK {
+                self.tick();
+            }
+        }
+        while let Ok(job) = jobs.try_recv() {
+            if let Job::Failed(failed) = job {
+                self.route(failed);
+            }
+        }
+    }
+
+    fn tick(&mut self) {
+        self.last_tick = Instant::now();
+        let core = self.core.clone();
+        let counters = &core.client.counters;
+        let config = &core.client.config;
+        self.check_fatal();
+        let (acked, failed) = (
+            counters.acked.load(Ordering::Relaxed),
+            counters.failed.load(Ordering::Relaxed),
+        );
+        if acked > self.acked {
+            self.failing_since = None;
+            self.event(Event::Acknowledged);
+        } else if failed > self.failed {
+            let since = *self.failing_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= config.failing_rebuild_after {
+                self.failing_since = None;
+                self.event(Event::Failing);
+            }
+        }
+        (self.acked, self.failed) = (acked, failed);
+        let settled = self.last_rebuild.is_none_or(|at| at.elapsed() > config.ack_window);
+        if let Some(age) = counters.unacked.oldest_age().filter(|_| settled) {
+            if age > config.ack_window {
+                self.event(Event::Stalled);
+            }
+        }
+        if matches!(core.health.get(), Health::Unreachable(_)) && self.last_probe.elapsed() >= PROBE_EVERY {
+            self.last_probe = Instant::now();
+            if core.client.probe(PROBE_EVERY) {
+                self.event(Event::ProbeOk);
+            }
+        }
+        let pending = core.client.counters.pending.load(Ordering::Relaxed);
+        core.metrics().rescue_pending.set(pending as f64);
+    }
+
+    fn check_fatal(&mut self) {
+        if let Some(fatal) = self.core.client.fatal_error() {
+            if self.core.health.get() != Health::Rebuilding(Why::Fatal) {
+                tracing::error!(error = fatal, "the producer raised a fatal error");
+            }
+            self.event(Event::Fatal);
+        }
+    }
+
+    fn event(&mut self, event: Event) {
+        let step = self.core.apply(event);
+        if step.rebuild {
+            if let Health::Rebuilding(why) = step.health {
+                self.rebuild(why);
+            }
+        }
+    }
+
+    /// Replaces the producer; the old one's records come back as purged and are routed.
+    fn rebuild(&mut self, why: Why) {
+        let core = self.core.clone();
+        core.metrics().rebuilt(why.label());
+        let producer = match core.client.build() {
+            Ok(producer) => producer,
+            Err(error) => {
+                // Cannot happen with a configuration that built the first producer.
+                tracing::error!(%error, "cannot build a new producer; Kafka stays unreachable");
+                core.apply(Event::Rebuilt { reachable: false });
+                return;
+            }
+        };
+        let reachable = rdkafka::producer::Producer::client(&producer)
+            .fetch_metadata(Some(&core.client.config.topics.ingest), PROBE_EVERY)
+            .is_ok();
+        if let Some(old) = core.client.replace(Some(producer)) {
+            let metrics = core.client.metrics.clone();
+            let retired = std::thread::Builder::new()
+                .name("kafka-retire".into())
+                .spawn(move || retire(&metrics, old));
+            if let Err(error) = retired {
+                tracing::error!(%error, "cannot start a thread to retire the old producer");
+            }
+        }
+        self.last_probe = Instant::now();
+        self.last_rebuild = Some(Instant::now());
+        self.acked = core.client.counters.acked.load(Ordering::Relaxed);
+        core.apply(Event::Rebuilt { reachable });
+    }
+
+    /// Sends a failed record where [`route`] says.
+    fn route(&self, failed: Failed) {
+        let class = ErrorClass::of(&failed.error);
+        let to = route(class, failed.stage, self.core.conditions());
+        self.send(failed, to);
+        self.core.client.counters.pending.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn send(&self, failed: Failed, to: Destination) {
+        let core = &self.core;
+        let config = &core.client.config;
+        let record = &failed.record;
+        let (topic, outgoing, delivery): (&str, Outgoing, Delivery) = match to {
+            Destination::Lost => return core.metrics().lose(&record.message_id, &failed.error),
+            Destination::Spool => {
+                let Some(writer) = &core.writer else {
+                    return core.metrics().lose(&record.message_id, &"no spool");
+                };
+                core.backlog.store(true, Ordering::Release);
+                tracing::debug!(message_id = record.message_id, error = %failed.error, "failed record spooled");
+                return writer.append_detached(vec![failed.record]);
+            }
+            Destination::Ingest => (
+                &config.topics.ingest,
+                ingest_copy(record),
+                Delivery::Logged {
+                    message_id: record.message_id.clone(),
+                },
+            ),
+            Destination::Retry => (
+                &config.topics.retry,
+                retry_copy(record, &failed.error, &config.topics.ingest, config.retry_delay),
+                Delivery::Rescue {
+                    original: record.clone(),
+                },
+            ),
+            Destination::Dlq => (
+                &config.topics.dlq,
+                dlq_copy(record, &failed.error),
+                Delivery::Rescue {
+                    original: record.clone(),
+                },
+            ),
+        };
+        let Outgoing { key, value, headers } = outgoing;
+        match core.client.enqueue(topic, &key, &value, headers, delivery) {
+            Ok(()) => {
+                core.metrics().rescued(to.label()).increment(1);
+                tracing::info!(message_id = record.message_id, to = to.label(), error = %failed.error, "failed record re-routed");
+            }
+            Err(error) => {
+                tracing::warn!(message_id = record.message_id, to = to.label(), %error, "re-route failed");
+                let again = route(ErrorClass::of(&failed.error), Stage::Rescue, core.conditions());
+                self.send(failed, again);
+            }
+        }
+    }
+}

@@ -21,7 +21,7 @@ mod reject;
 mod time;
 
 pub use batch::BatchFields;
-pub use dlq::{DlqEnvelope, MAX_RAW_PAYLOAD_BYTES};
+pub use dlq::{DlqEnvelope, DlqReason, MAX_RAW_PAYLOAD_BYTES};
 pub use event_type::EventType;
 pub use limits::Limits;
 pub use normalize::{normalize, Accepted, Received};

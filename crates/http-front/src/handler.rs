@@ -517,7 +517,8 @@ async fn write_dlq(
             &source.workspace_id,
             &source.source_id,
             &r.message_id,
-            &r.rejection,
+            event_model::DlqReason::Rejected(r.rejection.reason),
+            &r.rejection.field,
             r.raw.clone(),
         );
         envelope.received_at = Some(

@@ -159,16 +159,14 @@ impl Rescuer {
                         .unwrap_or_default()
                 };
                 // `new` cuts the raw payload: a record too large for Kafka still fits as a DLQ record.
-                let rejection =
-                    event_model::Rejection::new(event_model::Reason::TooLarge, "", f.error.to_string());
-                let mut envelope = DlqEnvelope::new(
+                let envelope = DlqEnvelope::new(
                     &text("workspace_id"),
                     &text("source_id"),
                     &r.message_id,
-                    &rejection,
+                    event_model::DlqReason::DeliveryRejected,
+                    "",
                     String::from_utf8_lossy(&r.value).into_owned(),
                 );
-                envelope.reason = DELIVERY_REJECTED.to_string();
                 let headers = OwnedHeaders::new().insert(Header {
                     key: "reason",
                     value: Some(DELIVERY_REJECTED),

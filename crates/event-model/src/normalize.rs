@@ -9,54 +9,11 @@ use serde::{Serialize, Serializer};
 use simd_json::borrowed::Object;
 use simd_json::{BorrowedValue, StaticNode};
 
-use crate::parse::{BatchFields, Ignored, Scope};
-use crate::{time, Limits, Reason, Rejection};
-
-/// The Segment event types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EventType {
-    /// `track`: a user action; needs `event`.
-    Track,
-    /// `identify`: who the user is.
-    Identify,
-    /// `page`: a web page view.
-    Page,
-    /// `screen`: a mobile screen view.
-    Screen,
-    /// `group`: the user joins a group; needs `groupId`.
-    Group,
-    /// `alias`: merges two identities; needs `userId` and `previousId`.
-    Alias,
-}
-
-impl EventType {
-    /// Every type, for routing and metric pre-registration.
-    pub const ALL: [EventType; 6] = [
-        EventType::Track,
-        EventType::Identify,
-        EventType::Page,
-        EventType::Screen,
-        EventType::Group,
-        EventType::Alias,
-    ];
-
-    /// The lowercase name used in `type`, in URL paths and in the `type` record header.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventType::Track => "track",
-            EventType::Identify => "identify",
-            EventType::Page => "page",
-            EventType::Screen => "screen",
-            EventType::Group => "group",
-            EventType::Alias => "alias",
-        }
-    }
-
-    /// Parses a type name.
-    pub fn from_name(name: &str) -> Option<EventType> {
-        EventType::ALL.into_iter().find(|t| t.as_str() == name)
-    }
-}
+use crate::batch::{BatchFields, Ignored, Scope};
+use crate::event_type::EventType;
+use crate::limits::Limits;
+use crate::reject::{Reason, Rejection};
+use crate::time;
 
 /// What the server knows about the request an event arrived in.
 #[derive(Debug, Clone)]
@@ -148,6 +105,21 @@ pub fn normalize(
         ));
     }
 
+    // Read in this order, so that an event with several faults is refused for the same one.
+    let name = optional_str(obj, "name")?;
+    let properties = optional_object(obj, "properties")?;
+    let traits = optional_object(obj, "traits")?;
+    let own_context = optional_object(obj, "context")?;
+    let own_integrations = optional_object(obj, "integrations")?;
+    let own = match event_type {
+        EventType::Track => track(obj)?,
+        EventType::Identify => identify(obj)?,
+        EventType::Page => page(obj)?,
+        EventType::Screen => screen(obj)?,
+        EventType::Group => group(obj)?,
+        EventType::Alias => alias(obj, user_id.is_some())?,
+    };
+
     let mut out = Normalized {
         message_id: &message_id,
         event_type: event_type.as_str(),
@@ -155,20 +127,20 @@ pub fn normalize(
         source_id: &received.source_id,
         anonymous_id: anonymous_id.as_deref(),
         user_id: user_id.as_deref(),
-        event: None,
-        name: optional_str(obj, "name")?,
-        category: None,
-        group_id: None,
-        previous_id: None,
-        properties: optional_object(obj, "properties")?,
-        traits: optional_object(obj, "traits")?,
+        event: own.event,
+        name,
+        category: own.category,
+        group_id: own.group_id.as_deref(),
+        previous_id: own.previous_id.as_deref(),
+        properties,
+        traits,
         context: Merged {
-            own: optional_object(obj, "context")?,
+            own: own_context,
             batch: shared.context.as_ref(),
             ip: None,
         },
         integrations: Merged {
-            own: optional_object(obj, "integrations")?,
+            own: own_integrations,
             batch: shared.integrations.as_ref(),
             ip: None,
         },
@@ -178,38 +150,6 @@ pub fn normalize(
         received_at: time::format(received.at),
         ignored: Notes(&[]),
     };
-    let group_id;
-    let previous_id;
-    match event_type {
-        EventType::Track => {
-            let event = required_str(obj, "event")?;
-            if event.is_empty() {
-                return Err(Rejection::new(
-                    Reason::InvalidValue,
-                    "/event",
-                    "event name is empty",
-                ));
-            }
-            out.event = Some(event);
-        }
-        EventType::Page => out.category = optional_str(obj, "category")?,
-        EventType::Group => {
-            group_id = required_id(obj, "groupId")?;
-            out.group_id = Some(&group_id);
-        }
-        EventType::Alias => {
-            if user_id.is_none() {
-                return Err(Rejection::new(
-                    Reason::MissingField,
-                    "/userId",
-                    "alias needs a userId",
-                ));
-            }
-            previous_id = required_id(obj, "previousId")?;
-            out.previous_id = Some(&previous_id);
-        }
-        EventType::Identify | EventType::Screen => {}
-    }
 
     let event_ip = [out.context.own, out.context.batch]
         .into_iter()
@@ -278,6 +218,76 @@ pub fn normalize(
     })
 }
 
+/// The fields only some event types have, read and checked by the type's own function.
+#[derive(Default)]
+struct OwnFields<'a> {
+    /// `track`'s `event`.
+    event: Option<&'a str>,
+    /// `page`'s `category`.
+    category: Option<&'a str>,
+    /// `group`'s `groupId`.
+    group_id: Option<Cow<'a, str>>,
+    /// `alias`'s `previousId`.
+    previous_id: Option<Cow<'a, str>>,
+}
+
+/// `track`: a non-empty `event` name is required.
+fn track<'a>(obj: &'a Object<'a>) -> Result<OwnFields<'a>, Rejection> {
+    let event = required_str(obj, "event")?;
+    if event.is_empty() {
+        return Err(Rejection::new(
+            Reason::InvalidValue,
+            "/event",
+            "event name is empty",
+        ));
+    }
+    Ok(OwnFields {
+        event: Some(event),
+        ..OwnFields::default()
+    })
+}
+
+/// `identify`: no fields of its own (`traits` is read for every type).
+fn identify<'a>(_obj: &'a Object<'a>) -> Result<OwnFields<'a>, Rejection> {
+    Ok(OwnFields::default())
+}
+
+/// `page`: an optional string `category`.
+fn page<'a>(obj: &'a Object<'a>) -> Result<OwnFields<'a>, Rejection> {
+    Ok(OwnFields {
+        category: optional_str(obj, "category")?,
+        ..OwnFields::default()
+    })
+}
+
+/// `screen`: no fields of its own (`name` is read for every type).
+fn screen<'a>(_obj: &'a Object<'a>) -> Result<OwnFields<'a>, Rejection> {
+    Ok(OwnFields::default())
+}
+
+/// `group`: a `groupId` (a string or a number) is required.
+fn group<'a>(obj: &'a Object<'a>) -> Result<OwnFields<'a>, Rejection> {
+    Ok(OwnFields {
+        group_id: Some(required_id(obj, "groupId")?),
+        ..OwnFields::default()
+    })
+}
+
+/// `alias`: a `userId` (`has_user_id`) and a `previousId` are required, in that order.
+fn alias<'a>(obj: &'a Object<'a>, has_user_id: bool) -> Result<OwnFields<'a>, Rejection> {
+    if !has_user_id {
+        return Err(Rejection::new(
+            Reason::MissingField,
+            "/userId",
+            "alias needs a userId",
+        ));
+    }
+    Ok(OwnFields {
+        previous_id: Some(required_id(obj, "previousId")?),
+        ..OwnFields::default()
+    })
+}
+
 /// The ingest-topic value. Field names and presence rules are in `schema/ingest-event.schema.json`.
 #[derive(Serialize)]
 struct Normalized<'a> {
@@ -334,7 +344,7 @@ impl Serialize for Notes<'_> {
 }
 
 /// One `ignored` entry: `{"field", "scope", "reason", "value"}`, or `"truncated": true` in
-/// place of a value over [`crate::parse::MAX_IGNORED_VALUE_BYTES`].
+/// place of a value over [`crate::batch::MAX_IGNORED_VALUE_BYTES`].
 struct Note<'a>(&'a Ignored<'a>);
 
 impl Serialize for Note<'_> {

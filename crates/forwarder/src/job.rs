@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use event_model::DlqEnvelope;
+use event_model::{DlqEnvelope, DlqReason};
 use kafka_producer::retry::{header_text, unix_ms_after, without_retry_headers, RetryInfo};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
@@ -11,7 +11,7 @@ use rdkafka::ClientContext;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::{metrics, Config, INVALID_RETRY_RECORD, RETRIES_EXHAUSTED};
+use crate::{metrics, Config};
 
 /// The forwarder's producer: awaited writes, with fatal errors noticed.
 pub(crate) type Producer = FutureProducer<FatalWatch>;
@@ -110,7 +110,7 @@ async fn settle(
             config,
             message,
             &message_id,
-            INVALID_RETRY_RECORD,
+            DlqReason::InvalidRetryRecord,
             "missing or malformed retry headers",
         )
         .await;
@@ -130,7 +130,15 @@ async fn settle(
     };
     if info.attempt >= config.retry_max_attempts {
         let detail = format!("{} attempts, last error: {error}", info.attempt);
-        return dead_letter(producer, config, message, &message_id, RETRIES_EXHAUSTED, &detail).await;
+        return dead_letter(
+            producer,
+            config,
+            message,
+            &message_id,
+            DlqReason::RetriesExhausted,
+            &detail,
+        )
+        .await;
     }
     let next = RetryInfo {
         attempt: info.attempt + 1,
@@ -177,21 +185,21 @@ async fn dead_letter(
     config: &Config,
     message: &OwnedMessage,
     message_id: &str,
-    reason: &'static str,
+    reason: DlqReason,
     detail: &str,
 ) -> Outcome {
     let text = |name| header_text(message.headers(), name).unwrap_or_default();
-    let mut envelope = DlqEnvelope::new(
+    let envelope = DlqEnvelope::new(
         &text("workspace_id"),
         &text("source_id"),
         message_id,
-        &event_model::Rejection::new(event_model::Reason::InvalidValue, "", detail),
+        reason,
+        "",
         String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned(),
     );
-    envelope.reason = reason.to_string();
     let headers = OwnedHeaders::new().insert(Header {
         key: "reason",
-        value: Some(reason),
+        value: Some(reason.as_str()),
     });
     let key = envelope.workspace_id.clone();
     match produce(
@@ -205,12 +213,22 @@ async fn dead_letter(
     {
         Ok(()) => {
             metrics::dead_lettered(reason);
-            tracing::warn!(message_id, reason, detail, "retry record sent to the DLQ");
+            tracing::warn!(
+                message_id,
+                reason = reason.as_str(),
+                detail,
+                "retry record sent to the DLQ"
+            );
             Outcome::Done
         }
         Err(error) => {
             metrics::stalled();
-            tracing::error!(message_id, reason, error, "DLQ write failed; will try again");
+            tracing::error!(
+                message_id,
+                reason = reason.as_str(),
+                error,
+                "DLQ write failed; will try again"
+            );
             Outcome::RetryLater
         }
     }

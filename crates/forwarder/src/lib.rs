@@ -7,7 +7,7 @@
 //! next commit (at least once: a crash replays, never skips). A forward that fails goes back to
 //! the retry topic with the attempt raised and an exponential, jittered backoff; past the
 //! maximum attempts, or without valid retry headers, the record goes to the DLQ with reason
-//! `retries_exhausted` or `invalid_retry_record`. Other partitions keep flowing meanwhile.
+//! `retries_exhausted` or `invalid_retry_record` ([`event_model::DlqReason`]). Other partitions keep flowing meanwhile.
 
 mod config;
 mod error;
@@ -18,8 +18,3 @@ mod run;
 pub use config::Config;
 pub use error::Error;
 pub use run::run;
-
-/// DLQ reason of a record that failed its last allowed attempt.
-pub const RETRIES_EXHAUSTED: &str = "retries_exhausted";
-/// DLQ reason of a retry-topic record without valid retry headers.
-pub const INVALID_RETRY_RECORD: &str = "invalid_retry_record";

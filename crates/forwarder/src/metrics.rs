@@ -1,5 +1,6 @@
 //! retry-forwarder's metrics, all defined here: `cdp_retry_forwarder_<what>_<unit>`.
 
+use event_model::DlqReason;
 use metrics::{counter, gauge};
 
 /// Records forwarded to their target topic and acknowledged.
@@ -13,8 +14,8 @@ pub(crate) fn requeued() {
 }
 
 /// Records sent to the DLQ, by reason (`retries_exhausted`, `invalid_retry_record`).
-pub(crate) fn dead_lettered(reason: &'static str) {
-    counter!("cdp_retry_forwarder_dlq_total", "reason" => reason).increment(1);
+pub(crate) fn dead_lettered(reason: DlqReason) {
+    counter!("cdp_retry_forwarder_dlq_total", "reason" => reason.as_str()).increment(1);
 }
 
 /// Writes that failed everywhere; the record stays and is tried again.

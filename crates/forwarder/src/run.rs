@@ -22,6 +22,8 @@ use tokio::sync::mpsc;
 use crate::job::{self, Entry, FatalWatch, Producer};
 use crate::{metrics, Config, Error};
 
+/// The `client.id` of the forwarder's producer and consumer (broker logs and quotas).
+const CLIENT_ID: &str = "cdp-retry-forwarder";
 /// Queued records per partition above which the partition is paused.
 const PAUSE_AT: usize = 2_000;
 /// Queued records below which a paused partition resumes.
@@ -129,7 +131,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // cdp_retry_forwarder_kafka_authentication_failures_total.
     let watch = ConnectionWatch::new("cdp_retry_forwarder", &settings);
     let mut producer_config = ProducerConfig::new(settings.clone(), config.kafka.topics());
-    producer_config.client_id = "cdp-retry-forwarder".into();
+    producer_config.client_id = CLIENT_ID.into();
     producer_config.message_timeout = config.produce_timeout;
     let fatal = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut producer_client = producer_config.client_config()?;
@@ -153,7 +155,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let mut consumer_config = ClientConfig::new();
     consumer_config
         .set("group.id", &config.group_id)
-        .set("client.id", "cdp-retry-forwarder")
+        .set("client.id", CLIENT_ID)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
         // Offsets are stored only after the record was settled (forwarded, re-queued or DLQ).

@@ -367,7 +367,8 @@ async fn write_dlq(
             &source.workspace_id,
             &source.source_id,
             &r.message_id,
-            &r.rejection,
+            event_model::DlqReason::Rejected(r.rejection.reason),
+            &r.rejection.field,
             r.raw.clone(),
         );
         envelope.received_at = Some(
@@ -454,6 +455,7 @@ fn new_message_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper::header::HeaderValue;
 
     #[test]
     fn forwarded_for_is_trusted_only_from_trusted_proxies() {

@@ -39,9 +39,6 @@ pub use readiness::{NotReady, SpoolCondition, Status};
 pub use route::{route, Conditions, Destination, ErrorClass, Stage};
 pub use settings::{owned_property, KafkaSettings, Oidc, SaslMechanism, Secret, SecurityProtocol};
 pub use spool;
-
-/// The DLQ reason of records Kafka refused for good (too large, not authorised).
-pub const DELIVERY_REJECTED: &str = "delivery_rejected";
 pub use watch::{log_client_error, ConnectFailure, ConnectionWatch, WatchedContext};
 
 /// Maps librdkafka's refusal to create a client to [`Error`], without the value of a secret

@@ -1,7 +1,7 @@
 //! The records the producer writes, in one place: an ingest record's key (S4) and headers
 //! (S5), its spool form, and the retry-topic and DLQ copies of a record whose delivery failed.
 
-use event_model::{Accepted, DlqEnvelope};
+use event_model::{Accepted, DlqEnvelope, DlqReason};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 
@@ -117,15 +117,15 @@ pub(crate) fn dlq_copy(record: &spool::Record, error: &KafkaError) -> Outgoing {
             .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
             .unwrap_or_default()
     };
-    let rejection = event_model::Rejection::new(event_model::Reason::TooLarge, "", error.to_string());
-    let mut envelope = DlqEnvelope::new(
+    let envelope = DlqEnvelope::new(
         &text("workspace_id"),
         &text("source_id"),
         &record.message_id,
-        &rejection,
+        DlqReason::DeliveryRejected,
+        "",
         String::from_utf8_lossy(&record.value).into_owned(),
     );
-    envelope.reason = crate::DELIVERY_REJECTED.to_string();
+    tracing::debug!(message_id = record.message_id, %error, "delivery rejected for good");
     Outgoing {
         key: envelope.workspace_id.clone().into_bytes(),
         headers: envelope_headers(&envelope),

@@ -181,13 +181,14 @@ impl KafkaSecurityArgs {
 }
 
 /// Validation limits shared by ingest and dlq-replayer, so a replay validates as ingest does.
+/// The defaults are [`event_model::Limits::DEFAULT`]'s.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LimitArgs {
     /// Largest event, in bytes, as normalised.
-    #[arg(long, env = "CDP_MAX_EVENT_BYTES", default_value_t = 32 * 1024)]
+    #[arg(long, env = "CDP_MAX_EVENT_BYTES", default_value_t = event_model::Limits::DEFAULT.max_event_bytes)]
     pub max_event_bytes: usize,
     /// Most events in one batch.
-    #[arg(long, env = "CDP_MAX_BATCH_EVENTS", default_value_t = 2_500)]
+    #[arg(long, env = "CDP_MAX_BATCH_EVENTS", default_value_t = event_model::Limits::DEFAULT.max_batch_events)]
     pub max_batch_events: usize,
 }
 
@@ -326,5 +327,27 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
         _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::LimitArgs;
+
+    /// The limit flags alone, as a binary flattens them.
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        limits: LimitArgs,
+    }
+
+    #[test]
+    fn the_limit_flags_default_to_the_event_models_defaults() {
+        let flags = Flags::try_parse_from(["test"]).unwrap();
+        assert_eq!(flags.limits.limits(), event_model::Limits::default());
+        assert_eq!(flags.limits.max_event_bytes, 32 * 1024);
+        assert_eq!(flags.limits.max_batch_events, 2_500);
     }
 }

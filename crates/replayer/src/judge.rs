@@ -4,14 +4,16 @@ use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
 use event_model::{
-    normalize, parse_event, Accepted, BatchFields, DlqEnvelope, EventType, Limits, Received, Rejection,
+    normalize, parse_event, Accepted, BatchFields, DlqEnvelope, DlqReason, EventType, Limits, Received,
+    Rejection,
 };
 use simd_json::BorrowedValue;
 
 /// Which DLQ records to consider. Empty fields match everything.
 #[derive(Debug, Clone, Default)]
 pub struct Filters {
-    /// DLQ reasons.
+    /// DLQ reason names, compared with the record's as written: a name this version does not
+    /// know (see [`event_model::DlqReason`]) selects the records that carry it.
     pub reasons: Vec<String>,
     /// Workspace.
     pub workspace_id: Option<String>,
@@ -24,7 +26,7 @@ pub struct Filters {
 }
 
 impl Filters {
-    fn matches(&self, envelope: &DlqEnvelope, received: DateTime<Utc>) -> bool {
+    fn matches(&self, envelope: &DlqEnvelope<String>, received: DateTime<Utc>) -> bool {
         (self.reasons.is_empty() || self.reasons.contains(&envelope.reason))
             && self
                 .workspace_id
@@ -69,7 +71,9 @@ pub fn judge(
     filters: &Filters,
     limits: &Limits,
 ) -> Verdict {
-    let envelope = match DlqEnvelope::from_json(value) {
+    // Read with the reason as written: a record whose reason this version does not know (a
+    // newer writer's) is filtered and re-validated like any other, not dropped.
+    let envelope = match DlqEnvelope::<String>::from_json(value) {
         Ok(envelope) => envelope,
         Err(error) => return Verdict::Undecodable(error.to_string()),
     };
@@ -113,10 +117,75 @@ pub fn judge(
             source_id: envelope.source_id,
         },
         Err(rejection) => {
-            let mut envelope = Box::new(envelope);
-            envelope.reason = rejection.reason.as_str().to_string();
+            let mut envelope = Box::new(envelope.with_reason(DlqReason::Rejected(rejection.reason)));
             envelope.field = rejection.field.clone();
             Verdict::StillFailing { envelope, rejection }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A DLQ record value with `reason` and `raw_payload`, written by some version of ingest.
+    fn record(reason: &str, raw_payload: &str) -> Vec<u8> {
+        format!(
+            r#"{{"workspace_id":"ws_1","source_id":"src_1","message_id":"m-1","reason":"{reason}","field":"","raw_payload":{}}}"#,
+            simd_json::to_string(raw_payload).unwrap()
+        )
+        .into_bytes()
+    }
+
+    fn filters(reasons: &[&str]) -> Filters {
+        Filters {
+            reasons: reasons.iter().map(|r| r.to_string()).collect(),
+            ..Filters::default()
+        }
+    }
+
+    const VALID: &str = r#"{"type":"track","event":"Signed Up","userId":"u-1"}"#;
+    const NO_EVENT: &str = r#"{"type":"track","userId":"u-1"}"#;
+
+    #[test]
+    fn a_reason_this_version_does_not_know_is_judged_like_any_other() {
+        let value = record("from_a_newer_version", VALID);
+        let verdict = judge(&value, None, &filters(&[]), &Limits::default());
+        assert!(
+            matches!(&verdict, Verdict::Replay { event, workspace_id, .. } if event.message_id == "m-1" && workspace_id == "ws_1"),
+            "{verdict:?}"
+        );
+        let selected = judge(
+            &value,
+            None,
+            &filters(&["from_a_newer_version"]),
+            &Limits::default(),
+        );
+        assert!(matches!(selected, Verdict::Replay { .. }), "{selected:?}");
+        let other = judge(&value, None, &filters(&["missing_field"]), &Limits::default());
+        assert!(matches!(other, Verdict::Filtered), "{other:?}");
+    }
+
+    #[test]
+    fn a_record_still_failing_gets_todays_reason_and_field() {
+        let value = record("from_a_newer_version", NO_EVENT);
+        let verdict = judge(&value, None, &filters(&[]), &Limits::default());
+        let Verdict::StillFailing { envelope, rejection } = verdict else {
+            panic!("{verdict:?}");
+        };
+        assert_eq!(
+            envelope.reason,
+            DlqReason::Rejected(event_model::Reason::MissingField)
+        );
+        assert_eq!(envelope.field, "/event");
+        assert_eq!(rejection.field, "/event");
+        assert_eq!(envelope.message_id, "m-1");
+        assert_eq!(envelope.raw_payload, NO_EVENT);
+    }
+
+    #[test]
+    fn a_value_that_is_not_an_envelope_is_undecodable() {
+        let verdict = judge(b"{\"reason\":1}", None, &filters(&[]), &Limits::default());
+        assert!(matches!(verdict, Verdict::Undecodable(_)), "{verdict:?}");
     }
 }

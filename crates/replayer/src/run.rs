@@ -77,6 +77,8 @@ type StreamConsumer = RdStreamConsumer<WatchedContext>;
 
 /// Records judged per round before their writes are awaited.
 const CHUNK: usize = 500;
+/// The `client.id` of the replayer's producer and consumer (broker logs and quotas).
+const CLIENT_ID: &str = "cdp-dlq-replayer";
 /// In `--until-end` mode: how long without records before giving up on partitions whose end
 /// offset was not reached (a broker whose watermarks overstate, say).
 const IDLE_END: Duration = Duration::from_secs(10);
@@ -86,7 +88,7 @@ const IDLE_END: Duration = Duration::from_secs(10);
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<Summary, Error> {
     let settings = config.kafka.settings();
     let mut producer_config = ProducerConfig::new(settings.clone(), config.kafka.topics());
-    producer_config.client_id = "cdp-dlq-replayer".into();
+    producer_config.client_id = CLIENT_ID.into();
     producer_config.metric_prefix = "cdp_dlq_replayer".into();
     producer_config.dlq_timeout = config.produce_timeout;
     producer_config.message_timeout = config.produce_timeout;
@@ -108,7 +110,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     let mut consumer_config = ClientConfig::new();
     consumer_config
         .set("group.id", &config.group_id)
-        .set("client.id", "cdp-dlq-replayer")
+        .set("client.id", CLIENT_ID)
         .set(
             "enable.auto.commit",
             if config.dry_run { "false" } else { "true" },

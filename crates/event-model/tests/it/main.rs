@@ -2,6 +2,7 @@
 
 mod batch;
 mod cost;
+mod dlq;
 mod props;
 mod reading;
 mod reference;

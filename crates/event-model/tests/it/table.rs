@@ -1,6 +1,6 @@
 //! A table of valid and invalid events for each type.
 
-use event_model::{DlqEnvelope, Endpoint, EventType, Reason, Rejection};
+use event_model::{Endpoint, EventType, Reason};
 use serde_json::json;
 
 use super::{accept, run};
@@ -455,17 +455,4 @@ fn every_reason_has_a_stable_name() {
     }
     assert_eq!(Reason::InvalidJson.as_str(), "invalid_json");
     assert_eq!(Reason::MissingIdentity.to_string(), "missing_identity");
-}
-
-#[test]
-fn the_dlq_envelope_has_the_go_services_fields() {
-    let rejection = Rejection::new(Reason::MissingField, "/event", "event is required");
-    let envelope = DlqEnvelope::new("ws_1", "src_1", "m-1", &rejection, r#"{"userId":"u"}"#.into());
-    let json: serde_json::Value = serde_json::from_slice(&envelope.to_json()).unwrap();
-    assert_eq!(
-        json,
-        json!({"workspace_id":"ws_1","source_id":"src_1","message_id":"m-1","reason":"missing_field",
-               "field":"/event","raw_payload":"{\"userId\":\"u\"}"})
-    );
-    assert_eq!(DlqEnvelope::from_json(&envelope.to_json()).unwrap(), envelope);
 }

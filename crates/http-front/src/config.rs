@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use kafka_producer::defaults;
 use ops::{parse_duration, KafkaArgs, LimitArgs, LogArgs};
 
 use crate::settings::PublicUrl;
@@ -64,28 +65,42 @@ pub struct Config {
     pub body_read_timeout: Duration,
     /// Time allowed for a DLQ write (and in acked mode, every event) to be acknowledged before
     /// the client gets a 503.
-    #[arg(long, env = "CDP_DLQ_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "CDP_DLQ_TIMEOUT", default_value = defaults::DLQ_TIMEOUT, value_parser = parse_duration)]
     pub dlq_timeout: Duration,
     /// Most records buffered in the producer; beyond it requests get 503.
-    #[arg(long, env = "CDP_KAFKA_QUEUE_MAX_MESSAGES", default_value_t = 100_000)]
+    #[arg(long, env = "CDP_KAFKA_QUEUE_MAX_MESSAGES", default_value_t = defaults::QUEUE_MAX_MESSAGES)]
     pub kafka_queue_max_messages: u32,
     /// Most payload KiB buffered in the producer (bounds memory); beyond it requests get 503.
-    #[arg(long, env = "CDP_KAFKA_QUEUE_MAX_KBYTES", default_value_t = 64 * 1024)]
+    #[arg(long, env = "CDP_KAFKA_QUEUE_MAX_KBYTES", default_value_t = defaults::QUEUE_MAX_KBYTES)]
     pub kafka_queue_max_kbytes: u32,
     /// How long the producer waits to fill a batch (`linger.ms`).
-    #[arg(long, env = "CDP_KAFKA_LINGER", default_value = "5ms", value_parser = parse_duration)]
+    #[arg(long, env = "CDP_KAFKA_LINGER", default_value = defaults::LINGER, value_parser = parse_duration)]
     pub kafka_linger: Duration,
     /// How long librdkafka retries a record before it counts as failed and goes to the retry
     /// topic (transient errors) or the DLQ (permanent ones): `message.timeout.ms`.
-    #[arg(long, env = "CDP_KAFKA_MESSAGE_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
+    #[arg(long, env = "CDP_KAFKA_MESSAGE_TIMEOUT", default_value = defaults::MESSAGE_TIMEOUT, value_parser = parse_duration)]
     pub kafka_message_timeout: Duration,
     /// How long a record that failed delivery waits on the retry topic before retry-forwarder
     /// sends it back.
-    #[arg(long, env = "CDP_RETRY_DELAY", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "CDP_RETRY_DELAY", default_value = defaults::RETRY_DELAY, value_parser = parse_duration)]
     pub retry_delay: Duration,
     /// At start-up: time allowed for the cluster to answer the metadata ping.
-    #[arg(long, env = "CDP_KAFKA_PING_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "CDP_KAFKA_PING_TIMEOUT", default_value = defaults::PING_TIMEOUT, value_parser = parse_duration)]
     pub kafka_ping_timeout: Duration,
+    /// The memory-only window: when a record has waited this long for Kafka's
+    /// acknowledgement (a hung broker keeps its connections up), Kafka counts as unreachable,
+    /// new events go to the spool, and what the producer holds is moved there. A SIGKILL loses
+    /// at most about this much of the accepted traffic (README, "What is guaranteed").
+    #[arg(long, env = "CDP_KAFKA_ACK_WINDOW", default_value = defaults::ACK_WINDOW, value_parser = parse_duration)]
+    pub kafka_ack_window: Duration,
+    /// How long the producer may fail every record (with errors a retry could fix, and
+    /// nothing acknowledged) before it is replaced.
+    #[arg(long, env = "CDP_KAFKA_FAILING_REBUILD_AFTER", default_value = defaults::FAILING_REBUILD_AFTER, value_parser = parse_duration)]
+    pub kafka_failing_rebuild_after: Duration,
+    /// How long a request waits for the spool's disk to take its events before it gets 503
+    /// (a slow or frozen disk never holds the HTTP workers).
+    #[arg(long, env = "CDP_SPOOL_TIMEOUT", default_value = defaults::SPOOL_TIMEOUT, value_parser = parse_duration)]
+    pub spool_timeout: Duration,
     /// On shutdown: time allowed for in-flight requests to finish.
     #[arg(long, env = "CDP_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -168,6 +183,9 @@ impl Config {
         producer.linger = self.kafka_linger;
         producer.message_timeout = self.kafka_message_timeout;
         producer.retry_delay = self.retry_delay;
+        producer.ack_window = self.kafka_ack_window;
+        producer.failing_rebuild_after = self.kafka_failing_rebuild_after;
+        producer.spool_timeout = self.spool_timeout;
         producer
     }
 }

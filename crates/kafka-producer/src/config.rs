@@ -11,7 +11,8 @@ use crate::{Error, KafkaSettings};
 /// The producer's defaults, in one place: [`ProducerConfig::new`] and the binaries' flags read
 /// them (S2 for the librdkafka ones).
 pub mod defaults {
-    use std::time::Duration;
+    //! Durations are text (`humantime`), so that clap's `default_value` and
+    //! [`super::ProducerConfig::new`] read the same constant; [`duration`] parses one.
 
     /// `client.id` (S2).
     pub const CLIENT_ID: &str = "cdp-ingest";
@@ -20,26 +21,35 @@ pub mod defaults {
     /// `queue.buffering.max.kbytes`: 64 MiB.
     pub const QUEUE_MAX_KBYTES: u32 = 64 * 1024;
     /// `linger.ms` (S2).
-    pub const LINGER: Duration = Duration::from_millis(5);
+    pub const LINGER: &str = "5ms";
     /// How long an awaited write (a DLQ record, an acked event) may take.
-    pub const DLQ_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const DLQ_TIMEOUT: &str = "5s";
     /// How long the start-up metadata ping may take.
-    pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const PING_TIMEOUT: &str = "10s";
     /// `message.timeout.ms`.
-    pub const MESSAGE_TIMEOUT: Duration = Duration::from_secs(300);
+    pub const MESSAGE_TIMEOUT: &str = "300s";
     /// How long a record waits on the retry topic.
-    pub const RETRY_DELAY: Duration = Duration::from_secs(10);
+    pub const RETRY_DELAY: &str = "10s";
     /// The memory-only window: a record unacknowledged for longer means Kafka is not taking
     /// records (a hung broker keeps its connections up), and what the producer holds moves to
     /// the spool.
-    pub const ACK_WINDOW: Duration = Duration::from_secs(5);
+    pub const ACK_WINDOW: &str = "5s";
     /// How long a producer may fail every record (with errors a retry could fix) before it is
     /// replaced.
-    pub const FAILING_REBUILD_AFTER: Duration = Duration::from_secs(10);
+    pub const FAILING_REBUILD_AFTER: &str = "10s";
     /// How long a request waits for the spool to take its events before it gets 503.
-    pub const SPOOL_TIMEOUT: Duration = Duration::from_secs(2);
+    pub const SPOOL_TIMEOUT: &str = "2s";
     /// Metric name prefix.
     pub const METRIC_PREFIX: &str = "cdp_ingest";
+
+    /// One of the duration defaults above, parsed.
+    ///
+    /// # Panics
+    /// On text that is not a duration: only the constants above are passed, and a test
+    /// parses each.
+    pub fn duration(text: &str) -> std::time::Duration {
+        humantime::parse_duration(text).expect("a default duration")
+    }
 }
 
 /// The three topics (S9).
@@ -98,14 +108,14 @@ impl ProducerConfig {
             client_id: defaults::CLIENT_ID.into(),
             queue_max_messages: defaults::QUEUE_MAX_MESSAGES,
             queue_max_kbytes: defaults::QUEUE_MAX_KBYTES,
-            linger: defaults::LINGER,
-            dlq_timeout: defaults::DLQ_TIMEOUT,
-            ping_timeout: defaults::PING_TIMEOUT,
-            message_timeout: defaults::MESSAGE_TIMEOUT,
-            retry_delay: defaults::RETRY_DELAY,
-            ack_window: defaults::ACK_WINDOW,
-            failing_rebuild_after: defaults::FAILING_REBUILD_AFTER,
-            spool_timeout: defaults::SPOOL_TIMEOUT,
+            linger: defaults::duration(defaults::LINGER),
+            dlq_timeout: defaults::duration(defaults::DLQ_TIMEOUT),
+            ping_timeout: defaults::duration(defaults::PING_TIMEOUT),
+            message_timeout: defaults::duration(defaults::MESSAGE_TIMEOUT),
+            retry_delay: defaults::duration(defaults::RETRY_DELAY),
+            ack_window: defaults::duration(defaults::ACK_WINDOW),
+            failing_rebuild_after: defaults::duration(defaults::FAILING_REBUILD_AFTER),
+            spool_timeout: defaults::duration(defaults::SPOOL_TIMEOUT),
             metric_prefix: defaults::METRIC_PREFIX.into(),
         }
     }
@@ -129,5 +139,27 @@ impl ProducerConfig {
             .set("statistics.interval.ms", "1000");
         self.kafka.apply(&mut config)?;
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_default_duration_parses() {
+        let config = ProducerConfig::new("localhost:9092", Topics {
+            ingest: "i".into(),
+            dlq: "d".into(),
+            retry: "r".into(),
+        });
+        assert_eq!(config.linger, Duration::from_millis(5));
+        assert_eq!(config.message_timeout, Duration::from_secs(300));
+        assert_eq!(config.ack_window, Duration::from_secs(5));
+        assert_eq!(config.failing_rebuild_after, Duration::from_secs(10));
+        assert_eq!(config.spool_timeout, Duration::from_secs(2));
+        assert_eq!(config.dlq_timeout, Duration::from_secs(5));
+        assert_eq!(config.ping_timeout, Duration::from_secs(10));
+        assert_eq!(config.retry_delay, Duration::from_secs(10));
     }
 }

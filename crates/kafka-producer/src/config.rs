@@ -136,7 +136,11 @@ impl ProducerConfig {
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("message.timeout.ms", self.message_timeout.as_millis().to_string())
-            .set("statistics.interval.ms", "1000");
+            .set("statistics.interval.ms", "1000")
+            // Keep a connection to every broker even when idle: librdkafka then reconnects by
+            // itself after an outage, and `AllBrokersDown` means what it says (with sparse
+            // connections an idle producer reports it after every metadata probe).
+            .set("enable.sparse.connections", "false");
         self.kafka.apply(&mut config)?;
         Ok(config)
     }

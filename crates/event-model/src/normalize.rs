@@ -155,14 +155,27 @@ pub fn normalize(
         .into_iter()
         .flatten()
         .find_map(|c| present_in(c, "ip"));
+    // `context.ip` is a string (the JSON Schema); another value is noted and ignored, and
+    // the client's address stands in, as when none is sent.
+    let ip_note;
+    let mut ignored: Vec<&Ignored<'_>> = shared.ignored.iter().collect();
     out.context.ip = match event_ip {
-        Some(ip) => Some(Ip::Event(ip)),
+        Some(ip @ BorrowedValue::String(_)) => Some(Ip::Event(ip)),
+        Some(other) => {
+            ip_note = Ignored::new(
+                "/context/ip",
+                Scope::Event,
+                Reason::InvalidType,
+                other.clone().into_static(),
+            );
+            ignored.push(&ip_note);
+            received.client_ip.map(Ip::Peer)
+        }
         None => received.client_ip.map(Ip::Peer),
     };
 
     // sentAt is transport metadata: an unreadable one is noted and ignored, not refused.
     let own_sent_at_note;
-    let mut ignored: Vec<&Ignored<'_>> = shared.ignored.iter().collect();
     let mut own_sent_at = None;
     if let Some(value) = present(obj, "sentAt") {
         let (parsed, reason) = match value {

@@ -181,13 +181,18 @@ impl Error {
             Error::Unavailable { accepted, .. } => reply.accepted = Some(*accepted),
             _ => {}
         }
-        if let Error::PartlyRejected { accepted, rejected, .. } = self {
+        if let Error::PartlyRejected {
+            accepted, rejected, ..
+        } = self
+        {
             reply.accepted = Some(accepted);
             reply.rejected = rejected;
         }
         let mut response = json_response(status, &reply);
         if let Some(secs) = retry_after {
-            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }
@@ -223,7 +228,6 @@ impl Reply {
             rejected: Vec::new(),
         }
     }
-
 }
 
 /// One rejected event in a 400 body.

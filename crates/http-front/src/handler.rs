@@ -214,4 +214,3 @@ fn preflight(request_headers: &HeaderMap) -> Response<Full<Bytes>> {
     headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
     response
 }
-

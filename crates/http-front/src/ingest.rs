@@ -161,13 +161,23 @@ fn body_source(state: &State, early: EarlySource, write_key: Option<&str>) -> Re
     match (early, write_key) {
         (EarlySource::Known(source), _) => Ok(source),
         (EarlySource::InBody { .. }, Some(key)) => authenticate(&state.sources, key),
-        (EarlySource::InBody { malformed_header: true }, None) => {
+        (
+            EarlySource::InBody {
+                malformed_header: true,
+            },
+            None,
+        ) => {
             metrics::auth_failure("malformed");
             Err(Error::Unauthorized(
                 "malformed Authorization header and no writeKey",
             ))
         }
-        (EarlySource::InBody { malformed_header: false }, None) => {
+        (
+            EarlySource::InBody {
+                malformed_header: false,
+            },
+            None,
+        ) => {
             metrics::auth_failure("missing");
             Err(Error::Unauthorized(
                 "missing write key: send it as the Basic auth username, the writeKey query parameter or writeKey in the body",
@@ -274,7 +284,13 @@ fn reserve<'a>(
     let dlq = (rejected.len(), dlq_bytes as u64);
     let reservation = state
         .admission
-        .reserve(&state.producer, accepted, dlq, &source.workspace_id, &source.source_id)
+        .reserve(
+            &state.producer,
+            accepted,
+            dlq,
+            &source.workspace_id,
+            &source.source_id,
+        )
         .map_err(|error| {
             let why = match error {
                 kafka_producer::Error::SpoolFull { .. } => "spool",

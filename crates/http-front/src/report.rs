@@ -57,7 +57,12 @@ pub(crate) fn rejected(event_type: &'static str, message_id: &str, rejection: &R
 }
 
 /// An invalid event whose DLQ write failed: the client gets 503.
-pub(crate) fn dlq_failed(event_type: &'static str, message_id: &str, rejection: &Rejection, error: &dyn std::fmt::Display) {
+pub(crate) fn dlq_failed(
+    event_type: &'static str,
+    message_id: &str,
+    rejection: &Rejection,
+    error: &dyn std::fmt::Display,
+) {
     let reason = rejection.reason.as_str();
     metrics::dlq_write(reason, false);
     metrics::events(event_type, Outcome::Refused, 1);

@@ -113,8 +113,10 @@ impl Callbacks {
         self.counters.pending.fetch_add(1, Ordering::Relaxed);
         if let Err(mpsc::SendError(Job::Failed(failed))) = self.jobs.send(Job::Failed(failed)) {
             self.counters.pending.fetch_sub(1, Ordering::Relaxed);
-            self.metrics
-                .lose(&failed.record.message_id, &"delivery failed after the supervisor stopped");
+            self.metrics.lose(
+                &failed.record.message_id,
+                &"delivery failed after the supervisor stopped",
+            );
         }
     }
 }

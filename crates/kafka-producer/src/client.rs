@@ -27,7 +27,11 @@ pub(crate) struct Client {
 const RETIRE_PATIENCE: Duration = Duration::from_secs(30);
 
 impl Client {
-    pub(crate) fn new(config: ProducerConfig, metrics: Arc<ProducerMetrics>, jobs: mpsc::Sender<Job>) -> Self {
+    pub(crate) fn new(
+        config: ProducerConfig,
+        metrics: Arc<ProducerMetrics>,
+        jobs: mpsc::Sender<Job>,
+    ) -> Self {
         Client {
             watch: ConnectionWatch::new(&config.metric_prefix, &config.kafka),
             counters: Arc::new(Counters::new(config.ack_window)),
@@ -54,7 +58,10 @@ impl Client {
     }
 
     /// Swaps in a producer (or none); returns the old one.
-    pub(crate) fn replace(&self, producer: Option<ThreadedProducer<Callbacks>>) -> Option<ThreadedProducer<Callbacks>> {
+    pub(crate) fn replace(
+        &self,
+        producer: Option<ThreadedProducer<Callbacks>>,
+    ) -> Option<ThreadedProducer<Callbacks>> {
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
         std::mem::replace(&mut *current, producer)
     }
@@ -95,18 +102,26 @@ impl Client {
 
     /// Hands a failed record to the supervisor; false when it has stopped.
     pub(crate) fn hand_over(&self, failed: Failed) -> bool {
-        self.counters.pending.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.counters
+            .pending
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
         let sent = jobs.send(Job::Failed(failed)).is_ok();
         if !sent {
-            self.counters.pending.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            self.counters
+                .pending
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
         sent
     }
 
     /// Asks the supervisor to stop once it has routed what is queued.
     pub(crate) fn stop_supervisor(&self) {
-        let _ = self.jobs.lock().unwrap_or_else(|e| e.into_inner()).send(Job::Stop);
+        let _ = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(Job::Stop);
     }
 
     /// True when the cluster answers a metadata request for the ingest topic within `timeout`.
@@ -126,12 +141,9 @@ impl Client {
         Some(format!("{code}: {reason}"))
     }
 
-    /// Records librdkafka holds.
+    /// Records enqueued and not yet reported (by this producer or a retired one).
     pub(crate) fn in_flight(&self) -> usize {
-        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
-        current
-            .as_ref()
-            .map_or(0, |p| usize::try_from(p.in_flight_count()).unwrap_or(0))
+        self.counters.unacked.count()
     }
 
     /// Waits up to `timeout` for the current producer's records to be acknowledged.

@@ -9,11 +9,10 @@ use rdkafka::config::ClientConfig;
 use crate::{Error, KafkaSettings};
 
 /// The producer's defaults, in one place: [`ProducerConfig::new`] and the binaries' flags read
-/// them (S2 for the librdkafka ones).
+/// them (S2 for the librdkafka ones). Durations are text (`humantime`), so that clap's
+/// `default_value` and [`ProducerConfig::new`] read the same constant; [`defaults::duration`]
+/// parses one.
 pub mod defaults {
-    //! Durations are text (`humantime`), so that clap's `default_value` and
-    //! [`super::ProducerConfig::new`] read the same constant; [`duration`] parses one.
-
     /// `client.id` (S2).
     pub const CLIENT_ID: &str = "cdp-ingest";
     /// `queue.buffering.max.messages` (S2).
@@ -152,11 +151,14 @@ mod tests {
 
     #[test]
     fn every_default_duration_parses() {
-        let config = ProducerConfig::new("localhost:9092", Topics {
-            ingest: "i".into(),
-            dlq: "d".into(),
-            retry: "r".into(),
-        });
+        let config = ProducerConfig::new(
+            "localhost:9092",
+            Topics {
+                ingest: "i".into(),
+                dlq: "d".into(),
+                retry: "r".into(),
+            },
+        );
         assert_eq!(config.linger, Duration::from_millis(5));
         assert_eq!(config.message_timeout, Duration::from_secs(300));
         assert_eq!(config.ack_window, Duration::from_secs(5));

@@ -77,7 +77,11 @@ impl Drainer {
                 Ok(0) => std::thread::sleep(IDLE),
                 Ok(records) => {
                     core.metrics().spool_drained.increment(records);
-                    tracing::info!(records, left = spool.records(), "spooled records drained to the ingest topic");
+                    tracing::info!(
+                        records,
+                        left = spool.records(),
+                        "spooled records drained to the ingest topic"
+                    );
                 }
                 Err(DrainError::Stopping) if core.stopping.load(Ordering::SeqCst) => {}
                 Err(error) => {
@@ -125,7 +129,10 @@ impl Drainer {
             let cut = segment.records().saturating_sub(records.len() as u64);
             if cut > 0 && earlier.is_none() {
                 // Unreadable frames (a disk error): the readable records drain, the rest is lost.
-                core.metrics().lose_unknown(cut, &format!("unreadable spool frames in {}", segment.path().display()));
+                core.metrics().lose_unknown(
+                    cut,
+                    &format!("unreadable spool frames in {}", segment.path().display()),
+                );
             }
             let acked = match earlier.map(|at| self.progress.swap_remove(at)) {
                 Some((_, acked)) if acked.len() == records.len() => acked,
@@ -154,13 +161,18 @@ impl Drainer {
                         done: done.clone(),
                     };
                     let topic = &core.client.config.topics.ingest;
-                    match core.client.enqueue(topic, &r.key, &r.value, headers_of(r), delivery) {
+                    match core
+                        .client
+                        .enqueue(topic, &r.key, &r.value, headers_of(r), delivery)
+                    {
                         Ok(()) => sent += 1,
                         Err(Error::QueueFull) => {
                             std::thread::sleep(Duration::from_millis(5));
                             continue;
                         }
-                        Err(Error::Enqueue { source, .. }) if ErrorClass::of(&source) == ErrorClass::Permanent => {
+                        Err(Error::Enqueue { source, .. })
+                            if ErrorClass::of(&source) == ErrorClass::Permanent =>
+                        {
                             rejected.push((index - 1, source))
                         }
                         Err(e) => {

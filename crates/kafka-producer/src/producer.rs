@@ -97,7 +97,9 @@ impl EventProducer {
             &config.metric_prefix,
             &topics.each_ref().map(String::as_str),
         ));
-        metrics.queue_max_messages.set(f64::from(config.queue_max_messages));
+        metrics
+            .queue_max_messages
+            .set(f64::from(config.queue_max_messages));
         let (jobs, job_queue) = mpsc::channel();
         let client = Client::new(config, metrics.clone(), jobs);
         let producer = client.build()?;
@@ -114,7 +116,10 @@ impl EventProducer {
         client.replace(Some(producer));
         let spawn_error = |e: std::io::Error| Error::Create(KafkaError::ClientCreation(e.to_string()));
         let writer = match spool {
-            Some(spool) => Some(SpoolWriter::start(spool, metrics.clone(), client.config.spool_timeout).map_err(spawn_error)?),
+            Some(spool) => Some(
+                SpoolWriter::start(spool, metrics.clone(), client.config.spool_timeout)
+                    .map_err(spawn_error)?,
+            ),
             None => None,
         };
         let leftover = writer.as_ref().is_some_and(|w| !w.spool().is_empty());
@@ -132,10 +137,16 @@ impl EventProducer {
             stopping: AtomicBool::new(false),
         });
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
-            std::thread::Builder::new().name(name.into()).spawn(f).map_err(spawn_error)
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map_err(spawn_error)
         };
         let supervisor = Supervisor::new(core.clone());
-        let mut threads = vec![spawn("kafka-supervise", Box::new(move || supervisor.run(job_queue)))?];
+        let mut threads = vec![spawn(
+            "kafka-supervise",
+            Box::new(move || supervisor.run(job_queue)),
+        )?];
         if core.writer.is_some() {
             let drainer = Drainer::new(core.clone());
             threads.push(spawn("spool-drain", Box::new(move || drainer.run()))?);
@@ -197,6 +208,9 @@ impl EventProducer {
         acked: bool,
     ) -> Result<(), Refused> {
         let refused = |taken, error| Refused { taken, error };
+        if self.core.health.get() == Health::Closed {
+            return Err(refused(0, Error::Unavailable));
+        }
         if acked {
             return self.send_acked(events, workspace_id, source_id).await;
         }
@@ -230,7 +244,12 @@ impl EventProducer {
         }
     }
 
-    async fn send_acked(&self, events: &[Accepted], workspace_id: &str, source_id: &str) -> Result<(), Refused> {
+    async fn send_acked(
+        &self,
+        events: &[Accepted],
+        workspace_id: &str,
+        source_id: &str,
+    ) -> Result<(), Refused> {
         let mut acks = Vec::with_capacity(events.len());
         let mut failure = None;
         for event in events {
@@ -258,13 +277,24 @@ impl EventProducer {
     /// Enqueues one event for the ingest topic; await the returned [`Ack`] (replays store
     /// their offset only after it). Never spools; [`Error::Unavailable`] while Kafka is not
     /// delivering.
-    pub fn send_event_acked(&self, event: &Accepted, workspace_id: &str, source_id: &str) -> Result<Ack, Error> {
+    pub fn send_event_acked(
+        &self,
+        event: &Accepted,
+        workspace_id: &str,
+        source_id: &str,
+    ) -> Result<Ack, Error> {
         let (tx, ack) = self.ack(&self.core.client.config.topics.ingest);
         self.enqueue_event(event, workspace_id, source_id, Delivery::Awaited(tx))?;
         Ok(ack)
     }
 
-    fn enqueue_event(&self, event: &Accepted, workspace_id: &str, source_id: &str, delivery: Delivery) -> Result<(), Error> {
+    fn enqueue_event(
+        &self,
+        event: &Accepted,
+        workspace_id: &str,
+        source_id: &str,
+        delivery: Delivery,
+    ) -> Result<(), Error> {
         if !self.core.health.get().is_delivering() {
             return Err(Error::Unavailable);
         }

@@ -163,7 +163,11 @@ mod tests {
             (Status { recovering: true, ..status(Delivering, Some(Writable)) }, true, Some(NotReady::Recovering)),
         ];
         for (status, spooling, expected) in table {
-            assert_eq!(status.not_ready(spooling), expected, "{status:?}, spooling: {spooling}");
+            assert_eq!(
+                status.not_ready(spooling),
+                expected,
+                "{status:?}, spooling: {spooling}"
+            );
         }
     }
 }

@@ -144,7 +144,11 @@ mod tests {
         }
         assert_eq!(rows.len(), 48);
         for (stage, class, conditions, to) in rows {
-            assert_eq!(route(class, stage, conditions), to, "{stage:?} {class:?} {conditions:?}");
+            assert_eq!(
+                route(class, stage, conditions),
+                to,
+                "{stage:?} {class:?} {conditions:?}"
+            );
         }
     }
 
@@ -153,7 +157,10 @@ mod tests {
         use rdkafka::error::RDKafkaErrorCode as Code;
         let produce = |code| KafkaError::MessageProduction(code);
         assert_eq!(ErrorClass::of(&produce(Code::MessageSizeTooLarge)), Permanent);
-        assert_eq!(ErrorClass::of(&produce(Code::TopicAuthorizationFailed)), Permanent);
+        assert_eq!(
+            ErrorClass::of(&produce(Code::TopicAuthorizationFailed)),
+            Permanent
+        );
         assert_eq!(ErrorClass::of(&produce(Code::PurgeQueue)), Purged);
         assert_eq!(ErrorClass::of(&produce(Code::PurgeInflight)), Purged);
         assert_eq!(ErrorClass::of(&produce(Code::Fatal)), Purged);

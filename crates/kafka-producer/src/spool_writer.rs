@@ -58,7 +58,11 @@ pub(crate) struct SpoolWriter {
 }
 
 impl SpoolWriter {
-    pub(crate) fn start(spool: Arc<Spool>, metrics: Arc<ProducerMetrics>, timeout: Duration) -> std::io::Result<Self> {
+    pub(crate) fn start(
+        spool: Arc<Spool>,
+        metrics: Arc<ProducerMetrics>,
+        timeout: Duration,
+    ) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             spool,
             metrics,
@@ -97,8 +101,10 @@ impl SpoolWriter {
             from: From::Request,
             reply: Some(tx),
         };
-        if self.work.try_send(work).is_err() {
-            return Err(Error::SpoolTimeout(self.timeout));
+        match self.work.try_send(work) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(_)) => return Err(Error::SpoolTimeout(self.timeout)),
+            Err(mpsc::TrySendError::Disconnected(_)) => return Err(Error::Unavailable),
         }
         match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(result)) => result,
@@ -117,7 +123,9 @@ impl SpoolWriter {
         };
         if let Err(mpsc::SendError(Work::Append { records, .. })) = self.work.send(work) {
             for record in records {
-                self.shared.metrics.lose(&record.message_id, &"the spool writer has stopped");
+                self.shared
+                    .metrics
+                    .lose(&record.message_id, &"the spool writer has stopped");
             }
         }
     }

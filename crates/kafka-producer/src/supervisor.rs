@@ -97,7 +97,9 @@ impl Supervisor {
             }
         }
         (self.acked, self.failed) = (acked, failed);
-        let settled = self.last_rebuild.is_none_or(|at| at.elapsed() > config.ack_window);
+        let settled = self
+            .last_rebuild
+            .is_none_or(|at| at.elapsed() > config.ack_window);
         if let Some(age) = counters.unacked.oldest_age().filter(|_| settled) {
             if age > config.ack_window {
                 self.event(Event::Stalled);

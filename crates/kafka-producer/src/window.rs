@@ -17,6 +17,8 @@ const SLOT: Duration = Duration::from_millis(250);
 pub(crate) struct Unacked {
     start: Instant,
     slots: Box<[AtomicU64]>,
+    /// Tickets out: records enqueued and not reported.
+    count: AtomicU64,
 }
 
 /// What a record carries from [`Unacked::enter`] to [`Unacked::leave`].
@@ -32,6 +34,7 @@ impl Unacked {
         Unacked {
             start: Instant::now(),
             slots: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
         }
     }
 
@@ -48,12 +51,20 @@ impl Unacked {
     pub(crate) fn enter(&self) -> Ticket {
         let index = self.now();
         self.slot(index).fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
         Ticket(index)
     }
 
     /// The record's delivery was reported (or its enqueue failed).
     pub(crate) fn leave(&self, ticket: Ticket) {
         self.slot(ticket.0).fetch_sub(1, Ordering::Relaxed);
+        self.count.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Records enqueued and not reported yet (librdkafka's own count also holds its queued
+    /// statistics and log events).
+    pub(crate) fn count(&self) -> usize {
+        self.count.load(Ordering::Relaxed) as usize
     }
 
     /// How long the oldest unacknowledged record has waited (rounded down to a slot); `None`
@@ -94,7 +105,10 @@ mod tests {
         window.slot(old.0).fetch_add(1, Ordering::Relaxed);
         let new = window.enter();
         let age = window.oldest_age().unwrap();
-        assert!(age >= Duration::from_millis(2750) && age <= Duration::from_secs(3), "{age:?}");
+        assert!(
+            age >= Duration::from_millis(2750) && age <= Duration::from_secs(3),
+            "{age:?}"
+        );
         window.leave(old);
         assert!(window.oldest_age().unwrap() < Duration::from_millis(500));
         window.leave(new);

@@ -360,15 +360,20 @@ impl Spool {
         };
         let stat = rustix::fs::statvfs(&self.dir).map_err(|e| io(e.into()))?;
         if stat.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY) {
-            return Err(io(io::Error::from_raw_os_error(rustix::io::Errno::ROFS.raw_os_error())));
+            return Err(io(io::Error::from_raw_os_error(
+                rustix::io::Errno::ROFS.raw_os_error(),
+            )));
         }
         let free = stat.f_bavail.saturating_mul(stat.f_frsize);
         if free < self.options.segment_bytes.max(1 << 20) {
-            return Err(io(io::Error::from_raw_os_error(rustix::io::Errno::NOSPC.raw_os_error())));
+            return Err(io(io::Error::from_raw_os_error(
+                rustix::io::Errno::NOSPC.raw_os_error(),
+            )));
         }
         if probe {
             let path = self.dir.join(".write-probe");
-            let written = File::create(&path).and_then(|mut f| f.write_all(&[0; 4096]).and_then(|()| f.sync_data()));
+            let written =
+                File::create(&path).and_then(|mut f| f.write_all(&[0; 4096]).and_then(|()| f.sync_data()));
             let _ = std::fs::remove_file(&path);
             written.map_err(|source| Error::Io { path, source })?;
         }

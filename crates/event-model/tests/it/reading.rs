@@ -4,7 +4,7 @@
 use event_model::{parse_body, Endpoint, EventType::Track, Limits, Reason};
 use serde_json::{json, Value};
 
-use super::{accept, run};
+use super::{accept, assert_schema_valid, run};
 
 /// The ingest value of a track event whose `properties` are `props` (JSON text).
 fn properties(props: &str) -> Value {
@@ -323,4 +323,26 @@ fn long_fractions_read_as_the_nearest_double_wherever_they_are() {
             );
         }
     }
+}
+
+#[test]
+fn a_context_ip_that_is_not_a_string_is_noted_and_the_client_address_used() {
+    for ip in [json!(false), json!(17), json!({"v4": "1.2.3.4"})] {
+        let body =
+            json!({"anonymousId": "a", "event": "e", "context": {"ip": ip.clone(), "x": 1}}).to_string();
+        let (accepted, value) = accept(Track, &body);
+        assert_schema_valid(&accepted.value);
+        assert_eq!(value["context"]["ip"], "203.0.113.7", "{value}");
+        assert_eq!(value["context"]["x"], 1);
+        assert_eq!(
+            value["ignored"],
+            json!([{"field": "/context/ip", "scope": "event", "reason": "invalid_type", "value": ip}])
+        );
+    }
+    // A string is kept as sent.
+    let (_, value) = accept(
+        Track,
+        r#"{"anonymousId":"a","event":"e","context":{"ip":"10.0.0.1"}}"#,
+    );
+    assert_eq!(value["context"]["ip"], "10.0.0.1");
 }

@@ -8,21 +8,20 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use event_model::{
-    message_id_of, normalize, parse_body, Accepted, DlqEnvelope, Endpoint, EventType, Received, Rejection,
-};
+use event_model::{message_id_of, normalize, parse_body, Accepted, Endpoint, EventType, Received};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::HeaderMap;
 use hyper::{Request, Response, StatusCode};
-use ipnet::IpNet;
 use kafka_producer::Refused;
 use simd_json::BorrowedValue;
 
 use crate::admission::Reservation;
 use crate::auth::{self, EarlyKey};
 use crate::body;
+use crate::client_ip::client_ip;
 use crate::config::DeliveryMode;
+use crate::dlq::{new_message_id, reject_body, write_dlq, Origin, RejectedEvent};
 use crate::error::{json_response, RejectedItem, Reply};
 use crate::handler::State;
 use crate::metrics::{self, Outcome};
@@ -31,23 +30,6 @@ use crate::reload::LiveSources;
 use crate::report;
 use crate::sources::{RateLimited, Source};
 use crate::Error;
-
-/// An event the validator rejected.
-struct RejectedEvent {
-    index: usize,
-    message_id: String,
-    event_type: &'static str,
-    rejection: Rejection,
-    raw: String,
-}
-
-/// Where and when a request arrived, recorded in its DLQ envelopes for faithful replays.
-struct Origin {
-    received_at: chrono::DateTime<chrono::Utc>,
-    client_ip: IpAddr,
-    /// The type a single-event endpoint's path sets.
-    path_type: Option<&'static str>,
-}
 
 /// `POST` of events: authenticate from the header or query string when they hold the key
 /// (before reading the body), read the body, then [`ingest`].
@@ -337,85 +319,6 @@ async fn send(state: &State, source: &Source, accepted: &[Accepted]) -> Result<(
     }
 }
 
-/// A body rejected whole. Written to the DLQ when the source is known from the header;
-/// without a source there is no workspace to file it under, so it is only refused and logged.
-async fn reject_body(
-    state: &State,
-    source: Option<&Source>,
-    origin: &Origin,
-    rejection: Rejection,
-    body: &[u8],
-) -> Error {
-    let message_id = new_message_id();
-    if let Some(source) = source {
-        let rejected = RejectedEvent {
-            index: 0,
-            message_id: message_id.clone(),
-            event_type: "unknown",
-            rejection,
-            raw: String::from_utf8_lossy(body).into_owned(),
-        };
-        if let Err(e) = write_dlq(state, source, origin, std::slice::from_ref(&rejected)).await {
-            return e;
-        }
-        return Error::Rejected {
-            message_id,
-            rejection: rejected.rejection,
-        };
-    }
-    report::rejected_unauthenticated(&message_id, &rejection);
-    Error::Rejected {
-        message_id,
-        rejection,
-    }
-}
-
-/// Writes rejected events to the DLQ and waits for every acknowledgement (S8).
-async fn write_dlq(
-    state: &State,
-    source: &Source,
-    origin: &Origin,
-    rejected: &[RejectedEvent],
-) -> Result<(), Error> {
-    let mut acks = Vec::with_capacity(rejected.len());
-    for r in rejected {
-        let mut envelope = DlqEnvelope::new(
-            &source.workspace_id,
-            &source.source_id,
-            &r.message_id,
-            event_model::DlqReason::Rejected(r.rejection.reason),
-            &r.rejection.field,
-            r.raw.clone(),
-        );
-        envelope.received_at = Some(
-            origin
-                .received_at
-                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        );
-        envelope.client_ip = Some(origin.client_ip.to_string());
-        envelope.event_type = origin.path_type.map(str::to_string);
-        acks.push(state.producer.send_dlq(&envelope));
-    }
-    let mut failure = None;
-    for (r, ack) in rejected.iter().zip(acks) {
-        let result = match ack {
-            Ok(ack) => ack.wait().await,
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(()) => report::rejected(r.event_type, &r.message_id, &r.rejection),
-            Err(error) => {
-                report::dlq_failed(r.event_type, &r.message_id, &r.rejection, &error);
-                failure.get_or_insert(error);
-            }
-        }
-    }
-    match failure {
-        None => Ok(()),
-        Some(source) => Err(Error::Unavailable { accepted: 0, source }),
-    }
-}
-
 fn authenticate(sources: &LiveSources, key: &str) -> Result<Arc<Source>, Error> {
     match sources.current().lookup(key) {
         Some(source) if source.enabled => Ok(source.clone()),
@@ -430,30 +333,6 @@ fn authenticate(sources: &LiveSources, key: &str) -> Result<Arc<Source>, Error> 
     }
 }
 
-/// The client address: the peer, or behind trusted proxies the last untrusted
-/// `X-Forwarded-For` address.
-fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
-    if !is_trusted(&peer) {
-        return peer;
-    }
-    let forwarded: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .collect();
-    let mut ip = peer;
-    for hop in forwarded.iter().rev() {
-        match hop.trim().parse::<IpAddr>() {
-            Ok(addr) if is_trusted(&addr) => ip = addr,
-            Ok(addr) => return addr,
-            Err(_) => break,
-        }
-    }
-    ip
-}
-
 fn type_of(item: &BorrowedValue<'_>) -> Option<EventType> {
     match item {
         BorrowedValue::Object(obj) => match obj.get("type") {
@@ -461,33 +340,5 @@ fn type_of(item: &BorrowedValue<'_>) -> Option<EventType> {
             _ => None,
         },
         _ => None,
-    }
-}
-
-fn new_message_id() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use hyper::header::HeaderValue;
-
-    #[test]
-    fn forwarded_for_is_trusted_only_from_trusted_proxies() {
-        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            "x-forwarded-for",
-            HeaderValue::from_static("1.1.1.1, 203.0.113.9, 10.0.0.2"),
-        );
-        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
-        let stranger: IpAddr = "198.51.100.1".parse().unwrap();
-        assert_eq!(
-            client_ip(&headers, proxy, &trusted),
-            "203.0.113.9".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(client_ip(&headers, stranger, &trusted), stranger);
-        assert_eq!(client_ip(&HeaderMap::new(), proxy, &trusted), proxy);
     }
 }

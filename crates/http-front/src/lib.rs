@@ -24,6 +24,8 @@ pub mod sources;
 mod admission;
 mod auth;
 mod body;
+mod client_ip;
+mod dlq;
 mod error;
 mod handler;
 mod ingest;

@@ -5,9 +5,9 @@ use std::net::IpAddr;
 
 use event_model::{DlqEnvelope, DlqReason, Rejection};
 
-use crate::handler::State;
 use crate::report;
 use crate::sources::Source;
+use crate::state::State;
 use crate::Error;
 
 /// An event the validator rejected.

@@ -2,54 +2,27 @@
 //! events and pixels go to [`crate::ingest`].
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use event_model::Limits;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use ipnet::IpNet;
-use kafka_producer::{EventProducer, NotReady};
+use kafka_producer::NotReady;
 use tracing::Instrument;
 
-use crate::admission::Admission;
-use crate::body::BodyLimits;
 use crate::config::DeliveryMode;
 use crate::error::{json_response, Reply};
 use crate::ingest::{ingest_pixel, ingest_request};
 use crate::metrics;
 use crate::pixel;
-use crate::reload::LiveSources;
 use crate::report;
 use crate::route::Route;
-use crate::settings::PublicUrl;
+use crate::state::State;
 use crate::Error;
-
-/// What every request needs, shared by all connections.
-pub(crate) struct State {
-    pub producer: EventProducer,
-    pub sources: Arc<LiveSources>,
-    pub limits: Limits,
-    /// `--max-request-output-bytes`: most bytes a request's events may become.
-    pub max_output_bytes: usize,
-    /// Room reserved by requests being enqueued (buffered mode).
-    pub admission: Admission,
-    pub body_limits: BodyLimits,
-    pub trusted_proxies: Vec<IpNet>,
-    /// Where clients reach this edge, for the settings endpoint (`--public-url`).
-    pub public_url: Option<PublicUrl>,
-    pub retry_after_secs: u32,
-    pub delivery_mode: DeliveryMode,
-    /// Set at shutdown: `/readyz` answers 503.
-    pub shutting_down: AtomicBool,
-    /// Set when the drain time is over: requests still running enqueue nothing (503), since
-    /// the producer is being flushed.
-    pub closed: AtomicBool,
-}
 
 /// A request on a connection over the connection cap: `/healthz` and `/readyz` are answered
 /// (probes still see the process), anything else gets 503 with `Retry-After`.

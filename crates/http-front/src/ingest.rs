@@ -23,12 +23,12 @@ use crate::client_ip::client_ip;
 use crate::config::DeliveryMode;
 use crate::dlq::{new_message_id, reject_body, write_dlq, Origin, RejectedEvent};
 use crate::error::{json_response, RejectedItem, Reply};
-use crate::handler::State;
 use crate::metrics::{self, Outcome};
 use crate::pixel;
 use crate::reload::LiveSources;
 use crate::report;
 use crate::sources::{RateLimited, Source};
+use crate::state::State;
 use crate::Error;
 
 /// `POST` of events: authenticate from the header or query string when they hold the key

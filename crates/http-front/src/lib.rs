@@ -36,6 +36,7 @@ mod reload;
 mod report;
 mod route;
 mod server;
+mod state;
 
 pub use config::Config;
 pub use error::Error;

@@ -19,11 +19,12 @@ use tokio_util::task::TaskTracker;
 use crate::admission::Admission;
 use crate::body::BodyLimits;
 use crate::error::Error;
-use crate::handler::{self, State};
+use crate::handler;
 use crate::logs;
 use crate::metrics;
 use crate::reload::{self, LiveSources};
 use crate::sources::RateLimit;
+use crate::state::State;
 use crate::Config;
 
 /// Runs `ingest`: loads the sources file, connects the producer (failing fast when Kafka does

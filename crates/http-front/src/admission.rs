@@ -8,10 +8,12 @@
 //! spool) it reserves room in the spool instead. The reservation is released once the request
 //! has enqueued (librdkafka's own count then covers its records).
 //!
-//! What still races it: the producer's own threads (the spool drainer, the rescuer) and DLQ
-//! writes enqueue without reserving, and librdkafka's byte cap (`--kafka-queue-max-kbytes`) is
-//! not visible to it. Those can still refuse a record half-way; the request then gets 503 with
-//! the count taken (`accepted`), and `cdp_ingest_partial_admissions_total` counts it.
+//! The producer counts every record it holds, from every writer (requests, the drainer, the
+//! supervisor's re-routes, DLQ writes), with its bytes, at enqueue: those are checked against
+//! both of librdkafka's caps. What still races it: the producer's own threads enqueue without
+//! reserving, between this check and the request's enqueue, and librdkafka counts headers too.
+//! A record refused half-way gives the request a 503 with the count taken (`accepted`), and
+//! `cdp_ingest_partial_admissions_total` counts it.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -80,14 +82,15 @@ impl Admission {
                 })
             }
             _ => {
-                // What librdkafka holds counts records this request's concurrent peers already
-                // enqueued under their reservation twice: conservative, never over the cap.
-                let held = producer.in_flight();
+                // What the producer holds (every writer's records, counted at enqueue) counts
+                // those this request's concurrent peers already enqueued under their
+                // reservation twice: conservative, never over the caps.
+                let (held, held_bytes) = (producer.in_flight(), producer.in_flight_bytes());
                 let fits_records = |reserved: usize| held + reserved + records <= self.max_records;
                 if bytes > self.max_bytes || !reserve_usize(&self.reserved_records, records, fits_records) {
                     return Err(kafka_producer::Error::QueueFull);
                 }
-                let fits_bytes = |reserved: u64| reserved + bytes <= self.max_bytes;
+                let fits_bytes = |reserved: u64| held_bytes + reserved + bytes <= self.max_bytes;
                 if !reserve_u64(&self.reserved_bytes, bytes, fits_bytes) {
                     self.reserved_records.fetch_sub(records, Ordering::AcqRel);
                     return Err(kafka_producer::Error::QueueFull);

@@ -80,7 +80,7 @@ impl Client {
         let Some(producer) = current.as_ref() else {
             return Err(Error::Unavailable);
         };
-        let ticket = self.counters.unacked.enter();
+        let ticket = self.counters.unacked.enter(key.len() + value.len());
         let record = BaseRecord::with_opaque_to(topic, Box::new(Tracked { ticket, delivery }))
             .key(key)
             .payload(value)
@@ -144,6 +144,11 @@ impl Client {
     /// Records enqueued and not yet reported (by this producer or a retired one).
     pub(crate) fn in_flight(&self) -> usize {
         self.counters.unacked.count()
+    }
+
+    /// The key and value bytes of those records.
+    pub(crate) fn in_flight_bytes(&self) -> u64 {
+        self.counters.unacked.bytes()
     }
 
     /// Waits up to `timeout` for the current producer's records to be acknowledged.

@@ -101,3 +101,18 @@ pub enum Error {
         timeout: Duration,
     },
 }
+
+impl Error {
+    /// True for an enqueue refusal the spool can take instead: the producer is gone, failed or
+    /// being replaced. Not for back-pressure (a full queue: the client slows down) nor for a
+    /// record Kafka would never take (too large: the client's to fix).
+    pub fn spool_helps(&self) -> bool {
+        match self {
+            Error::Unavailable => true,
+            Error::Enqueue { source, .. } => {
+                crate::route::ErrorClass::of(source) != crate::route::ErrorClass::Permanent
+            }
+            _ => false,
+        }
+    }
+}

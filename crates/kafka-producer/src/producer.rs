@@ -185,9 +185,16 @@ impl EventProducer {
             && (!self.core.health.get().is_delivering() || self.core.backlog.load(Ordering::Acquire))
     }
 
-    /// Records librdkafka holds and has not reported yet.
+    /// Records enqueued (by requests, the drainer, the supervisor, DLQ writes) and not yet
+    /// reported by librdkafka.
     pub fn in_flight(&self) -> usize {
         self.core.client.in_flight()
+    }
+
+    /// The key and value bytes of those records (what librdkafka's byte cap,
+    /// `queue.buffering.max.kbytes`, counts, less headers).
+    pub fn in_flight_bytes(&self) -> u64 {
+        self.core.client.in_flight_bytes()
     }
 
     /// Takes a request's valid events for the ingest topic (S1, S4, S5, S6), all of them or
@@ -220,28 +227,49 @@ impl EventProducer {
             .await
             .map_err(|_| refused(0, Error::SpoolTimeout(timeout)))?;
         let spooling = !core.health.get().is_delivering() || core.backlog.load(Ordering::Acquire);
-        match &core.writer {
-            Some(writer) if spooling => {
-                core.backlog.store(true, Ordering::Release);
-                let records = events
-                    .iter()
-                    .map(|e| event_record(e, workspace_id, source_id))
-                    .collect();
-                let appended = writer.append(records);
-                drop(gate);
-                appended.await.map_err(|error| refused(0, error))
-            }
-            _ => {
-                for (i, event) in events.iter().enumerate() {
-                    let delivery = Delivery::Logged {
-                        message_id: event.message_id.clone(),
-                    };
-                    self.enqueue_event(event, workspace_id, source_id, delivery)
-                        .map_err(|error| refused(i, error))?;
-                }
-                Ok(())
-            }
+        let spool = |from: usize| {
+            let writer = core.writer.as_ref()?;
+            core.backlog.store(true, Ordering::Release);
+            let records = events[from..]
+                .iter()
+                .map(|e| event_record(e, workspace_id, source_id))
+                .collect();
+            Some(writer.submit(records))
+        };
+        let (taken, appended) = match spooling.then(|| spool(0)).flatten() {
+            Some(appended) => (0, appended),
+            None => match self.enqueue_events(events, workspace_id, source_id) {
+                Ok(()) => return Ok(()),
+                // Kafka refused for a reason the spool can help with (a producer that failed
+                // or is being replaced): the rest of the request is spooled.
+                Err((taken, error)) => match error.spool_helps().then(|| spool(taken)).flatten() {
+                    Some(appended) => {
+                        tracing::warn!(%error, spooled = events.len() - taken, "enqueue failed, spooling the rest of the request");
+                        (taken, appended)
+                    }
+                    None => return Err(refused(taken, error)),
+                },
+            },
+        };
+        drop(gate);
+        appended.await.map_err(|error| refused(taken, error))
+    }
+
+    /// Enqueues every event for the ingest topic; on a refusal, how many were taken.
+    fn enqueue_events(
+        &self,
+        events: &[Accepted],
+        workspace_id: &str,
+        source_id: &str,
+    ) -> Result<(), (usize, Error)> {
+        for (i, event) in events.iter().enumerate() {
+            let delivery = Delivery::Logged {
+                message_id: event.message_id.clone(),
+            };
+            self.enqueue_event(event, workspace_id, source_id, delivery)
+                .map_err(|error| (i, error))?;
         }
+        Ok(())
     }
 
     async fn send_acked(

@@ -90,26 +90,34 @@ impl SpoolWriter {
         &self.shared.spool
     }
 
-    /// Appends a request's records, waiting up to the spool timeout: `Err` when the spool is
-    /// full or failing ([`Error::SpoolFull`], [`Error::Spool`]), or did not answer in time
-    /// ([`Error::SpoolTimeout`]; the records may still be appended later: duplicates if the
-    /// client sends them again, never a loss).
-    pub(crate) async fn append(&self, records: Vec<spool::Record>) -> Result<(), Error> {
+    /// Queues a request's records for appending at once (so that a barrier after this call
+    /// finds them appended), and returns the wait for the outcome, which takes up to the spool
+    /// timeout: `Err` when the spool is full or failing ([`Error::SpoolFull`],
+    /// [`Error::Spool`]), or did not answer in time ([`Error::SpoolTimeout`]; the records may
+    /// still be appended later: duplicates if the client sends them again, never a loss).
+    pub(crate) fn submit(
+        &self,
+        records: Vec<spool::Record>,
+    ) -> impl std::future::Future<Output = Result<(), Error>> + use<> {
         let (tx, rx) = oneshot::channel();
         let work = Work::Append {
             records,
             from: From::Request,
             reply: Some(tx),
         };
-        match self.work.try_send(work) {
-            Ok(()) => {}
-            Err(mpsc::TrySendError::Full(_)) => return Err(Error::SpoolTimeout(self.timeout)),
-            Err(mpsc::TrySendError::Disconnected(_)) => return Err(Error::Unavailable),
-        }
-        match tokio::time::timeout(self.timeout, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(Error::Unavailable),
-            Err(_) => Err(Error::SpoolTimeout(self.timeout)),
+        let queued = match self.work.try_send(work) {
+            Ok(()) => Ok(()),
+            Err(mpsc::TrySendError::Full(_)) => Err(Error::SpoolTimeout(self.timeout)),
+            Err(mpsc::TrySendError::Disconnected(_)) => Err(Error::Unavailable),
+        };
+        let timeout = self.timeout;
+        async move {
+            queued?;
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(Error::Unavailable),
+                Err(_) => Err(Error::SpoolTimeout(timeout)),
+            }
         }
     }
 

@@ -19,11 +19,13 @@ pub(crate) struct Unacked {
     slots: Box<[AtomicU64]>,
     /// Tickets out: records enqueued and not reported.
     count: AtomicU64,
+    /// Their key and value bytes.
+    bytes: AtomicU64,
 }
 
-/// What a record carries from [`Unacked::enter`] to [`Unacked::leave`].
+/// What a record carries from [`Unacked::enter`] to [`Unacked::leave`]: its slot and bytes.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Ticket(u64);
+pub(crate) struct Ticket(u64, u32);
 
 impl Unacked {
     /// A ring covering at least twice `window` (and 16 s), so that ages up to the window are
@@ -35,6 +37,7 @@ impl Unacked {
             start: Instant::now(),
             slots: (0..slots).map(|_| AtomicU64::new(0)).collect(),
             count: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
         }
     }
 
@@ -46,19 +49,27 @@ impl Unacked {
         &self.slots[(index % self.slots.len() as u64) as usize]
     }
 
-    /// A record is being enqueued. Give the ticket back with [`Unacked::leave`], also when the
-    /// enqueue fails.
-    pub(crate) fn enter(&self) -> Ticket {
+    /// A record of `bytes` (key and value) is being enqueued. Give the ticket back with
+    /// [`Unacked::leave`], also when the enqueue fails.
+    pub(crate) fn enter(&self, bytes: usize) -> Ticket {
         let index = self.now();
+        let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
         self.slot(index).fetch_add(1, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
-        Ticket(index)
+        self.bytes.fetch_add(u64::from(bytes), Ordering::Relaxed);
+        Ticket(index, bytes)
     }
 
     /// The record's delivery was reported (or its enqueue failed).
     pub(crate) fn leave(&self, ticket: Ticket) {
         self.slot(ticket.0).fetch_sub(1, Ordering::Relaxed);
         self.count.fetch_sub(1, Ordering::Relaxed);
+        self.bytes.fetch_sub(u64::from(ticket.1), Ordering::Relaxed);
+    }
+
+    /// The key and value bytes of the records out.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// Records enqueued and not reported yet (librdkafka's own count also holds its queued
@@ -87,13 +98,15 @@ mod tests {
     fn the_oldest_ticket_gives_the_age() {
         let window = Unacked::new(Duration::from_secs(5));
         assert_eq!(window.oldest_age(), None);
-        let first = window.enter();
-        let second = window.enter();
+        let first = window.enter(10);
+        let second = window.enter(20);
         assert_eq!(window.oldest_age(), Some(Duration::ZERO));
+        assert_eq!((window.count(), window.bytes()), (2, 30));
         window.leave(first);
         assert_eq!(window.oldest_age(), Some(Duration::ZERO));
         window.leave(second);
         assert_eq!(window.oldest_age(), None);
+        assert_eq!((window.count(), window.bytes()), (0, 0));
     }
 
     #[test]
@@ -101,9 +114,9 @@ mod tests {
         // A ring that started 100 s ago (it has wrapped around), with a ticket from 3 s ago.
         let mut window = Unacked::new(Duration::from_secs(5));
         window.start = Instant::now() - Duration::from_secs(100);
-        let old = Ticket(window.now() - 12);
+        let old = Ticket(window.now() - 12, 0);
         window.slot(old.0).fetch_add(1, Ordering::Relaxed);
-        let new = window.enter();
+        let new = window.enter(0);
         let age = window.oldest_age().unwrap();
         assert!(
             age >= Duration::from_millis(2750) && age <= Duration::from_secs(3),

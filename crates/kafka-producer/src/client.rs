@@ -162,11 +162,15 @@ impl Client {
     }
 }
 
-/// Takes back every record `producer` holds, then drops it: the purge reports each record as
-/// failed (`PurgeQueue`/`PurgeInflight`), and the supervisor routes it. (librdkafka's own drop
-/// serves those reports for half a second only and discards the rest unreported.) Records not
-/// reported within [`RETIRE_PATIENCE`] are counted and logged as lost.
-pub(crate) fn retire(metrics: &ProducerMetrics, producer: ThreadedProducer<Callbacks>) {
+/// Takes back every record `producer` holds and returns it, to be dropped: the purge reports
+/// each record as failed (`PurgeQueue`/`PurgeInflight`), handing it to the supervisor; when
+/// this returns, every report has been handed over. (librdkafka's own drop serves those
+/// reports for half a second only and discards the rest unreported.) Records not reported
+/// within [`RETIRE_PATIENCE`] are counted and logged as lost.
+pub(crate) fn take_back(
+    metrics: &ProducerMetrics,
+    producer: ThreadedProducer<Callbacks>,
+) -> ThreadedProducer<Callbacks> {
     producer.purge(PurgeConfig::default().queue().inflight());
     let deadline = Instant::now() + RETIRE_PATIENCE;
     // The producer's polling thread serves the reports; the count includes unserved ones.
@@ -177,5 +181,5 @@ pub(crate) fn retire(metrics: &ProducerMetrics, producer: ThreadedProducer<Callb
     if left > 0 {
         metrics.lose_unknown(left, &"the producer being closed did not report them within 30 s");
     }
-    drop(producer);
+    producer
 }

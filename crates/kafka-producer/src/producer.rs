@@ -13,7 +13,7 @@ use spool::Spool;
 use tokio::sync::oneshot;
 
 use crate::callbacks::Delivery;
-use crate::client::{retire, Client};
+use crate::client::{take_back, Client};
 use crate::core::Core;
 use crate::drainer::Drainer;
 use crate::health::{Event, Health, HealthCell};
@@ -402,7 +402,7 @@ impl EventProducer {
         // From here failures go to the spool (or are lost), and nothing new is taken.
         core.apply(Event::Close);
         if let Some(producer) = core.client.replace(None) {
-            retire(core.metrics(), producer);
+            drop(take_back(core.metrics(), producer));
         }
         core.client.stop_supervisor();
         for thread in threads {

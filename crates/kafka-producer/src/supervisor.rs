@@ -16,7 +16,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use crate::callbacks::{Delivery, Failed, Job};
-use crate::client::retire;
+use crate::client::take_back;
 use crate::core::Core;
 use crate::health::{Event, Health, Why};
 use crate::record::{dlq_copy, ingest_copy, retry_copy, Outgoing};
@@ -36,6 +36,8 @@ pub(crate) struct Supervisor {
     failed: u64,
     /// Since when records fail and none is acknowledged.
     failing_since: Option<Instant>,
+    /// A [`Job::Stop`] arrived.
+    stop: bool,
     /// The last rebuild: the retired producer's records count as unacknowledged until they
     /// are reported, so a stall is not looked for during the next ack window.
     last_rebuild: Option<Instant>,
@@ -52,21 +54,20 @@ impl Supervisor {
             last_probe: Instant::now(),
             failing_since: None,
             last_rebuild: None,
+            stop: false,
         }
     }
 
     /// Runs until [`Job::Stop`]; then routes what is still queued.
     pub(crate) fn run(mut self, jobs: mpsc::Receiver<Job>) {
-        loop {
+        while !self.stop {
             match jobs.recv_timeout(TICK) {
-                Ok(Job::Failed(failed)) => self.route(failed),
-                Ok(Job::BrokersDown) => self.event(Event::BrokersDown),
-                Ok(Job::CheckFatal) => self.check_fatal(),
-                Ok(Job::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Ok(job) => self.handle(job, &jobs),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
             if self.last_tick.elapsed() >= TICK {
-                self.tick();
+                self.tick(&jobs);
             }
         }
         while let Ok(job) = jobs.try_recv() {
@@ -76,24 +77,33 @@ impl Supervisor {
         }
     }
 
-    fn tick(&mut self) {
+    fn handle(&mut self, job: Job, jobs: &mpsc::Receiver<Job>) {
+        match job {
+            Job::Failed(failed) => self.route(failed),
+            Job::BrokersDown => self.event(Event::BrokersDown, jobs),
+            Job::CheckFatal => self.check_fatal(jobs),
+            Job::Stop => self.stop = true,
+        }
+    }
+
+    fn tick(&mut self, jobs: &mpsc::Receiver<Job>) {
         self.last_tick = Instant::now();
         let core = self.core.clone();
         let counters = &core.client.counters;
         let config = &core.client.config;
-        self.check_fatal();
+        self.check_fatal(jobs);
         let (acked, failed) = (
             counters.acked.load(Ordering::Relaxed),
             counters.failed.load(Ordering::Relaxed),
         );
         if acked > self.acked {
             self.failing_since = None;
-            self.event(Event::Acknowledged);
+            self.event(Event::Acknowledged, jobs);
         } else if failed > self.failed {
             let since = *self.failing_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= config.failing_rebuild_after {
                 self.failing_since = None;
-                self.event(Event::Failing);
+                self.event(Event::Failing, jobs);
             }
         }
         (self.acked, self.failed) = (acked, failed);
@@ -102,39 +112,41 @@ impl Supervisor {
             .is_none_or(|at| at.elapsed() > config.ack_window);
         if let Some(age) = counters.unacked.oldest_age().filter(|_| settled) {
             if age > config.ack_window {
-                self.event(Event::Stalled);
+                self.event(Event::Stalled, jobs);
             }
         }
         if matches!(core.health.get(), Health::Unreachable(_)) && self.last_probe.elapsed() >= PROBE_EVERY {
             self.last_probe = Instant::now();
             if core.client.probe(PROBE_EVERY) {
-                self.event(Event::ProbeOk);
+                self.event(Event::ProbeOk, jobs);
             }
         }
         let pending = core.client.counters.pending.load(Ordering::Relaxed);
         core.metrics().rescue_pending.set(pending as f64);
     }
 
-    fn check_fatal(&mut self) {
+    fn check_fatal(&mut self, jobs: &mpsc::Receiver<Job>) {
         if let Some(fatal) = self.core.client.fatal_error() {
             if self.core.health.get() != Health::Rebuilding(Why::Fatal) {
                 tracing::error!(error = fatal, "the producer raised a fatal error");
             }
-            self.event(Event::Fatal);
+            self.event(Event::Fatal, jobs);
         }
     }
 
-    fn event(&mut self, event: Event) {
+    fn event(&mut self, event: Event, jobs: &mpsc::Receiver<Job>) {
         let step = self.core.apply(event);
         if step.rebuild {
             if let Health::Rebuilding(why) = step.health {
-                self.rebuild(why);
+                self.rebuild(why, jobs);
             }
         }
     }
 
-    /// Replaces the producer; the old one's records come back as purged and are routed.
-    fn rebuild(&mut self, why: Why) {
+    /// Replaces the producer. What the old one held is taken back and routed (to the spool
+    /// while Kafka is not delivering) before any request may spool again: requests wait at
+    /// [`Core::gate`] meanwhile, so a visitor's older events stay ahead of its newer ones.
+    fn rebuild(&mut self, why: Why, jobs: &mpsc::Receiver<Job>) {
         let core = self.core.clone();
         core.metrics().rebuilt(why.label());
         let producer = match core.client.build() {
@@ -146,18 +158,28 @@ impl Supervisor {
                 return;
             }
         };
-        let reachable = rdkafka::producer::Producer::client(&producer)
-            .fetch_metadata(Some(&core.client.config.topics.ingest), PROBE_EVERY)
-            .is_ok();
-        if let Some(old) = core.client.replace(Some(producer)) {
-            let metrics = core.client.metrics.clone();
-            let retired = std::thread::Builder::new()
-                .name("kafka-retire".into())
-                .spawn(move || retire(&metrics, old));
-            if let Err(error) = retired {
-                tracing::error!(%error, "cannot start a thread to retire the old producer");
+        {
+            let _gate = core.gate.blocking_write();
+            if let Some(old) = core.client.replace(Some(producer)) {
+                let old = take_back(&core.client.metrics, old);
+                // Dropping a producer can wait on a hung broker's connections: not here.
+                let dropped = std::thread::Builder::new()
+                    .name("kafka-retire".into())
+                    .spawn(move || drop(old));
+                if let Err(error) = dropped {
+                    tracing::error!(%error, "cannot start a thread to drop the old producer");
+                }
+            }
+            while let Ok(job) = jobs.try_recv() {
+                match job {
+                    Job::Failed(failed) => self.route(failed),
+                    Job::Stop => self.stop = true,
+                    // The new producer's state is looked at by the next tick.
+                    Job::BrokersDown | Job::CheckFatal => {}
+                }
             }
         }
+        let reachable = core.client.probe(PROBE_EVERY);
         self.last_probe = Instant::now();
         self.last_rebuild = Some(Instant::now());
         self.acked = core.client.counters.acked.load(Ordering::Relaxed);

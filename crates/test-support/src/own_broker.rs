@@ -1,5 +1,5 @@
 //! A tansu broker of the test's own, storing in SQLite, so that a test can kill the broker
-//! process and start it again with its data.
+//! process and start it again with its data, or freeze it (SIGSTOP) and thaw it (SIGCONT).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -46,6 +46,27 @@ impl OwnBroker {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Freezes the broker process (SIGSTOP): its connections stay open and take requests
+    /// into their socket buffers, but nothing is answered: a hung broker, as a producer sees
+    /// one. [`OwnBroker::resume`] thaws it; dropping or killing a paused broker is fine.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a broker frozen by [`OwnBroker::pause`] (SIGCONT): it answers what was queued.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("the broker is running");
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap_or_else(|e| panic!("running kill {signal}: {e}"));
+        assert!(status.success(), "kill {signal} {} failed: {status}", child.id());
     }
 
     /// Starts the broker process (again, after [`OwnBroker::kill`]) on the same port and data.

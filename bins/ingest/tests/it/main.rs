@@ -3,6 +3,7 @@
 //! (segment-analytics-python), analytics.js 2.0 in Chromium, and the Node server SDKs.
 
 mod browser;
+mod drills;
 mod hostile;
 mod kafka_security;
 mod lossless;

@@ -1,0 +1,814 @@
+//! Drills against a real broker process (a tansu of the test's own) and real file systems:
+//! a hung broker (SIGSTOP) with a SIGKILL of ingest inside the hang, a hang longer than the
+//! message timeout, a spool whose file system is full, a spool whose disk is frozen, and one
+//! visitor's order across an outage. Each drill asserts what users observe: HTTP statuses and
+//! bodies, records read back from the topics, the metrics text. Nothing waits on a sleep: an
+//! observable condition is polled with a deadline (sleeps only pace a steady load or give a
+//! phase its length).
+//!
+//! The file-system drills mount (tmpfs, an ext4 loop image, `fsfreeze`): they need root.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use test_support::{assert_nothing_lost, consume_from, landed, sources_file, OwnBroker, Topics, WRITE_KEY};
+
+use super::{Ingest, WAIT};
+
+/// Pause between two posts of the steady load.
+const PACE: Duration = Duration::from_millis(20);
+
+/// A tansu of the test's own with an ingest topic of 3 partitions, a DLQ and a retry topic.
+async fn own_broker() -> (OwnBroker, Topics) {
+    let broker = OwnBroker::start().await;
+    let topics = Topics {
+        ingest: "drill.ingest".into(),
+        dlq: "drill.dlq".into(),
+        retry: "drill.retry".into(),
+    };
+    kafka_producer::ensure_topics(
+        broker.address(),
+        &[(&topics.ingest, 3), (&topics.dlq, 1), (&topics.retry, 1)],
+    )
+    .await
+    .unwrap();
+    (broker, topics)
+}
+
+/// `ingest` on `broker` with the spool in `spool` and extra environment variables.
+async fn ingest_on(
+    broker: &OwnBroker,
+    topics: &Topics,
+    spool: &Arc<tempfile::TempDir>,
+    env: &[(&str, &str)],
+) -> Ingest {
+    Ingest::start_on(
+        &broker.address(),
+        topics.clone(),
+        spool.clone(),
+        env,
+        sources_file(),
+    )
+    .await
+}
+
+fn client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder().timeout(timeout).build().unwrap()
+}
+
+/// Posts one track event; its status, or the transport error (a timeout, say).
+async fn post(client: &reqwest::Client, url: &str, visitor: &str, id: &str) -> reqwest::Result<u16> {
+    let event = json!({"anonymousId": visitor, "event": "drill", "messageId": id});
+    let response = client
+        .post(format!("{url}/v1/track"))
+        .basic_auth(WRITE_KEY, Some(""))
+        .json(&event)
+        .send()
+        .await?;
+    Ok(response.status().as_u16())
+}
+
+/// `/readyz`: status and body.
+async fn readyz(client: &reqwest::Client, url: &str) -> reqwest::Result<(u16, Value)> {
+    let response = client.get(format!("{url}/readyz")).send().await?;
+    let status = response.status().as_u16();
+    Ok((status, response.json().await?))
+}
+
+/// Polls `/readyz` until `check` holds, for up to `within`; returns the last answer.
+async fn wait_readyz(
+    url: &str,
+    what: &str,
+    within: Duration,
+    check: impl Fn(u16, &Value) -> bool,
+) -> (u16, Value) {
+    let client = client(Duration::from_secs(2));
+    let deadline = Instant::now() + within;
+    let mut last = None;
+    loop {
+        match readyz(&client, url).await {
+            Ok((status, body)) if check(status, &body) => return (status, body),
+            Ok(answer) => last = Some(answer),
+            Err(e) => eprintln!("/readyz: {e}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never showed {what} within {within:?}; last: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The sum of a metric's samples (every label set) in the metrics text; 0 when absent.
+async fn metric(metrics_url: &str, name: &str) -> f64 {
+    let text = client(Duration::from_secs(2))
+        .get(metrics_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    sum_samples(&text, name)
+}
+
+fn sum_samples(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// One client posting single events of one visitor, one every [`PACE`], recording when each
+/// 200 came; stops when told or when the server is gone.
+struct Steady {
+    accepted: Arc<Mutex<Vec<(String, Instant)>>>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<BTreeMap<u16, usize>>,
+}
+
+impl Steady {
+    fn start(url: &str, visitor: &str) -> Steady {
+        let accepted = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = {
+            let (url, visitor) = (url.to_string(), visitor.to_string());
+            let (accepted, stop) = (accepted.clone(), stop.clone());
+            tokio::spawn(async move {
+                let client = client(Duration::from_secs(10));
+                let mut statuses = BTreeMap::new();
+                for i in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let id = format!("{visitor}-{i:05}");
+                    match post(&client, &url, &visitor, &id).await {
+                        Ok(status) => {
+                            *statuses.entry(status).or_default() += 1;
+                            if status == 200 {
+                                accepted.lock().unwrap().push((id, Instant::now()));
+                            }
+                        }
+                        Err(_) => break, // the server is gone
+                    }
+                    tokio::time::sleep(PACE).await;
+                }
+                statuses
+            })
+        };
+        Steady { accepted, stop, task }
+    }
+
+    /// Events accepted so far.
+    fn count(&self) -> usize {
+        self.accepted.lock().unwrap().len()
+    }
+
+    /// Polls until `n` events were accepted since this call.
+    async fn wait_more(&self, n: usize, within: Duration) {
+        let (start, deadline) = (self.count(), Instant::now() + within);
+        while self.count() < start + n {
+            assert!(
+                Instant::now() < deadline,
+                "the load got only {} 200s in {within:?}",
+                self.count() - start
+            );
+            tokio::time::sleep(PACE).await;
+        }
+    }
+
+    /// Stops the client; the accepted events with the time of their 200, and how many
+    /// answers of each status it got.
+    async fn finish(self) -> (Vec<(String, Instant)>, BTreeMap<u16, usize>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let statuses = tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("the load client did not stop")
+            .unwrap();
+        let accepted = self.accepted.lock().unwrap().clone();
+        (accepted, statuses)
+    }
+}
+
+/// `/readyz` polled every 100 ms with a client timeout, recording each answer (or the lack
+/// of one).
+struct Watch {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<(Instant, Result<u16, String>)>>,
+}
+
+impl Watch {
+    fn start(url: &str, timeout: Duration) -> Watch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = {
+            let (url, stop) = (url.to_string(), stop.clone());
+            tokio::spawn(async move {
+                let client = client(timeout);
+                let mut seen = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let asked = Instant::now();
+                    let answer = readyz(&client, &url).await;
+                    seen.push((asked, answer.map(|(s, _)| s).map_err(|e| e.to_string())));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                seen
+            })
+        };
+        Watch { stop, task }
+    }
+
+    /// Stops polling; asserts every probe was answered; returns the statuses seen.
+    async fn finish(self) -> Vec<u16> {
+        self.stop.store(true, Ordering::Relaxed);
+        let seen = self.task.await.unwrap();
+        let failed: Vec<_> = seen.iter().filter(|(_, a)| a.is_err()).collect();
+        assert!(
+            failed.is_empty(),
+            "/readyz did not answer {} of {} probes: {failed:?}",
+            failed.len(),
+            seen.len()
+        );
+        seen.into_iter().filter_map(|(_, a)| a.ok()).collect()
+    }
+}
+
+/// Runs a command (as root), asserting it succeeds.
+fn run(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A file system mounted on a directory; unmounted when dropped (also on panic), lazily if
+/// it is still busy after a few seconds.
+struct Mount {
+    dir: PathBuf,
+    /// The ext4 image of a loop mount, removed after the unmount.
+    _image: Option<tempfile::TempDir>,
+}
+
+impl Mount {
+    /// A tmpfs of `size` (`2m`) on `dir`.
+    fn tmpfs(dir: &Path, size: &str) -> Mount {
+        run(
+            "mount",
+            &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", path(dir)],
+        );
+        Mount {
+            dir: dir.to_path_buf(),
+            _image: None,
+        }
+    }
+
+    /// A fresh ext4 file system of `mib` MiB, on a loop device, on `dir`.
+    fn ext4(dir: &Path, mib: u32) -> Mount {
+        let image_dir = tempfile::tempdir().unwrap();
+        let image = image_dir.path().join("spool.ext4");
+        let file = std::fs::File::create(&image).unwrap();
+        file.set_len(u64::from(mib) << 20).unwrap();
+        drop(file);
+        run("mkfs.ext4", &["-q", path(&image)]);
+        run("mount", &["-o", "loop", path(&image), path(dir)]);
+        Mount {
+            dir: dir.to_path_buf(),
+            _image: Some(image_dir),
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let dir = path(&self.dir);
+        // A killed ingest may still hold files open for a moment.
+        for _ in 0..50 {
+            if Command::new("umount")
+                .arg(dir)
+                .status()
+                .is_ok_and(|s| s.success())
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = Command::new("umount").args(["-l", dir]).status();
+    }
+}
+
+/// A file system frozen with `fsfreeze -f`; thawed when dropped (also on panic). A detached
+/// watchdog thaws it after a minute in case the test process itself is killed.
+struct Frozen {
+    dir: PathBuf,
+}
+
+impl Frozen {
+    fn freeze(dir: &Path) -> Frozen {
+        let watchdog = format!("sleep 60; fsfreeze -u '{}' 2>/dev/null", path(dir));
+        let _ = Command::new("setsid")
+            .args(["sh", "-c", &watchdog])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        run("fsfreeze", &["-f", path(dir)]);
+        Frozen {
+            dir: dir.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = Command::new("fsfreeze").args(["-u", path(&self.dir)]).status();
+    }
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Writes `path` until the file system is full (ENOSPC).
+fn fill(path: &Path) -> u64 {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).unwrap();
+    let block = [0xa5u8; 4096];
+    let mut written = 0u64;
+    loop {
+        match file.write(&block) {
+            Ok(0) => break,
+            Ok(n) => written += n as u64,
+            Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC
+            Err(e) => panic!("filling {}: {e}", path.display()),
+        }
+    }
+    written
+}
+
+/// A hung broker (SIGSTOP) with a SIGKILL of ingest 6 s into the hang loses at most what
+/// the last ack window (2 s here) took: what the producer held longer than the window was
+/// moved to the spool, and events accepted after that went to the spool directly; the
+/// restart on the same spool drains it. Also: `/readyz` answered throughout the hang, and
+/// the spool took events once the window passed. Prints the measured loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hang_with_a_sigkill_inside_it_loses_at_most_the_ack_window() {
+    hang_then_sigkill(Duration::from_secs(6)).await;
+}
+
+/// The worst case of the drill above: the SIGKILL comes 1.5 s into the hang, before the ack
+/// window (2 s) has passed, so everything accepted since the hang began is only in memory.
+/// What is lost is at most that; everything older is on the topic. Prints the measured loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_inside_the_ack_window_of_a_hang_loses_at_most_that_window() {
+    hang_then_sigkill(Duration::from_millis(1500)).await;
+}
+
+/// Pauses the broker under a steady load, SIGKILLs ingest `kill_after` into the hang,
+/// thaws the broker, restarts ingest on the same spool, and checks the loss bound.
+async fn hang_then_sigkill(kill_after: Duration) {
+    let window = Duration::from_secs(2);
+    let (broker, topics) = own_broker().await;
+    let spool = Arc::new(tempfile::tempdir().unwrap());
+    let env = [("CDP_KAFKA_ACK_WINDOW", "2s")];
+    let mut ingest = ingest_on(&broker, &topics, &spool, &env).await;
+    let load = Steady::start(&ingest.url, "hang");
+    load.wait_more(100, Duration::from_secs(10)).await;
+    let watch = Watch::start(&ingest.url, Duration::from_secs(2));
+    let appended = "cdp_ingest_spool_appended_total";
+    let before = metric(&ingest.metrics_url, appended).await;
+
+    let paused_at = Instant::now();
+    broker.pause();
+    // Once the window has passed, what the producer held and new events go to the spool.
+    let deadline = paused_at + window + Duration::from_secs(5);
+    while kill_after > window && metric(&ingest.metrics_url, appended).await <= before {
+        assert!(
+            Instant::now() < deadline,
+            "nothing spooled {:?} into the hang",
+            paused_at.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let spooled_after = (kill_after > window).then(|| paused_at.elapsed());
+    // The hang goes on, under load, to `kill_after`.
+    tokio::time::sleep_until((paused_at + kill_after).into()).await;
+    let statuses = watch.finish().await;
+    let killed_at = Instant::now();
+    ingest.child.kill().unwrap();
+    let (_, log) = tokio::task::spawn_blocking(move || ingest.wait()).await.unwrap();
+    let (accepted, answers) = load.finish().await;
+    eprintln!(
+        "spooling began {spooled_after:?} into the hang; /readyz answered {statuses:?}; load: {answers:?}"
+    );
+    assert!(
+        answers.keys().all(|s| [200, 503].contains(s)),
+        "{answers:?}\n{log}"
+    );
+
+    broker.resume();
+    let again = ingest_on(&broker, &topics, &spool, &[]).await;
+    wait_readyz(&again.url, "an empty spool", WAIT, |s, b| {
+        s == 200 && b["spool"]["records"] == 0
+    })
+    .await;
+    let bound = killed_at - (window + Duration::from_secs(1));
+    let must: Vec<String> = accepted
+        .iter()
+        .filter(|(_, at)| *at < bound)
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert!(
+        must.len() >= 20,
+        "only {} events accepted before the bound",
+        must.len()
+    );
+    assert_nothing_lost(&broker.address(), &topics, &must, WAIT).await;
+    let ids: Vec<String> = accepted.iter().map(|(id, _)| id.clone()).collect();
+    let all = landed(&broker.address(), &topics, &ids, Duration::from_secs(3)).await;
+    let lost: HashSet<&String> = all.missing.iter().collect();
+    let lost_at: Vec<Duration> = accepted
+        .iter()
+        .filter(|(id, _)| lost.contains(id))
+        .map(|(_, at)| killed_at - *at)
+        .collect();
+    match (lost_at.iter().max(), lost_at.iter().min()) {
+        (Some(oldest), Some(newest)) => eprintln!(
+            "SIGKILL {kill_after:?} into a hang: {} of {} accepted events lost, accepted between {oldest:?} and {newest:?} before the SIGKILL ({} duplicates)",
+            lost_at.len(),
+            accepted.len(),
+            all.duplicates()
+        ),
+        _ => eprintln!(
+            "SIGKILL {kill_after:?} into a hang: 0 of {} accepted events lost ({} duplicates)",
+            accepted.len(),
+            all.duplicates()
+        ),
+    }
+}
+
+/// A broker hung (SIGSTOP) for 8 s, longer than the message timeout (3 s) and the ack window
+/// (1 s): once it is thawed, delivery resumes without restarting ingest; every event that
+/// got a 200 before, during and after the hang is on the topics, `/readyz` is back to 200, and
+/// events posted after the thaw arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hang_longer_than_the_message_timeout_recovers_without_a_restart() {
+    let (broker, topics) = own_broker().await;
+    let spool = Arc::new(tempfile::tempdir().unwrap());
+    let env = [
+        ("CDP_KAFKA_MESSAGE_TIMEOUT", "3s"),
+        ("CDP_KAFKA_ACK_WINDOW", "1s"),
+    ];
+    let ingest = ingest_on(&broker, &topics, &spool, &env).await;
+    let load = Steady::start(&ingest.url, "long");
+    load.wait_more(25, Duration::from_secs(10)).await;
+    let watch = Watch::start(&ingest.url, Duration::from_secs(2));
+
+    let paused_at = Instant::now();
+    broker.pause();
+    wait_readyz(
+        &ingest.url,
+        "Kafka not delivering",
+        Duration::from_secs(10),
+        |_, b| b["kafka_reachable"] == false,
+    )
+    .await;
+    tokio::time::sleep_until((paused_at + Duration::from_secs(8)).into()).await;
+    broker.resume();
+    let resumed_at = Instant::now();
+    let (_, body) = wait_readyz(&ingest.url, "ready, delivering, spool drained", WAIT, |s, b| {
+        s == 200 && b["kafka_reachable"] == true && b["spool"]["records"] == 0
+    })
+    .await;
+    eprintln!(
+        "delivering again {:?} after the thaw: {body}",
+        resumed_at.elapsed()
+    );
+    load.wait_more(50, Duration::from_secs(10)).await;
+    let statuses = watch.finish().await;
+    let (accepted, answers) = load.finish().await;
+    eprintln!("/readyz answered {statuses:?}; load: {answers:?}");
+    assert!(answers.keys().all(|s| [200, 503].contains(s)), "{answers:?}");
+    let after: Vec<String> = accepted
+        .iter()
+        .filter(|(_, at)| *at > resumed_at)
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert!(after.len() >= 50, "only {} accepted after the thaw", after.len());
+    let ids: Vec<String> = accepted.iter().map(|(id, _)| id.clone()).collect();
+    let landed = assert_nothing_lost(&broker.address(), &topics, &ids, WAIT).await;
+    let lost = metric(&ingest.metrics_url, "cdp_ingest_kafka_records_lost_total").await;
+    assert_eq!(lost, 0.0, "records counted lost");
+    eprintln!(
+        "drill 2: {} accepted ({} after the thaw), all landed, {} duplicates",
+        ids.len(),
+        after.len(),
+        landed.duplicates()
+    );
+}
+
+/// With Kafka down, events go to the spool; when the spool's file system (a 2 MiB tmpfs) is
+/// full, requests get 503 (not 500, not a hang) and `/readyz` turns 503 naming the spool
+/// within a few seconds; once the space is freed, `/readyz` is 200 again by itself and
+/// events are accepted; once the broker is back, every event that got a 200 is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_is_false_while_the_spool_cannot_be_written_and_true_again_after() {
+    let spool = Arc::new(tempfile::tempdir().unwrap());
+    let _mount = Mount::tmpfs(spool.path(), "2m");
+    let (mut broker, topics) = own_broker().await;
+    // A spool cap below the file system's size, so that "full" is the file system's.
+    let env = [("CDP_SPOOL_MAX_BYTES", "1048576")];
+    let ingest = ingest_on(&broker, &topics, &spool, &env).await;
+    broker.kill();
+    wait_readyz(
+        &ingest.url,
+        "Kafka unreachable, spooling",
+        Duration::from_secs(15),
+        |s, b| s == 200 && b["kafka_reachable"] == false,
+    )
+    .await;
+    let client = client(Duration::from_secs(5));
+    assert_eq!(post(&client, &ingest.url, "fs", "fs-before").await.unwrap(), 200);
+    wait_readyz(
+        &ingest.url,
+        "the event spooled",
+        Duration::from_secs(5),
+        |_, b| b["spool"]["records"] == 1,
+    )
+    .await;
+
+    let filler = spool.path().join("filler");
+    let filled = fill(&filler);
+    let full_at = Instant::now();
+    let (_, body) = wait_readyz(
+        &ingest.url,
+        "the spool not writable",
+        Duration::from_secs(5),
+        |s, b| {
+            s == 503
+                && b["error"].as_str().is_some_and(|e| {
+                    e.starts_with("the local spool cannot be written") || e.contains("spool is full")
+                })
+        },
+    )
+    .await;
+    eprintln!(
+        "filled {filled} bytes; /readyz 503 after {:?}: {body}",
+        full_at.elapsed()
+    );
+    // The active segment's last page may still take a few frames: 200s until it is full,
+    // then every post is refused.
+    let mut accepted = vec!["fs-before".to_string()];
+    let mut answers = Vec::new();
+    for i in 0..40 {
+        let id = format!("fs-full-{i}");
+        let asked = Instant::now();
+        let status = post(&client, &ingest.url, "fs", &id).await.unwrap();
+        answers.push(status);
+        assert!(
+            asked.elapsed() < Duration::from_secs(3),
+            "answered after {:?}",
+            asked.elapsed()
+        );
+        match status {
+            200 if !answers.contains(&503) => accepted.push(id),
+            503 if answers.iter().filter(|&&s| s == 503).count() == 5 => break,
+            503 => {}
+            other => panic!("a post while the spool's file system is full: {other}; {answers:?}"),
+        }
+    }
+    eprintln!("posts while the file system is full: {answers:?}");
+    assert!(answers.ends_with(&[503; 5]), "{answers:?}");
+    let (status, body) = readyz(&client, &ingest.url).await.unwrap();
+    assert_eq!(status, 503, "{body}");
+
+    std::fs::remove_file(&filler).unwrap();
+    let freed_at = Instant::now();
+    let (_, body) = wait_readyz(&ingest.url, "ready again", Duration::from_secs(10), |s, _| {
+        s == 200
+    })
+    .await;
+    eprintln!(
+        "/readyz 200 {:?} after the space was freed: {body}",
+        freed_at.elapsed()
+    );
+    assert_eq!(post(&client, &ingest.url, "fs", "fs-after").await.unwrap(), 200);
+    accepted.push("fs-after".into());
+    // What the spool took, the full file system included, drains once Kafka is back.
+    broker.restart().await;
+    wait_readyz(&ingest.url, "an empty spool", WAIT, |s, b| {
+        s == 200 && b["kafka_reachable"] == true && b["spool"]["records"] == 0
+    })
+    .await;
+    assert_nothing_lost(&broker.address(), &topics, &accepted, WAIT).await;
+}
+
+/// With Kafka down and the spool's disk (an ext4 loop image) frozen with `fsfreeze`, a request
+/// gets 503 within about the spool timeout (1 s), and `/healthz`, `/readyz` (503, naming the
+/// stalled spool) and the metrics endpoint keep answering within 1 s; once the disk is
+/// thawed, events are accepted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_spool_disk_never_stalls_the_process() {
+    let spool = Arc::new(tempfile::tempdir().unwrap());
+    let _mount = Mount::ext4(spool.path(), 16);
+    let (mut broker, topics) = own_broker().await;
+    let env = [("CDP_SPOOL_TIMEOUT", "1s"), ("CDP_SPOOL_MAX_BYTES", "8388608")];
+    let ingest = ingest_on(&broker, &topics, &spool, &env).await;
+    broker.kill();
+    wait_readyz(
+        &ingest.url,
+        "Kafka unreachable, spooling",
+        Duration::from_secs(15),
+        |s, b| s == 200 && b["kafka_reachable"] == false,
+    )
+    .await;
+    let slow = client(Duration::from_secs(5));
+    assert_eq!(post(&slow, &ingest.url, "ice", "ice-before").await.unwrap(), 200);
+
+    let frozen = Frozen::freeze(spool.path());
+    let prompt = client(Duration::from_secs(1));
+    let frozen_at = Instant::now();
+    let mut posts = Vec::new();
+    let mut stalled_seen = false;
+    let mut i = 0;
+    while frozen_at.elapsed() < Duration::from_secs(5) {
+        let asked = Instant::now();
+        let status = post(&slow, &ingest.url, "ice", &format!("ice-frozen-{i}")).await;
+        posts.push((status.as_ref().ok().copied(), asked.elapsed()));
+        i += 1;
+        let health = prompt.get(format!("{}/healthz", ingest.url)).send().await;
+        assert!(
+            health.as_ref().is_ok_and(|r| r.status() == 200),
+            "/healthz while the spool is frozen: {health:?}"
+        );
+        let (status, body) = readyz(&prompt, &ingest.url)
+            .await
+            .unwrap_or_else(|e| panic!("/readyz while the spool is frozen: {e}"));
+        if status == 503 && body["error"] == "the local spool's disk is not answering" {
+            stalled_seen = true;
+        }
+        let metrics = prompt.get(&ingest.metrics_url).send().await;
+        assert!(
+            metrics.as_ref().is_ok_and(|r| r.status() == 200),
+            "/metrics while the spool is frozen: {metrics:?}"
+        );
+    }
+    eprintln!("posts while frozen (status, time): {posts:?}");
+    for (status, took) in &posts {
+        assert_eq!(*status, Some(503), "a post while the spool is frozen: {posts:?}");
+        assert!(*took < Duration::from_millis(2500), "a 503 after {took:?}");
+    }
+    assert!(stalled_seen, "/readyz never named the stalled spool");
+
+    drop(frozen);
+    let thawed_at = Instant::now();
+    let deadline = thawed_at + Duration::from_secs(10);
+    loop {
+        let status = post(&slow, &ingest.url, "ice", "ice-after").await.unwrap();
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no 200 within 10 s of the thaw: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("a post accepted {:?} after the thaw", thawed_at.elapsed());
+    wait_readyz(&ingest.url, "ready again", Duration::from_secs(10), |s, _| {
+        s == 200
+    })
+    .await;
+}
+
+/// One visitor's events, each posted after the previous one's 200, across a hung broker
+/// (SIGSTOP: held in memory for the ack window, then moved to the spool, then spooled
+/// directly) and its thaw mid-way (new events arrive while the spool drains): on the ingest
+/// topic their first occurrences are in send order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_visitors_events_stay_in_order_across_an_outage() {
+    let (broker, topics) = own_broker().await;
+    let spool = Arc::new(tempfile::tempdir().unwrap());
+    let env = [("CDP_KAFKA_ACK_WINDOW", "1s")];
+    let ingest = ingest_on(&broker, &topics, &spool, &env).await;
+    let sent = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let visitor = {
+        let (url, sent, stop) = (ingest.url.clone(), sent.clone(), stop.clone());
+        tokio::spawn(async move {
+            let client = client(Duration::from_secs(10));
+            let mut refused = 0;
+            for i in 0.. {
+                let id = format!("ord-{i:05}");
+                loop {
+                    match post(&client, &url, "one-visitor", &id).await.unwrap() {
+                        200 => break,
+                        503 => refused += 1,
+                        other => panic!("{id}: status {other}"),
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                sent.lock().unwrap().push(id);
+                if stop.load(Ordering::Relaxed) {
+                    return refused;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            unreachable!()
+        })
+    };
+    let count = || sent.lock().unwrap().len();
+    let wait_count = |n: usize| async move {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while count() < n {
+            assert!(Instant::now() < deadline, "only {} events sent", count());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    wait_count(50).await;
+    broker.pause();
+    let before = metric(&ingest.metrics_url, "cdp_ingest_spool_appended_total").await;
+    // Through the window (held in memory), the producer's replacement (its records taken
+    // back), to Kafka unreachable (events spooled).
+    wait_readyz(
+        &ingest.url,
+        "Kafka unreachable",
+        Duration::from_secs(10),
+        |_, b| b["kafka_state"] == "unreachable",
+    )
+    .await;
+    let at = count();
+    wait_count(at + 50).await;
+    assert!(metric(&ingest.metrics_url, "cdp_ingest_spool_appended_total").await > before);
+    broker.resume();
+    let resumed = count();
+    wait_readyz(&ingest.url, "delivering, spool drained", WAIT, |s, b| {
+        s == 200 && b["kafka_reachable"] == true && b["spool"]["records"] == 0
+    })
+    .await;
+    let drained = count();
+    wait_count(drained + 30).await;
+    stop.store(true, Ordering::Relaxed);
+    let refused = visitor.await.unwrap();
+    let sent = sent.lock().unwrap().clone();
+    eprintln!(
+        "{} events sent ({} refused and resent); thawed at #{resumed}, spool drained at #{drained}",
+        sent.len(),
+        refused
+    );
+
+    let landed = assert_nothing_lost(&broker.address(), &topics, &sent, WAIT).await;
+    let total: usize = landed.counts.values().sum();
+    let records = consume_from(&broker.address(), &topics.ingest, total, WAIT).await;
+    ingest.terminate();
+    let (_, log) = tokio::task::spawn_blocking(move || ingest.wait()).await.unwrap();
+    let transitions: Vec<&str> = log
+        .lines()
+        .filter(|l| ["Kafka is", "replacing", "drained"].iter().any(|w| l.contains(w)))
+        .collect();
+    eprintln!("ingest's transitions:\n{}", transitions.join("\n"));
+    let mut seen = HashSet::new();
+    let firsts: Vec<u32> = records
+        .iter()
+        .map(|r| r.event()["message_id"].as_str().unwrap().to_string())
+        .filter_map(|id| id.strip_prefix("ord-")?.parse().ok())
+        .filter(|n| seen.insert(*n))
+        .collect();
+    assert_eq!(firsts.len(), sent.len(), "every event once at least");
+    let runs = runs(&firsts);
+    eprintln!(
+        "first occurrences on the topic: {runs}; {} duplicates",
+        landed.duplicates()
+    );
+    assert!(
+        firsts.windows(2).all(|w| w[0] < w[1]),
+        "first occurrences out of send order: {runs}"
+    );
+}
+
+/// `0 1 2 7 8 3` as `0-2, 7-8, 3`: the runs of consecutive numbers.
+fn runs(numbers: &[u32]) -> String {
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    for &n in numbers {
+        match runs.last_mut() {
+            Some((_, end)) if *end + 1 == n => *end = n,
+            _ => runs.push((n, n)),
+        }
+    }
+    let text: Vec<String> = runs
+        .iter()
+        .map(|&(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") })
+        .collect();
+    text.join(", ")
+}

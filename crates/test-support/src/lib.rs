@@ -11,7 +11,7 @@
 //!   JavaScript clients;
 //! - [`mock`]: librdkafka's mock cluster with faults on cue;
 //! - [`assert_nothing_lost`]: the fault tests' oracle over the three topics;
-//! - [`OwnBroker`]: a tansu process of the test's own, to kill and restart;
+//! - [`OwnBroker`]: a tansu process of the test's own, to kill and restart, or hang (SIGSTOP) and thaw;
 //! - [`SecureBroker`]: a tansu requiring SCRAM-SHA-512, over plaintext or behind TLS, and the
 //!   refusal checks every binary passes ([`assert_refuses_a_wrong_password_and_an_untrusted_ca`],
 //!   [`assert_checks_kafka_options`]).

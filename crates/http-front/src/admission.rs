@@ -12,8 +12,10 @@
 //! supervisor's re-routes, DLQ writes), with its bytes, at enqueue: those are checked against
 //! both of librdkafka's caps. What still races it: the producer's own threads enqueue without
 //! reserving, between this check and the request's enqueue, and librdkafka counts headers too.
-//! A record refused half-way gives the request a 503 with the count taken (`accepted`), and
-//! `cdp_ingest_partial_admissions_total` counts it.
+//! Should librdkafka's queue fill half-way through a request all the same, the producer spools
+//! the rest of it ([`kafka_producer::EventProducer::send_events`]): a 503 still means none of
+//! the request was taken. `cdp_ingest_partial_admissions_total` counts the requests that were
+//! split that way and still refused (the spool failing too).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 

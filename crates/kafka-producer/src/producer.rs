@@ -241,14 +241,21 @@ impl EventProducer {
             None => match self.enqueue_events(events, workspace_id, source_id) {
                 Ok(()) => return Ok(()),
                 // Kafka refused for a reason the spool can help with (a producer that failed
-                // or is being replaced): the rest of the request is spooled.
-                Err((taken, error)) => match error.spool_helps().then(|| spool(taken)).flatten() {
-                    Some(appended) => {
-                        tracing::warn!(%error, spooled = events.len() - taken, "enqueue failed, spooling the rest of the request");
-                        (taken, appended)
+                // or is being replaced), or its queue filled half-way through the request (a
+                // 503 now would make the client send the taken part again): the rest of the
+                // request is spooled. A request is refused whole or taken whole.
+                Err((taken, error))
+                    if error.spool_helps() || (taken > 0 && matches!(error, Error::QueueFull)) =>
+                {
+                    match spool(taken) {
+                        Some(appended) => {
+                            tracing::warn!(%error, spooled = events.len() - taken, "enqueue failed, spooling the rest of the request");
+                            (taken, appended)
+                        }
+                        None => return Err(refused(taken, error)),
                     }
-                    None => return Err(refused(taken, error)),
-                },
+                }
+                Err((taken, error)) => return Err(refused(taken, error)),
             },
         };
         drop(gate);

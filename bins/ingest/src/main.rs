@@ -15,7 +15,7 @@ async fn main() -> anyhow::Result<()> {
     let metrics_handle = ops::install_metrics();
     ops::build_info("ingest");
     let metrics = ops::bind(config.metrics_listen, "metrics").await?;
-    let listener = ops::bind(config.listen, "events").await?;
+    let listener = ops::bind_with_backlog(config.listen, "events", config.listen_backlog)?;
     tokio::spawn(ops::serve_metrics(
         metrics,
         metrics_handle,

@@ -17,6 +17,10 @@ pub struct Config {
     /// Address for the event HTTP API.
     #[arg(long, env = "CDP_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+    /// Connections the kernel queues for the event listener before they are accepted (a burst
+    /// of clients connecting at once); capped by the kernel's `net.core.somaxconn`.
+    #[arg(long, env = "CDP_LISTEN_BACKLOG", default_value_t = ops::DEFAULT_BACKLOG)]
+    pub listen_backlog: u32,
     /// The sources file (TOML): write keys to workspace_id and source_id.
     #[arg(long = "sources", env = "CDP_SOURCES_FILE", default_value = "sources.toml")]
     pub sources_file: PathBuf,

@@ -314,9 +314,39 @@ pub async fn serve_metrics(
 
 /// Binds `addr`, with the address in the error message.
 pub async fn bind(addr: SocketAddr, what: &str) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr} for {what}: {e}")))
+    bind_with_backlog(addr, what, DEFAULT_BACKLOG)
+}
+
+/// The listen backlog of [`bind`]: room for a burst of connections the accept loop has not
+/// taken yet (tokio's own default, 128, dropped some of 256 clients connecting at once).
+pub const DEFAULT_BACKLOG: u32 = 1024;
+
+/// Binds `addr` (with `SO_REUSEADDR`) and listens with a queue of `backlog` pending
+/// connections. Linux caps the queue at `net.core.somaxconn`: a warning says so when
+/// `backlog` is above it. Errors name `what` and the address.
+pub fn bind_with_backlog(addr: SocketAddr, what: &str, backlog: u32) -> std::io::Result<TcpListener> {
+    let named =
+        |e: std::io::Error| std::io::Error::new(e.kind(), format!("cannot listen on {addr} for {what}: {e}"));
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .map_err(named)?;
+    socket.set_reuseaddr(true).map_err(named)?;
+    socket.bind(addr).map_err(named)?;
+    if let Some(max) = somaxconn().filter(|max| *max < backlog) {
+        tracing::warn!(what, backlog, somaxconn = max, "the kernel caps the listen backlog at net.core.somaxconn: raise it (sysctl) for larger connection bursts");
+    }
+    socket.listen(backlog).map_err(named)
+}
+
+/// `net.core.somaxconn`, where the kernel says (Linux).
+fn somaxconn() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Resolves on the first SIGTERM or SIGINT.
@@ -349,5 +379,19 @@ mod tests {
         assert_eq!(flags.limits.limits(), event_model::Limits::default());
         assert_eq!(flags.limits.max_event_bytes, 32 * 1024);
         assert_eq!(flags.limits.max_batch_events, 2_500);
+    }
+
+    /// The kernel's view of a listener (`ss`'s Send-Q column is a listening socket's backlog).
+    #[tokio::test]
+    async fn the_listener_queues_the_requested_backlog() {
+        let listener = super::bind_with_backlog("127.0.0.1:0".parse().unwrap(), "test", 700).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let out = std::process::Command::new("ss")
+            .args(["-ltnH", &format!("sport = :{port}")])
+            .output()
+            .expect("ss (iproute2)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let send_q: Vec<&str> = text.split_whitespace().collect();
+        assert_eq!(send_q.get(2), Some(&"700"), "ss -ltn: {text}");
     }
 }

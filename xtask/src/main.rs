@@ -55,8 +55,13 @@ enum Task {
     Deploy,
     /// Bring up the whole stack on free ports, send events, check them through Prometheus, stop.
     Smoke,
-    /// Throughput, latency and memory of ingest against a bare producer and a bare HTTP server.
-    Bench,
+    /// Throughput, CPU, latency by outcome and memory of ingest against three baselines (bare
+    /// HTTP, bare JSON, bare producer): the median and range of 3 runs.
+    Bench {
+        /// One run of each measurement instead of three: for iterating.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 #[tokio::main]
@@ -85,7 +90,7 @@ async fn main() -> Result<()> {
         Task::Test { args } => test(&root, &args).await,
         Task::Deploy => deploy::check(&root).await,
         Task::Smoke => smoke(&root).await,
-        Task::Bench => bench::bench(&root).await,
+        Task::Bench { quick } => bench::run(&root, bench::Options { quick }).await,
         Task::Broker => {
             let broker = Broker::start_or_existing(&root).await?;
             broker.create_topics(&TOPICS).await?;

@@ -53,8 +53,7 @@ impl Drainer {
         let core = self.core.clone();
         while !core.stopping.load(Ordering::SeqCst) {
             if spool.is_empty() {
-                // Nothing to overtake: whatever requests hand the writer now is theirs alone.
-                core.backlog.store(false, Ordering::Release);
+                self.clear_backlog(&spool);
                 if core.recovering.swap(false, Ordering::Relaxed) {
                     tracing::info!("the spool left by the previous process is drained");
                 }
@@ -89,6 +88,21 @@ impl Drainer {
                     self.pause();
                 }
             }
+        }
+    }
+
+    /// Clears the backlog flag once the spool is empty for sure: under the gate (no request is
+    /// deciding), after the writer appended everything handed to it (a request or the
+    /// supervisor may have set the flag for records not appended yet).
+    fn clear_backlog(&self, spool: &Spool) {
+        let core = &self.core;
+        if !core.backlog.load(Ordering::Acquire) {
+            return;
+        }
+        let _gate = core.gate.blocking_write();
+        let caught_up = core.writer.as_ref().is_some_and(|w| w.barrier());
+        if caught_up && spool.is_empty() {
+            core.backlog.store(false, Ordering::Release);
         }
     }
 
@@ -166,7 +180,10 @@ impl Drainer {
                         .enqueue(topic, &r.key, &r.value, headers_of(r), delivery)
                     {
                         Ok(()) => sent += 1,
-                        Err(Error::QueueFull) => {
+                        // Under the gate, requests wait: give up the handoff (the backlog
+                        // stays, and requests keep queueing behind it) rather than wait for
+                        // a queue that a hung broker may never empty.
+                        Err(Error::QueueFull) if gate.is_none() && core.health.get().is_delivering() => {
                             std::thread::sleep(Duration::from_millis(5));
                             continue;
                         }
@@ -190,7 +207,9 @@ impl Drainer {
         }
         drop(gate);
         // Every outcome is collected, so that a retry does not send again what is still queued.
-        let mut outcome = vec![None; index];
+        // One slot per record of every segment (the loop above may have stopped early).
+        let total = batches.iter().map(|(_, records, _)| records.len()).sum();
+        let mut outcome = vec![None; total];
         let deadline = Instant::now() + core.client.config.message_timeout + Duration::from_secs(10);
         let mut reported = 0;
         let mut failed = None;

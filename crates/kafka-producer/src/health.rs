@@ -2,7 +2,7 @@
 //! ([`Health::next`]) and tested as a table.
 //!
 //! ```text
-//!                 BrokersDown                       Stalled (with a spool) / Failing / Fatal
+//!              BrokersDown (no spool)          BrokersDown, Stalled (with a spool) / Failing / Fatal
 //!   Delivering ───────────────▶ Unreachable(why)   Delivering ──────────────▶ Rebuilding(why)
 //!       ▲   ◀───────────────────────┘ ProbeOk, Acknowledged           │
 //!       └──────────────────────── Rebuilt{reachable: true} ───────────┤
@@ -109,6 +109,9 @@ impl Health {
             (Delivering | Unreachable(_), Event::Stalled) if spool => rebuild(Why::Stalled),
             (Delivering, Event::Stalled) => to(Unreachable(Why::Stalled)),
             (Delivering, Event::Failing) => rebuild(Why::Failing),
+            // With a spool, what the producer holds is taken back at once, so that it is
+            // spooled ahead of the events that come next.
+            (Delivering, Event::BrokersDown) if spool => rebuild(Why::BrokersDown),
             (Delivering, Event::BrokersDown) => to(Unreachable(Why::BrokersDown)),
             (Unreachable(_), Event::ProbeOk | Event::Acknowledged) => to(Delivering),
             (Delivering | Unreachable(_), _) => stay,
@@ -204,7 +207,8 @@ mod tests {
         #[rustfmt::skip]
         let table: &[(Health, Event, bool, Health, bool)] = &[
             // from, event, spool, to, rebuild
-            (Delivering, BrokersDown, true, Unreachable(Why::BrokersDown), false),
+            (Delivering, BrokersDown, true, Rebuilding(Why::BrokersDown), true),
+            (Delivering, BrokersDown, false, Unreachable(Why::BrokersDown), false),
             (Delivering, Stalled, true, Rebuilding(Why::Stalled), true),
             (Delivering, Stalled, false, Unreachable(Why::Stalled), false),
             (Unreachable(Why::BrokersDown), Stalled, true, Rebuilding(Why::Stalled), true),

@@ -408,7 +408,21 @@ impl EventProducer {
         let before = core.metrics().outcomes();
         // From here failures go to the spool (or are lost), and nothing new is taken.
         core.apply(Event::Close);
-        if let Some(producer) = core.client.replace(None) {
+        // Under the gate, so that a rebuild in progress sees `Closed` before it swaps a new
+        // producer in.
+        // (`try_write` in a loop, not `blocking_write`: `close` may run on a runtime thread, from
+        // `Drop`.)
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let gate = loop {
+            match core.gate.try_write() {
+                Ok(gate) => break Some(gate),
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+                Err(_) => break None,
+            }
+        };
+        let producer = core.client.replace(None);
+        drop(gate);
+        if let Some(producer) = producer {
             drop(take_back(core.metrics(), producer));
         }
         core.client.stop_supervisor();

@@ -38,6 +38,9 @@ pub(crate) struct Supervisor {
     failing_since: Option<Instant>,
     /// A [`Job::Stop`] arrived.
     stop: bool,
+    /// Records routed to the spool, handed to the writer in one piece by
+    /// [`Supervisor::flush_spool`] (a rebuild can take back thousands at once).
+    spool_batch: std::cell::RefCell<Vec<spool::Record>>,
     /// The last rebuild: the retired producer's records count as unacknowledged until they
     /// are reported, so a stall is not looked for during the next ack window.
     last_rebuild: Option<Instant>,
@@ -55,6 +58,7 @@ impl Supervisor {
             failing_since: None,
             last_rebuild: None,
             stop: false,
+            spool_batch: std::cell::RefCell::new(Vec::new()),
         }
     }
 
@@ -62,7 +66,10 @@ impl Supervisor {
     pub(crate) fn run(mut self, jobs: mpsc::Receiver<Job>) {
         while !self.stop {
             match jobs.recv_timeout(TICK) {
-                Ok(job) => self.handle(job, &jobs),
+                Ok(job) => {
+                    self.handle(job, &jobs);
+                    self.flush_spool();
+                }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
@@ -74,6 +81,15 @@ impl Supervisor {
             if let Job::Failed(failed) = job {
                 self.route(failed);
             }
+        }
+        self.flush_spool();
+    }
+
+    /// Hands the records routed to the spool to its writer, in one piece.
+    fn flush_spool(&self) {
+        let records = std::mem::take(&mut *self.spool_batch.borrow_mut());
+        if let (false, Some(writer)) = (records.is_empty(), &self.core.writer) {
+            writer.append_detached(records);
         }
     }
 
@@ -160,6 +176,11 @@ impl Supervisor {
         };
         {
             let _gate = core.gate.blocking_write();
+            if core.health.get() == Health::Closed {
+                // `close` took the producer away meanwhile: the new one must not outlive it.
+                drop(take_back(&core.client.metrics, producer));
+                return;
+            }
             if let Some(old) = core.client.replace(Some(producer)) {
                 let old = take_back(&core.client.metrics, old);
                 // Dropping a producer can wait on a hung broker's connections: not here.
@@ -178,12 +199,18 @@ impl Supervisor {
                     Job::BrokersDown | Job::CheckFatal => {}
                 }
             }
+            // Appended before any request can spool again.
+            self.flush_spool();
         }
-        let reachable = core.client.probe(PROBE_EVERY);
-        self.last_probe = Instant::now();
+        // Unreachable until the cluster answers the new producer: a probe now, else the
+        // tick's every second.
         self.last_rebuild = Some(Instant::now());
         self.acked = core.client.counters.acked.load(Ordering::Relaxed);
-        core.apply(Event::Rebuilt { reachable });
+        core.apply(Event::Rebuilt { reachable: false });
+        self.last_probe = Instant::now();
+        if core.client.probe(PROBE_EVERY) {
+            self.event(Event::ProbeOk, jobs);
+        }
     }
 
     /// Sends a failed record where [`route`] says.
@@ -201,12 +228,13 @@ impl Supervisor {
         let (topic, outgoing, delivery): (&str, Outgoing, Delivery) = match to {
             Destination::Lost => return core.metrics().lose(&record.message_id, &failed.error),
             Destination::Spool => {
-                let Some(writer) = &core.writer else {
+                if core.writer.is_none() {
                     return core.metrics().lose(&record.message_id, &"no spool");
-                };
+                }
                 core.backlog.store(true, Ordering::Release);
                 tracing::debug!(message_id = record.message_id, error = %failed.error, "failed record spooled");
-                return writer.append_detached(vec![failed.record]);
+                self.spool_batch.borrow_mut().push(failed.record);
+                return;
             }
             Destination::Ingest => (
                 &config.topics.ingest,

@@ -15,6 +15,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use tokio::sync::RwLockWriteGuard;
+
 use crate::callbacks::{Delivery, Failed, Job};
 use crate::client::take_back;
 use crate::core::Core;
@@ -151,18 +153,22 @@ impl Supervisor {
     }
 
     fn event(&mut self, event: Event, jobs: &mpsc::Receiver<Job>) {
-        let step = self.core.apply(event);
-        if step.rebuild {
-            if let Health::Rebuilding(why) = step.health {
-                self.rebuild(why, jobs);
-            }
+        let core = self.core.clone();
+        // A step into Rebuilding is taken under the gate: a request that saw the new state
+        // would spool its events ahead of the ones the old producer holds.
+        let rebuilds = core.health.get().next(event, core.writer.is_some()).rebuild;
+        let gate = rebuilds.then(|| core.gate.blocking_write());
+        let step = core.apply(event);
+        if let (true, Health::Rebuilding(why)) = (step.rebuild, step.health) {
+            let gate = gate.unwrap_or_else(|| core.gate.blocking_write());
+            self.rebuild(why, jobs, gate);
         }
     }
 
     /// Replaces the producer. What the old one held is taken back and routed (to the spool
     /// while Kafka is not delivering) before any request may spool again: requests wait at
     /// [`Core::gate`] meanwhile, so a visitor's older events stay ahead of its newer ones.
-    fn rebuild(&mut self, why: Why, jobs: &mpsc::Receiver<Job>) {
+    fn rebuild(&mut self, why: Why, jobs: &mpsc::Receiver<Job>, gate: RwLockWriteGuard<'_, ()>) {
         let core = self.core.clone();
         core.metrics().rebuilt(why.label());
         let producer = match core.client.build() {
@@ -175,7 +181,7 @@ impl Supervisor {
             }
         };
         {
-            let _gate = core.gate.blocking_write();
+            let _gate = gate;
             if core.health.get() == Health::Closed {
                 // `close` took the producer away meanwhile: the new one must not outlive it.
                 drop(take_back(&core.client.metrics, producer));

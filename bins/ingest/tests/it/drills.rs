@@ -698,7 +698,29 @@ async fn a_stalled_spool_disk_never_stalls_the_process() {
 /// topic their first occurrences are in send order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_visitors_events_stay_in_order_across_an_outage() {
-    let (broker, topics) = own_broker().await;
+    order_across(Outage::Hang).await;
+}
+
+/// The same across a broker that is down (SIGKILL, then started again on its data): what the
+/// producer held when the connections dropped is taken back and spooled ahead of the events
+/// that follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_visitors_events_stay_in_order_across_a_broker_restart() {
+    order_across(Outage::Down).await;
+}
+
+/// How the broker goes away.
+#[derive(Clone, Copy)]
+enum Outage {
+    /// SIGSTOP, then SIGCONT.
+    Hang,
+    /// SIGKILL, then a restart on the same data.
+    Down,
+}
+
+/// Posts one visitor's events across `outage` and checks their order on the topic.
+async fn order_across(outage: Outage) {
+    let (mut broker, topics) = own_broker().await;
     let spool = Arc::new(tempfile::tempdir().unwrap());
     let env = [("CDP_KAFKA_ACK_WINDOW", "1s")];
     let ingest = ingest_on(&broker, &topics, &spool, &env).await;
@@ -737,7 +759,10 @@ async fn one_visitors_events_stay_in_order_across_an_outage() {
         }
     };
     wait_count(50).await;
-    broker.pause();
+    match outage {
+        Outage::Hang => broker.pause(),
+        Outage::Down => broker.kill(),
+    }
     let before = metric(&ingest.metrics_url, "cdp_ingest_spool_appended_total").await;
     // Through the window (held in memory), the producer's replacement (its records taken
     // back), to Kafka unreachable (events spooled).
@@ -751,7 +776,10 @@ async fn one_visitors_events_stay_in_order_across_an_outage() {
     let at = count();
     wait_count(at + 50).await;
     assert!(metric(&ingest.metrics_url, "cdp_ingest_spool_appended_total").await > before);
-    broker.resume();
+    match outage {
+        Outage::Hang => broker.resume(),
+        Outage::Down => broker.restart().await,
+    }
     let resumed = count();
     wait_readyz(&ingest.url, "delivering, spool drained", WAIT, |s, b| {
         s == 200 && b["kafka_reachable"] == true && b["spool"]["records"] == 0

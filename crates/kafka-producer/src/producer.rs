@@ -18,59 +18,12 @@ use crate::core::Core;
 use crate::drainer::Drainer;
 use crate::health::{Event, Health, HealthCell};
 use crate::metrics::ProducerMetrics;
+use crate::outcome::{Ack, Closed, Refused};
 use crate::readiness::Status;
 use crate::record::{envelope_headers, event_headers, event_record};
 use crate::spool_writer::SpoolWriter;
 use crate::supervisor::Supervisor;
 use crate::{Error, ProducerConfig, Topics};
-
-/// The pending acknowledgement of an awaited write (DLQ records, acked and replayed events).
-pub struct Ack {
-    rx: oneshot::Receiver<Result<(), KafkaError>>,
-    topic: String,
-    timeout: Duration,
-    deadline: tokio::time::Instant,
-}
-
-impl Ack {
-    /// Waits for the broker's acknowledgement, until the DLQ timeout after the enqueue.
-    pub async fn wait(self) -> Result<(), Error> {
-        let topic = self.topic;
-        match tokio::time::timeout_at(self.deadline, self.rx).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(source))) => Err(Error::Delivery { topic, source }),
-            // The sender is dropped only if librdkafka discarded the record without a report.
-            Ok(Err(_)) => Err(Error::Delivery {
-                topic,
-                source: KafkaError::Canceled,
-            }),
-            Err(_) => Err(Error::Timeout {
-                topic,
-                timeout: self.timeout,
-            }),
-        }
-    }
-}
-
-/// What [`EventProducer::close`] did with the records it held.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Closed {
-    /// Records not acknowledged within the grace period.
-    pub unflushed: usize,
-    /// Records written to the spool during the close (the unflushed ones, when there is a spool).
-    pub spooled: u64,
-    /// Records lost during the close (the unflushed ones, without a spool).
-    pub lost: u64,
-}
-
-/// A request's events were not all taken.
-#[derive(Debug)]
-pub struct Refused {
-    /// How many, from the first, were taken (and must not be counted as refused).
-    pub taken: usize,
-    /// Why the rest were not.
-    pub error: Error,
-}
 
 /// The event producer shared by all requests of a process.
 pub struct EventProducer {
@@ -360,16 +313,7 @@ impl EventProducer {
     }
 
     fn ack(&self, topic: &str) -> (oneshot::Sender<Result<(), KafkaError>>, Ack) {
-        let (tx, rx) = oneshot::channel();
-        let timeout = self.core.client.config.dlq_timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
-        let ack = Ack {
-            rx,
-            topic: topic.to_string(),
-            timeout,
-            deadline,
-        };
-        (tx, ack)
+        Ack::new(topic, self.core.client.config.dlq_timeout)
     }
 
     /// Waits up to `grace` for every held record to be acknowledged and every failed one to

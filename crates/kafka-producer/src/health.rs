@@ -2,13 +2,17 @@
 //! ([`Health::next`]) and tested as a table.
 //!
 //! ```text
-//!              BrokersDown (no spool)          BrokersDown, Stalled (with a spool) / Failing / Fatal
-//!   Delivering ───────────────▶ Unreachable(why)   Delivering ──────────────▶ Rebuilding(why)
-//!       ▲   ◀───────────────────────┘ ProbeOk, Acknowledged           │
-//!       └──────────────────────── Rebuilt{reachable: true} ───────────┤
-//!                                 Rebuilt{reachable: false} ──────────▶ Unreachable(why)
+//!   Delivering ── BrokersDown (no spool) ──────────────────▶ Unreachable(why)
+//!   Delivering ── BrokersDown, Stalled (with a spool) ─────▶ Unreachable(why) + rebuild
+//!   Delivering ── Failing / Fatal ─────────────────────────▶ Rebuilding(why) + rebuild
+//!   Rebuilding ── Rebuilt ─────────────────────────────────▶ Unreachable(why)
+//!   Unreachable ── ProbeOk, Acknowledged ──────────────────▶ Delivering
 //!   any ── Close ──▶ Closed (final)
 //! ```
+//!
+//! A step's `rebuild` is separate from its state: a producer that stopped delivering (a stall,
+//! lost brokers) is replaced to take back what it holds while Kafka stays `Unreachable`; one
+//! that failed (fatal, failing every record) is `Rebuilding`, not ready until it is replaced.
 //!
 //! Invariants: only the supervisor thread changes the state ([`HealthCell::set`]); everyone
 //! else reads it. `Delivering` is entered only on evidence that Kafka takes records (the
@@ -28,7 +32,8 @@ pub enum Health {
     /// Kafka takes nothing now: events go to the spool (buffered mode) or are refused; a
     /// metadata probe every second looks for the way back.
     Unreachable(Why),
-    /// The producer is being replaced; what it held comes back and is sent again or spooled.
+    /// A failed producer (fatal error, every record failing) is being replaced; what it held
+    /// comes back and is spooled or sent again.
     Rebuilding(Why),
     /// Closed: nothing is taken any more.
     Closed,
@@ -72,7 +77,8 @@ pub enum Event {
     Close,
 }
 
-/// The outcome of an event: the new state, and whether to replace the producer.
+/// The outcome of an event: the new state, and whether to replace the producer (taking back
+/// what it holds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Step {
     /// The new state.
@@ -98,6 +104,12 @@ impl Health {
             health: Rebuilding(why),
             rebuild: true,
         };
+        // Kafka stopped taking records: the producer is replaced so that what it holds is
+        // taken back (to the spool), while Kafka counts as unreachable throughout.
+        let take_back = |why| Step {
+            health: Unreachable(why),
+            rebuild: true,
+        };
         match (self, event) {
             (Closed, _) => stay,
             (_, Event::Close) => to(Closed),
@@ -106,12 +118,12 @@ impl Health {
             (Rebuilding(why), Event::Rebuilt { reachable: false }) => to(Unreachable(why)),
             (Rebuilding(_), Event::Rebuilt { reachable: true }) => to(Delivering),
             (Rebuilding(_), _) => stay,
-            (Delivering | Unreachable(_), Event::Stalled) if spool => rebuild(Why::Stalled),
+            (Delivering | Unreachable(_), Event::Stalled) if spool => take_back(Why::Stalled),
             (Delivering, Event::Stalled) => to(Unreachable(Why::Stalled)),
             (Delivering, Event::Failing) => rebuild(Why::Failing),
             // With a spool, what the producer holds is taken back at once, so that it is
             // spooled ahead of the events that come next.
-            (Delivering, Event::BrokersDown) if spool => rebuild(Why::BrokersDown),
+            (Delivering, Event::BrokersDown) if spool => take_back(Why::BrokersDown),
             (Delivering, Event::BrokersDown) => to(Unreachable(Why::BrokersDown)),
             (Unreachable(_), Event::ProbeOk | Event::Acknowledged) => to(Delivering),
             (Delivering | Unreachable(_), _) => stay,
@@ -207,11 +219,11 @@ mod tests {
         #[rustfmt::skip]
         let table: &[(Health, Event, bool, Health, bool)] = &[
             // from, event, spool, to, rebuild
-            (Delivering, BrokersDown, true, Rebuilding(Why::BrokersDown), true),
+            (Delivering, BrokersDown, true, Unreachable(Why::BrokersDown), true),
             (Delivering, BrokersDown, false, Unreachable(Why::BrokersDown), false),
-            (Delivering, Stalled, true, Rebuilding(Why::Stalled), true),
+            (Delivering, Stalled, true, Unreachable(Why::Stalled), true),
             (Delivering, Stalled, false, Unreachable(Why::Stalled), false),
-            (Unreachable(Why::BrokersDown), Stalled, true, Rebuilding(Why::Stalled), true),
+            (Unreachable(Why::BrokersDown), Stalled, true, Unreachable(Why::Stalled), true),
             (Unreachable(Why::BrokersDown), Stalled, false, Unreachable(Why::BrokersDown), false),
             (Delivering, Failing, true, Rebuilding(Why::Failing), true),
             (Delivering, Failing, false, Rebuilding(Why::Failing), true),

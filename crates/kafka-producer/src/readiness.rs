@@ -65,14 +65,7 @@ impl Status {
     /// would have nowhere to go.
     pub fn not_ready(&self, spooling: bool) -> Option<NotReady> {
         let spooling = spooling && self.spool.is_some();
-        // Taking back what the producer holds because Kafka stopped taking records is part of
-        // being unreachable (it lasts milliseconds); a producer replaced because it failed is
-        // not ready until the new one is in place.
-        let health = match self.health {
-            Health::Rebuilding(why @ (Why::BrokersDown | Why::Stalled)) => Health::Unreachable(why),
-            health => health,
-        };
-        match health {
+        match self.health {
             Health::Closed => return Some(NotReady::Closed),
             Health::Rebuilding(why) => return Some(NotReady::Rebuilding(why)),
             _ => {}
@@ -83,7 +76,7 @@ impl Status {
         if self.authentication_failure.is_some() {
             return Some(NotReady::AuthenticationFailing);
         }
-        if self.queue_full && health.is_delivering() {
+        if self.queue_full && self.health.is_delivering() {
             return Some(NotReady::QueueFull);
         }
         if spooling {
@@ -94,7 +87,7 @@ impl Status {
                 _ => {}
             }
         }
-        match health {
+        match self.health {
             Health::Unreachable(why) if !spooling => Some(NotReady::Unreachable(why)),
             _ => None,
         }
@@ -111,9 +104,7 @@ impl fmt::Display for NotReady {
             NotReady::Rebuilding(Why::Failing) => {
                 f.write_str("replacing the Kafka producer: it failed every record")
             }
-            NotReady::Rebuilding(_) => {
-                f.write_str("replacing the Kafka producer: Kafka stopped acknowledging")
-            }
+            NotReady::Rebuilding(_) => f.write_str("replacing the Kafka producer"),
             NotReady::Recovering => f.write_str("draining the spool the previous process left"),
             NotReady::AuthenticationFailing => f.write_str("Kafka authentication failing"),
             NotReady::QueueFull => f.write_str("the producer queue is full"),
@@ -165,9 +156,6 @@ mod tests {
             (status(Delivering, Some(Stalled)), true, Some(NotReady::SpoolStalled)),
             (status(Rebuilding(Why::Failing), Some(Writable)), true, Some(NotReady::Rebuilding(Why::Failing))),
             (status(Rebuilding(Why::Fatal), Some(Writable)), false, Some(NotReady::Rebuilding(Why::Fatal))),
-            (status(Rebuilding(Why::BrokersDown), Some(Writable)), true, None),
-            (status(Rebuilding(Why::BrokersDown), Some(Writable)), false, Some(NotReady::Unreachable(Why::BrokersDown))),
-            (status(Rebuilding(Why::Stalled), None), true, Some(NotReady::Unreachable(Why::Stalled))),
             (status(Closed, Some(Writable)), true, Some(NotReady::Closed)),
             (Status { queue_full: true, ..status(Delivering, Some(Writable)) }, true, Some(NotReady::QueueFull)),
             (Status { queue_full: true, ..status(down, Some(Writable)) }, true, None),

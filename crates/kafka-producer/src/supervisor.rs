@@ -154,12 +154,12 @@ impl Supervisor {
 
     fn event(&mut self, event: Event, jobs: &mpsc::Receiver<Job>) {
         let core = self.core.clone();
-        // A step into Rebuilding is taken under the gate: a request that saw the new state
-        // would spool its events ahead of the ones the old producer holds.
+        // A step that replaces the producer is taken under the gate: a request that saw the
+        // new state would spool its events ahead of the ones the old producer holds.
         let rebuilds = core.health.get().next(event, core.writer.is_some()).rebuild;
         let gate = rebuilds.then(|| core.gate.blocking_write());
         let step = core.apply(event);
-        if let (true, Health::Rebuilding(why)) = (step.rebuild, step.health) {
+        if let (true, Health::Rebuilding(why) | Health::Unreachable(why)) = (step.rebuild, step.health) {
             let gate = gate.unwrap_or_else(|| core.gate.blocking_write());
             self.rebuild(why, jobs, gate);
         }

@@ -176,9 +176,14 @@ impl EventProducer {
         }
         let core = &self.core;
         let timeout = core.client.config.spool_timeout;
-        let gate = tokio::time::timeout(timeout, core.gate.read())
-            .await
-            .map_err(|_| refused(0, Error::SpoolTimeout(timeout)))?;
+        // Uncontended (no drain handoff or rebuild under way) the gate is taken without
+        // arming a timer.
+        let gate = match core.gate.try_read() {
+            Ok(gate) => gate,
+            Err(_) => tokio::time::timeout(timeout, core.gate.read())
+                .await
+                .map_err(|_| refused(0, Error::SpoolTimeout(timeout)))?,
+        };
         let spooling = !core.health.get().is_delivering() || core.backlog.load(Ordering::Acquire);
         let spool = |from: usize| {
             let writer = core.writer.as_ref()?;

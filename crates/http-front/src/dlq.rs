@@ -20,6 +20,7 @@ pub(crate) struct RejectedEvent {
 }
 
 /// Where and when a request arrived, recorded in its DLQ envelopes for faithful replays.
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Origin {
     pub received_at: chrono::DateTime<chrono::Utc>,
     pub client_ip: IpAddr,

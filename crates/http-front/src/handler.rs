@@ -55,7 +55,11 @@ pub(crate) async fn handle(
     response
 }
 
-async fn handle_in_span(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+async fn handle_in_span(
+    state: &Arc<State>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let origin = req.headers().get(header::ORIGIN).cloned();
     let route = Route::of(req.method(), req.uri().path());

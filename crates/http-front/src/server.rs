@@ -72,6 +72,9 @@ pub async fn run(
         retry_after_secs: config.retry_after_secs,
         shutting_down: AtomicBool::new(false),
         closed: AtomicBool::new(false),
+        decoders: Arc::new(tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        )),
     });
     let watcher = tokio::spawn(reload::watch(sources, config.sources_reload_interval));
     serve(&state, &config, listener, shutdown).await;

@@ -33,4 +33,7 @@ pub(crate) struct State {
     /// Set when the drain time is over: requests still running enqueue nothing (503), since
     /// the producer is being flushed.
     pub closed: AtomicBool,
+    /// Bodies being decoded off the runtime workers (see `ingest::OFF_WORKER_BODY_BYTES`):
+    /// one permit per core.
+    pub decoders: Arc<tokio::sync::Semaphore>,
 }

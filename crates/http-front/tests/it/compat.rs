@@ -459,6 +459,43 @@ async fn batch_level_oddities_cost_no_event() {
     server.stop().await.unwrap();
 }
 
+/// A batch big enough to be decoded off the runtime workers (over 16 KiB) is answered as a
+/// small one is: the valid events on the ingest topic in request order, the bad one alone on
+/// the DLQ and named in the 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_batch_decoded_off_the_workers_is_answered_as_a_small_one() {
+    let server = Server::start().await;
+    let items: Vec<_> = (0..40)
+        .map(|i| {
+            let mut event = json!({"type": "track", "event": "E", "anonymousId": "big", "messageId": format!("big-{i}"), "properties": {"pad": "x".repeat(600)}});
+            if i == 17 {
+                event.as_object_mut().unwrap().remove("event");
+            }
+            event
+        })
+        .collect();
+    let body = json!({ "batch": items });
+    assert!(body.to_string().len() > 16 * 1024);
+    let (status, reply) = status_json(server.post("/v1/batch", &body).await).await;
+    assert_eq!(status, 400, "{reply}");
+    assert_eq!(reply["accepted"], 39, "{reply}");
+    assert_eq!(
+        rejected_items(&reply),
+        vec![(17, "big-17".into(), "missing_field".into(), "/event".into())]
+    );
+    let records = consume(&server.topics.ingest, 39, WAIT).await;
+    let ids: Vec<String> = records
+        .iter()
+        .map(|r| r.event()["message_id"].as_str().unwrap().to_string())
+        .collect();
+    let expected: Vec<String> = (0..40).filter(|i| *i != 17).map(|i| format!("big-{i}")).collect();
+    assert_eq!(ids, expected, "one visitor's events, in request order");
+    let dlq = consume(&server.topics.dlq, 1, WAIT).await;
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].json()["message_id"], "big-17");
+    server.stop().await.unwrap();
+}
+
 /// Segment's and RudderStack's pixels: a GIF whatever happens; the event on the ingest topic,
 /// or on the DLQ when invalid.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,8 +10,10 @@
 //! 4. `ingest` (release) saturated the same way: events/s, CPU per event, peak RSS; then every
 //!    accepted event is looked for on the topic;
 //! 5. at 50% of ingest's saturation: `bare-producer` paced at that many events/s (its
-//!    acknowledgement latency), then ingest's latency of valid and of invalid single events,
-//!    then bare HTTP's at the same rates; then the per-visitor order check.
+//!    acknowledgement latency), then ingest's latency of valid and of invalid single events
+//!    (after a warm-up at the same load), then of the valid singles alone at their rate
+//!    (what batches beside them cost: head-of-line blocking), then bare HTTP's at the same
+//!    rates; then the per-visitor order check.
 //!
 //! Three runs (one with `--quick`); each figure is printed as the median and range. Then once:
 //! ingest SIGKILLed after 2 s of saturating single events, to count what buffered mode loses.
@@ -47,7 +49,9 @@ const RUNS: usize = 3;
 const QUICK_RUNS: usize = 1;
 /// Seconds of each saturation run, and of each latency run.
 const SATURATION_SECS: u64 = 8;
-const LATENCY_SECS: u64 = 5;
+const LATENCY_SECS: u64 = 8;
+/// Seconds of load at the latency runs' rates before they are measured, on a fresh ingest.
+const WARMUP_SECS: u64 = 2;
 /// The latency runs' load, as a share of ingest's saturation.
 const LATENCY_SHARE: f64 = 0.5;
 /// Records the bare producer sends flat out.
@@ -182,7 +186,17 @@ impl Bench {
         run.producer_ack_p99_ms = number(&paced, "ack_p99_ms");
         let (ingest, port, metrics_port) = self.start_ingest(&phase).await?;
         wait_producer_drained(metrics_port).await?;
+        // A fresh process: its first seconds fault in memory and open connections.
+        latency_by_outcome(oha, port, corpus, &rates, AUTH, WARMUP_SECS, false).await?;
         run.ingest_latency = latency_by_outcome(oha, port, corpus, &rates, AUTH, LATENCY_SECS, false).await?;
+        let alone = Rates {
+            invalid: 0.0,
+            batches: 0.0,
+            ..rates
+        };
+        run.ingest_valid_alone = latency_by_outcome(oha, port, corpus, &alone, AUTH, LATENCY_SECS, false)
+            .await?
+            .valid;
         run.http_latency =
             latency_by_outcome(oha, http_port, corpus, &rates, None, LATENCY_SECS, true).await?;
         drop(server);

@@ -95,6 +95,10 @@ pub fn render(s: &Summary, kill: &Kill, corpus: &Corpus, took: Duration) -> (Str
     );
     let lat = [
         ("ingest, valid singles (200)", "ingest_valid"),
+        (
+            "ingest, valid singles alone (same rate, no batches or invalid singles beside)",
+            "ingest_valid_alone",
+        ),
         ("bare HTTP, valid singles, same load", "http_valid"),
         (
             "ingest, invalid singles (400 after the DLQ write)",
@@ -247,6 +251,7 @@ mod tests {
                 valid: latency(1.5),
                 invalid: latency(1.5),
             },
+            ingest_valid_alone: latency(1.8),
             order: Order {
                 seen: ORDER_KEYS * ORDER_EVENTS,
                 out_of_order: 0,

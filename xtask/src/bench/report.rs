@@ -3,7 +3,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::load::{ByOutcome, Rates, Saturation};
+use super::load::{ByOutcome, Latency, Rates, Saturation};
 use super::topic::{Order, ORDER_EVENTS, ORDER_KEYS};
 
 /// The CPU target: ingest's CPU per event at most this times the three baselines' sum.
@@ -43,6 +43,9 @@ pub struct Run {
     pub ingest_latency: ByOutcome,
     /// Bare HTTP's at the same load.
     pub http_latency: ByOutcome,
+    /// ingest's valid singles at the same rate with nothing beside them (no batches, no
+    /// invalid singles): what the batches cost the singles' latency (head-of-line blocking).
+    pub ingest_valid_alone: Latency,
     /// Events ingest accepted, and the records found on its topic.
     pub accepted: f64,
     /// See [`Run::accepted`].
@@ -112,6 +115,9 @@ impl Run {
             ("ingest_valid_p99_ms", g.valid.p99_ms),
             ("ingest_valid_p99_9_ms", g.valid.p999_ms),
             ("ingest_valid_answered_200", g.valid.expected_share),
+            ("ingest_valid_alone_p50_ms", self.ingest_valid_alone.p50_ms),
+            ("ingest_valid_alone_p99_ms", self.ingest_valid_alone.p99_ms),
+            ("ingest_valid_alone_p99_9_ms", self.ingest_valid_alone.p999_ms),
             ("ingest_invalid_p50_ms", g.invalid.p50_ms),
             ("ingest_invalid_p99_ms", g.invalid.p99_ms),
             ("ingest_invalid_p99_9_ms", g.invalid.p999_ms),

@@ -81,8 +81,8 @@ fn early_source(state: &State, headers: &HeaderMap, query: Option<&str>) -> Resu
     })
 }
 
-/// Bodies over this many bytes (as read, after gzip) are parsed and validated on the blocking
-/// pool, not on a runtime worker: a batch of 100 events is a millisecond or two of CPU, and
+/// Bodies over this many bytes (as read, after gzip) are parsed and validated on a decoder
+/// thread ([`crate::decoders`]), not on a runtime worker: a batch of 100 events is a millisecond or two of CPU, and
 /// on a runtime worker it held up the single events queued behind it (under `cargo xtask
 /// bench`, valid singles' p99 was 6.4 ms beside batches against 2.5 ms alone). A single
 /// event (at most 32 KiB, and typically a few) stays on the worker: handing it over would
@@ -107,20 +107,9 @@ async fn ingest(
         },
     };
     let decoded = if body.len() > OFF_WORKER_BODY_BYTES {
-        // At most one body per core is decoded at once; the others wait here, off the pool.
-        let permit = state
-            .decoders
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        let (state, body) = (state.clone(), body.clone());
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            decode(&state, endpoint, early, &body, &origin)
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("decoding a request body: {e}")))?
+        let (shared, body) = (state.clone(), body.clone());
+        let job = move || decode(&shared, endpoint, early, &body, &origin);
+        state.decoders.run(job).await?
     } else {
         decode(state, endpoint, early, &body, &origin)
     };

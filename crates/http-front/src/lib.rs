@@ -25,6 +25,7 @@ mod admission;
 mod auth;
 mod body;
 mod client_ip;
+mod decoders;
 mod dlq;
 mod error;
 mod handler;

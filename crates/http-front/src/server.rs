@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admission::Admission;
 use crate::body::BodyLimits;
+use crate::decoders::Decoders;
 use crate::error::Error;
 use crate::handler;
 use crate::logs;
@@ -72,9 +73,8 @@ pub async fn run(
         retry_after_secs: config.retry_after_secs,
         shutting_down: AtomicBool::new(false),
         closed: AtomicBool::new(false),
-        decoders: Arc::new(tokio::sync::Semaphore::new(
-            std::thread::available_parallelism().map_or(1, |n| n.get()),
-        )),
+        decoders: Decoders::start(std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .map_err(|e| Error::Internal(format!("starting the decoder threads: {e}")))?,
     });
     let watcher = tokio::spawn(reload::watch(sources, config.sources_reload_interval));
     serve(&state, &config, listener, shutdown).await;

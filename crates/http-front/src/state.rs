@@ -10,6 +10,7 @@ use kafka_producer::EventProducer;
 use crate::admission::Admission;
 use crate::body::BodyLimits;
 use crate::config::DeliveryMode;
+use crate::decoders::Decoders;
 use crate::reload::LiveSources;
 use crate::settings::PublicUrl;
 
@@ -33,7 +34,6 @@ pub(crate) struct State {
     /// Set when the drain time is over: requests still running enqueue nothing (503), since
     /// the producer is being flushed.
     pub closed: AtomicBool,
-    /// Bodies being decoded off the runtime workers (see `ingest::OFF_WORKER_BODY_BYTES`):
-    /// one permit per core.
-    pub decoders: Arc<tokio::sync::Semaphore>,
+    /// The threads that decode large bodies off the runtime workers.
+    pub decoders: Decoders,
 }

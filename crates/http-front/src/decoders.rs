@@ -18,7 +18,7 @@ type Job = Box<dyn FnOnce() + Send>;
 /// The pool. Jobs beyond one per thread wait (asynchronously) for a permit before they are
 /// queued, so the queue never holds more than the threads can start.
 pub(crate) struct Decoders {
-    jobs: Mutex<mpsc::Sender<Job>>,
+    jobs: mpsc::Sender<Job>,
     permits: Arc<Semaphore>,
 }
 
@@ -40,7 +40,7 @@ impl Decoders {
                 })?;
         }
         Ok(Decoders {
-            jobs: Mutex::new(tx),
+            jobs: tx,
             permits: Arc::new(Semaphore::new(threads.max(1))),
         })
     }
@@ -63,8 +63,6 @@ impl Decoders {
             let _ = tx.send(work());
         });
         self.jobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .send(job)
             .map_err(|_| Error::Internal("the decoder threads have stopped".into()))?;
         rx.await

@@ -31,7 +31,8 @@ use crate::Config;
 /// Runs `ingest`: loads the sources file, connects the producer (failing fast when Kafka does
 /// not answer, S3), serves `listener` until `shutdown` resolves, then stops accepting, lets
 /// in-flight requests finish (up to the drain timeout) and flushes the producer (up to the
-/// flush grace), spooling what is left undelivered.
+/// flush grace), spooling what is left undelivered. Install the metrics recorder
+/// (`ops::install_metrics`) first: request metrics keep the handles they take.
 pub async fn run(
     mut config: Config,
     listener: TcpListener,

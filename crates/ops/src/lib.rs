@@ -243,7 +243,9 @@ pub fn init_logging(args: &LogArgs) {
 }
 
 /// Installs the global Prometheus recorder (once per process; later calls return the same
-/// handle) and returns the handle that renders the metrics text.
+/// handle) and returns the handle that renders the metrics text. Call it before serving:
+/// http-front caches metric handles per thread, so the recorder must be in place first and
+/// must keep idle series (do not add an `idle_timeout`).
 pub fn install_metrics() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE

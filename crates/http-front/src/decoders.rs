@@ -36,7 +36,14 @@ impl Decoders {
                     let Ok(job) = job else { return };
                     // A panicking job drops its answer (its caller gets `Error::Internal`); the
                     // thread stays.
-                    let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
+                    if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(job)) {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        tracing::error!(panic = what, "decoding a request body panicked");
+                    }
                 })?;
         }
         Ok(Decoders {

@@ -82,11 +82,11 @@ fn early_source(state: &State, headers: &HeaderMap, query: Option<&str>) -> Resu
 }
 
 /// Bodies over this many bytes (as read, after gzip) are parsed and validated on a decoder
-/// thread ([`crate::decoders`]), not on a runtime worker: a batch of 100 events is a millisecond or two of CPU, and
-/// on a runtime worker it held up the single events queued behind it (under `cargo xtask
-/// bench`, valid singles' p99 was 6.4 ms beside batches against 2.5 ms alone). A single
-/// event (at most 32 KiB, and typically a few) stays on the worker: handing it over would
-/// cost more than it saves.
+/// thread ([`crate::decoders`]), not on a runtime worker: a batch of 100 events is a
+/// millisecond or two of CPU, and on a runtime worker it held up the single events queued
+/// behind it (under `cargo xtask bench`, valid singles' p99 was 6.4 ms beside batches against
+/// 2.5 ms alone). A single event (at most 32 KiB, and typically a few) stays on the worker:
+/// handing it over would cost more than it saves.
 const OFF_WORKER_BODY_BYTES: usize = 16 * 1024;
 
 /// Validates a body's events, writes rejections to the DLQ, enqueues the rest. Unless `early`

@@ -40,7 +40,7 @@ pub(crate) async fn over_cap(state: Arc<State>, req: Request<Incoming>) -> Respo
 }
 
 /// Handles one request, in a span with a fresh request id (also sent as `X-Request-Id`).
-/// Runs in its own task, so a client that goes away cannot cancel it.
+/// Runs to its end even when the client goes away ([`crate::carried`]).
 pub(crate) async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,

@@ -9,7 +9,9 @@
 //! - `route`: which endpoint a method and path name (every path the SDKs use);
 //! - `auth`: where the write key is found, and which place wins;
 //! - `body`: reading bodies with limits, timeouts and gzip;
-//! - `handler`: auth, validation, DLQ and produce, CORS;
+//! - `handler`: routing, probes, CORS; `ingest`: auth, validation, DLQ and produce;
+//! - `carried`: a request runs to its end even when its client goes away (S6);
+//! - `decoders`: the threads that decode large bodies off the runtime workers;
 //! - `admission`: whole-request admission (room reserved before enqueueing);
 //! - `logs`: refusal logs rate-limited per reason;
 //! - `pixel`: tracking pixels' events and their GIF;
@@ -24,6 +26,7 @@ pub mod sources;
 mod admission;
 mod auth;
 mod body;
+mod carried;
 mod client_ip;
 mod decoders;
 mod dlq;

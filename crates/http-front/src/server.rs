@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admission::Admission;
 use crate::body::BodyLimits;
+use crate::carried::Carried;
 use crate::decoders::Decoders;
 use crate::error::Error;
 use crate::handler;
@@ -232,14 +233,9 @@ async fn serve(
         };
         let (state, tasks) = (state.clone(), tasks.clone());
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            // Each request runs in its own task: the connection going away cannot cancel it (S6).
-            let task = tasks.spawn(handler::handle(state.clone(), req, peer));
-            async move {
-                Ok::<_, Infallible>(task.await.unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "request handler failed");
-                    Error::Internal("request handler failed".into()).into_response(0)
-                }))
-            }
+            // The connection going away cannot cancel a request (S6): see `Carried`.
+            let handler = Carried::new(handler::handle(state.clone(), req, peer), tasks.clone());
+            async move { Ok::<_, Infallible>(handler.await) }
         });
         let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -258,7 +254,7 @@ async fn serve(
     logs::flush(true);
     drop(listener);
     tracing::info!("shutting down: listener closed, draining in-flight requests");
-    // Connections first, then request tasks whose client went away (they run on, S6).
+    // Connections first, then the requests whose client went away (they run on, S6).
     tasks.close();
     let drained = async {
         graceful.shutdown().await;

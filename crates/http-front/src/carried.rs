@@ -27,6 +27,7 @@ use http_body_util::Full;
 use hyper::Response;
 use tokio_util::task::TaskTracker;
 
+use crate::error::panic_message;
 use crate::Error;
 
 /// The answer to a request.
@@ -64,11 +65,7 @@ impl<F: Future<Output = Answer> + Send + 'static> Future for Carried<F> {
             Ok(Poll::Pending) => return Poll::Pending,
             Ok(Poll::Ready(answer)) => answer,
             Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
+                let what = panic_message(&*panic);
                 tracing::error!(panic = what, "request handler failed");
                 Error::Internal("request handler failed".into()).into_response(0)
             }

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{oneshot, Semaphore};
 
+use crate::error::panic_message;
 use crate::Error;
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -37,11 +38,7 @@ impl Decoders {
                     // A panicking job drops its answer (its caller gets `Error::Internal`); the
                     // thread stays.
                     if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(job)) {
-                        let what = panic
-                            .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| panic.downcast_ref::<String>().cloned())
-                            .unwrap_or_default();
+                        let what = panic_message(&*panic);
                         tracing::error!(panic = what, "decoding a request body panicked");
                     }
                 })?;

@@ -267,3 +267,13 @@ pub(crate) fn json_response(status: StatusCode, body: &impl Serialize) -> Respon
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
+
+/// The message a caught panic carried (`panic!("...")` with a literal or a formatted string),
+/// for the log line that reports it; empty for any other payload.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}

@@ -77,8 +77,14 @@ impl<F: Future<Output = Answer> + Send + 'static> Future for Carried<F> {
 
 impl<F: Future<Output = Answer> + Send + 'static> Drop for Carried<F> {
     fn drop(&mut self) {
-        if let Some(handler) = self.handler.take() {
-            self.tasks.spawn(handler);
+        let Some(handler) = self.handler.take() else {
+            return;
+        };
+        // Outside a runtime (only as the process ends) nothing can run it: say so rather than
+        // panic in a destructor.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(self.tasks.spawn_on(handler, &runtime)),
+            Err(_) => tracing::error!("a request left unfinished as the runtime stopped"),
         }
     }
 }

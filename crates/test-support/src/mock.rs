@@ -1,5 +1,15 @@
 //! librdkafka's mock cluster, the one fault injector the tests use: broker outages, slow
 //! brokers, produce errors.
+//!
+//! One way it differs from Kafka matters to tests that inject produce errors: it does not check
+//! an idempotent producer's sequence numbers (librdkafka 2.10's `rd_kafka_mock_validate_records`
+//! checks them for transactional producers only). When a produce request fails with an injected
+//! retriable error and the request sent after it on the same partition succeeds, the mock
+//! stores the second, and librdkafka reports the first one's records delivered too
+//! (`rd_kafka_dr_implicit_ack`: against Kafka, which refuses a sequence gap, the second could
+//! only succeed if the first was stored). Those records were acknowledged and are on no topic.
+//! A test whose injected errors stop while records flow therefore keeps one produce request in
+//! flight ([`ONE_IN_FLIGHT`]).
 
 use std::sync::mpsc;
 use std::time::Duration;
@@ -22,6 +32,9 @@ pub enum Fault {
     ProduceErrors(RDKafkaRespErr),
     /// The next `n` produce requests fail with this error.
     ProduceErrorsN(RDKafkaRespErr, usize),
+    /// Produce requests no longer fail: the errors still queued by `ProduceErrors*` are
+    /// dropped.
+    ClearProduceErrors,
     /// The broker stops answering (connections refused).
     BrokerDown(i32),
     /// The broker is back.
@@ -59,6 +72,7 @@ impl Mock {
                     Fault::ProduceErrorsN(error, n) => {
                         cluster.request_errors(RDKafkaApiKey::Produce, &vec![error; n])
                     }
+                    Fault::ClearProduceErrors => cluster.clear_request_errors(RDKafkaApiKey::Produce),
                     Fault::BrokerDown(id) => cluster.broker_down(id).unwrap(),
                     Fault::BrokerUp(id) => cluster.broker_up(id).unwrap(),
                     Fault::Rtt(id, rtt) => cluster.broker_round_trip_time(id, rtt).unwrap(),
@@ -79,6 +93,10 @@ impl Mock {
         wait.recv().unwrap();
     }
 }
+
+/// The librdkafka setting that keeps one produce request in flight per connection, so that no
+/// request succeeds past one that failed (see the module documentation).
+pub const ONE_IN_FLIGHT: &str = "max.in.flight.requests.per.connection=1";
 
 /// The topic names of [`Mock::start`]'s tests.
 pub fn mock_topics() -> Topics {

@@ -436,10 +436,11 @@ fn with_ip_text<R>(ip: IpAddr, f: impl FnOnce(&str) -> R) -> R {
     use std::io::Write;
     // The longest form: eight groups, the last two as a dotted quad (RFC 4291 section 2.2).
     let mut buf = [0u8; 45];
-    let len = {
+    let left = {
         let mut rest = &mut buf[..];
-        write!(rest, "{ip}").ok().map(|()| 45 - rest.len())
+        write!(rest, "{ip}").ok().map(|()| rest.len())
     };
+    let len = left.map(|left| buf.len() - left);
     match len.and_then(|len| std::str::from_utf8(&buf[..len]).ok()) {
         Some(text) => f(text),
         None => f(&ip.to_string()),

@@ -190,7 +190,7 @@ async fn visit(ingest: &Ingest, name: &str, query: &str, expected: usize) -> Vis
     if visits.records.len() != expected {
         // Whether ingest got the missing requests at all: a call sent as a page closes can
         // finish after the driver's report, unseen by it.
-        let seen = ingest_counters(ingest).await;
+        let seen = ingest_counters(&ingest.metrics_text().await);
         panic!(
             "{} of {expected} events on the ingest topic:\n{}\ningest counted:\n{seen}\n{:#}",
             visits.records.len(),
@@ -201,12 +201,8 @@ async fn visit(ingest: &Ingest, name: &str, query: &str, expected: usize) -> Vis
     visits
 }
 
-/// ingest's request and event counters, for a failure message.
-async fn ingest_counters(ingest: &Ingest) -> String {
-    let text = match reqwest::get(&ingest.metrics_url).await {
-        Ok(response) => response.text().await.unwrap_or_default(),
-        Err(e) => return format!("(no metrics: {e})"),
-    };
+/// ingest's request, event and delivery counters in its metrics `text`, for a failure message.
+fn ingest_counters(text: &str) -> String {
     text.lines()
         .filter(|l| {
             l.starts_with("cdp_ingest_http_requests_total")

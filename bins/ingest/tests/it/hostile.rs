@@ -312,20 +312,11 @@ fn metric_or_zero(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn metrics_text(ingest: &Ingest) -> String {
-    reqwest::get(&ingest.metrics_url)
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_a_low_open_file_limit_connections_beyond_the_cap_are_refused_and_counted() {
     // 400 files: the default cap of 10 000 is lowered to 400 less the 256 reserved.
     let ingest = Ingest::start_limited(400, &[]).await;
-    let text = metrics_text(&ingest).await;
+    let text = ingest.metrics_text().await;
     assert_eq!(metric(&text, "cdp_ingest_max_connections"), 144.0, "{text}");
     assert_eq!(metric(&text, "cdp_ingest_open_files_limit{kind=\"soft\"}"), 400.0);
     let refused_before = metric_or_zero(&text, "cdp_ingest_connections_refused_total");
@@ -339,7 +330,7 @@ async fn under_a_low_open_file_limit_connections_beyond_the_cap_are_refused_and_
     for _ in 0..200 {
         // The counter appears with the first refusal.
         refused = metric_or_zero(
-            &metrics_text(&ingest).await,
+            &ingest.metrics_text().await,
             "cdp_ingest_connections_refused_total",
         ) - refused_before;
         if refused >= 56.0 {
@@ -367,7 +358,7 @@ async fn under_a_low_open_file_limit_connections_beyond_the_cap_are_refused_and_
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(healthy, "/healthz never answered");
-    let text = metrics_text(&ingest).await;
+    let text = ingest.metrics_text().await;
     assert_eq!(metric(&text, "cdp_ingest_accept_errors_total"), 0.0, "{text}");
     drop(idle);
     ingest.terminate();
@@ -393,7 +384,7 @@ async fn a_brute_force_of_a_thousand_keys_writes_few_log_lines_and_counts_every_
             .unwrap();
         assert_eq!(response.status(), 401);
     }
-    let text = metrics_text(&ingest).await;
+    let text = ingest.metrics_text().await;
     assert_eq!(
         metric(&text, "cdp_ingest_auth_failures_total{reason=\"unknown\"}"),
         1000.0,

@@ -40,6 +40,16 @@ impl Ingest {
         Ingest::start_with(&[]).await
     }
 
+    /// Its `/metrics` text.
+    async fn metrics_text(&self) -> String {
+        reqwest::get(&self.metrics_url)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// [`Ingest::start`] with extra environment variables.
     async fn start_with(env: &[(&str, &str)]) -> Ingest {
         Ingest::start_custom(env, test_support::sources_file()).await

@@ -23,9 +23,9 @@ mod time;
 pub use batch::BatchFields;
 pub use dlq::{DlqEnvelope, DlqReason, MAX_RAW_PAYLOAD_BYTES};
 pub use event_type::EventType;
-pub use limits::Limits;
+pub use limits::{Limits, MAX_ID_BYTES, RECORD_ALLOWANCE};
 pub use normalize::{normalize, Accepted, Received};
-pub use parse::{message_id_of, parse_body, parse_event, Endpoint, Parsed};
+pub use parse::{message_id_of, parse_body, parse_event, Endpoint, Item, Parsed};
 pub use reject::{Reason, Rejection};
 
 /// The JSON Schema of the ingest-topic record value, for downstream teams.

@@ -11,7 +11,8 @@ use simd_json::{BorrowedValue, StaticNode};
 
 use crate::batch::{BatchFields, Ignored, Scope};
 use crate::event_type::EventType;
-use crate::limits::Limits;
+use crate::limits::{Limits, RECORD_ALLOWANCE};
+use crate::parse::Item;
 use crate::reject::{Reason, Rejection};
 use crate::time;
 
@@ -51,13 +52,29 @@ const MAX_MESSAGE_ID_CHARS: usize = 256;
 ///
 /// `fixed_type` is the type set by a single-event endpoint's path; batch items carry their own.
 /// `shared` holds the batch-level fields ([`crate::Parsed::shared`]).
+///
+/// Size: an item over [`Limits::max_event_bytes`] as sent ([`Item::sent_bytes`]) is refused
+/// first, as [`Reason::TooLarge`]; so is one whose record comes out over
+/// [`Limits::max_record_bytes`] (possible only through its batch's `context` and
+/// `integrations`, merged into it: see [`RECORD_ALLOWANCE`]).
 pub fn normalize(
-    item: &BorrowedValue<'_>,
+    item: &Item<'_>,
     fixed_type: Option<EventType>,
     shared: &BatchFields<'_>,
     received: &Received,
     limits: &Limits,
 ) -> Result<Accepted, Rejection> {
+    if item.sent_bytes > limits.max_event_bytes {
+        return Err(Rejection::new(
+            Reason::TooLarge,
+            "",
+            format!(
+                "event is {} bytes as sent, the limit is {}",
+                item.sent_bytes, limits.max_event_bytes
+            ),
+        ));
+    }
+    let item = &item.value;
     check_object_keys(item, limits.max_object_keys)?;
     let BorrowedValue::Object(obj) = item else {
         return Err(Rejection::new(
@@ -217,13 +234,15 @@ pub fn normalize(
     let mut value = Vec::with_capacity(VALUE_CAPACITY);
     simd_json::to_writer(&mut value, &out)
         .map_err(|e| Rejection::new(Reason::InvalidValue, "", format!("cannot serialise event: {e}")))?;
-    if value.len() > limits.max_event_bytes {
+    if value.len() > limits.max_record_bytes() {
         return Err(Rejection::new(
             Reason::TooLarge,
             "",
             format!(
-                "event is {} bytes, the limit is {}",
+                "event is {} bytes as normalised (its batch's context and integrations merged in), \
+                 over the record limit of {} ({} plus {RECORD_ALLOWANCE} for what ingest adds)",
                 value.len(),
+                limits.max_record_bytes(),
                 limits.max_event_bytes
             ),
         ));

@@ -44,10 +44,26 @@ pub struct Parsed<'a> {
     /// one (RudderStack's and some Segment libraries put it in each item).
     pub write_key: Option<String>,
     /// The events, in request order, as sent, except that `writeKey` is removed from each (so
-    /// it never reaches the DLQ or the ingest topic).
-    pub items: Vec<BorrowedValue<'a>>,
+    /// it never reaches the DLQ or the ingest topic), each with its size as sent.
+    pub items: Vec<Item<'a>>,
     /// Batch-level `context`, `integrations` and `sentAt`; empty for single events.
     pub shared: BatchFields<'a>,
+}
+
+/// One event item of a body, with the size the client sent it at.
+#[derive(Debug)]
+pub struct Item<'a> {
+    /// The event as parsed (`writeKey` removed).
+    pub value: BorrowedValue<'a>,
+    /// The length of the event's JSON in the body, in bytes, as received (after gzip, a
+    /// leading byte order mark removed, invalid UTF-8 replaced): for a single-event endpoint
+    /// the whole body, for a batch item its bytes from its `{` to its `}`. This is what
+    /// [`Limits::max_event_bytes`] limits, measured as the libraries measure an event before
+    /// they send it: the Python libraries drop an item when `len(json.dumps(item)) > 32768`
+    /// (`segment/analytics/consumer.py`, `MAX_MSG_SIZE`) and send the batch as
+    /// `json.dumps({"batch": [...], ...})`, in which each item is those same bytes; the Node
+    /// libraries likewise serialise the batch with the `JSON.stringify` they measure with.
+    pub sent_bytes: usize,
 }
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -81,7 +97,8 @@ pub fn parse_body<'a>(
     } else {
         &mut body[..]
     };
-    prescan(body, limits)?;
+    let sent_bytes = body.len();
+    let spans = prescan(body, limits, endpoint == Endpoint::Batch)?;
     let value = BUFFERS
         .with(|buffers| simd_json::to_borrowed_value_with_buffers(body, &mut buffers.borrow_mut()))
         .map_err(|e| Rejection::new(Reason::InvalidJson, "", format!("body is not valid JSON: {e}")))?;
@@ -96,7 +113,10 @@ pub fn parse_body<'a>(
     match endpoint {
         Endpoint::Single(_) => Ok(Parsed {
             write_key,
-            items: vec![BorrowedValue::Object(obj)],
+            items: vec![Item {
+                value: BorrowedValue::Object(obj),
+                sent_bytes,
+            }],
             shared: BatchFields::default(),
         }),
         Endpoint::Batch => {
@@ -139,11 +159,31 @@ pub fn parse_body<'a>(
             let shared = BatchFields::take(&mut obj);
             Ok(Parsed {
                 write_key,
-                items,
+                items: with_sizes(items, &spans),
                 shared,
             })
         }
     }
+}
+
+/// Pairs each batch item with its size as sent: the span [`prescan`] found for it (by its
+/// index in the `batch` array), else (an item that is not an object or array, or a `batch`
+/// key written with escapes, which the scan does not recognise) the length of its JSON as
+/// simd-json writes it.
+fn with_sizes<'a>(items: Vec<BorrowedValue<'a>>, spans: &[ItemSpan]) -> Vec<Item<'a>> {
+    let mut spans = spans.iter().peekable();
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(index, value)| {
+            while spans.next_if(|span| span.index < index).is_some() {}
+            let sent_bytes = match spans.next_if(|span| span.index == index) {
+                Some(span) => span.len,
+                None => simd_json::to_vec(&value).map_or(0, |json| json.len()),
+            };
+            Item { value, sent_bytes }
+        })
+        .collect()
 }
 
 /// Removes `writeKey` from an object, returning it when it is a non-empty string.
@@ -156,11 +196,12 @@ fn take_write_key(obj: &mut Object<'_>) -> Option<String> {
 
 /// Parses one event object (a DLQ `raw_payload`, say) without endpoint rules, read as
 /// [`parse_body`] reads a single event: depth check, JSON, object, `writeKey` removed.
-pub fn parse_event<'a>(bytes: &'a mut Vec<u8>, limits: &Limits) -> Result<BorrowedValue<'a>, Rejection> {
-    parse_body(bytes, Endpoint::Single(EventType::Track), limits).map(|mut parsed| parsed.items.remove(0))
+pub fn parse_event<'a>(bytes: &'a mut Vec<u8>, limits: &Limits) -> Result<Item<'a>, Rejection> {
+    parse_body(bytes, Endpoint::Single(EventType::Track), limits)
+        .map(|mut parsed| parsed.items.swap_remove(0))
 }
 
-/// The `messageId` of an item, if it has a usable one (for naming rejected events).
+/// The `messageId` of an item's value, if it has a usable one (for naming rejected events).
 pub fn message_id_of<'v>(item: &'v BorrowedValue<'_>) -> Option<&'v str> {
     match item {
         BorrowedValue::Object(obj) => match obj.get("messageId") {
@@ -191,15 +232,22 @@ thread_local! {
 /// - rewrites fractions of more than 19 digits that simd-json would misread (see
 ///   [`shorten_float`]).
 ///
+/// With `batch`, it also returns the byte span of each object or array item of the top-level
+/// `batch` array (of the last such key, as the parser keeps the last): the items' sizes as
+/// sent ([`Item::sent_bytes`]).
+///
 /// Strings are skipped with a SIMD search for `"` and `\`; only escapes are looked at. The
 /// refusals name the place by a JSON Pointer into the body, built only then from the frames
 /// (each remembers its last key's bytes, or its element index).
-fn prescan(bytes: &mut [u8], limits: &Limits) -> Result<(), Rejection> {
+fn prescan(bytes: &mut [u8], limits: &Limits, batch: bool) -> Result<Vec<ItemSpan>, Rejection> {
     let max_depth = limits.max_depth;
     let mut frames: Vec<Frame> = Vec::with_capacity(max_depth.min(64) + 1);
     let mut total_keys = 0usize;
     // The span of the last string read: an object's key when a `:` follows.
     let mut last_string = (0usize, 0usize);
+    // Batch items' spans, and where the item being read started.
+    let mut spans = Vec::new();
+    let mut item_start = 0usize;
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         match b {
@@ -210,7 +258,7 @@ fn prescan(bytes: &mut [u8], limits: &Limits) -> Result<(), Rejection> {
                 loop {
                     let rest = bytes.get(i..).unwrap_or_default();
                     match memchr::memchr2(b'"', b'\\', rest) {
-                        None => return Ok(()),
+                        None => return Ok(spans),
                         Some(j) if rest[j] == b'\\' => i += j + escape_len(bytes, i + j),
                         Some(j) => {
                             i += j + 1;
@@ -229,6 +277,12 @@ fn prescan(bytes: &mut [u8], limits: &Limits) -> Result<(), Rejection> {
                         format!("JSON nested deeper than {max_depth} levels"),
                     ));
                 }
+                if batch && is_batch_array(bytes, &frames) {
+                    match frames.len() {
+                        1 => spans.clear(),
+                        _ => item_start = i,
+                    }
+                }
                 frames.push(Frame {
                     object: b == b'{',
                     count: 0,
@@ -237,6 +291,12 @@ fn prescan(bytes: &mut [u8], limits: &Limits) -> Result<(), Rejection> {
             }
             b'}' | b']' => {
                 frames.pop();
+                if batch && frames.len() == 2 && is_batch_array(bytes, &frames) {
+                    spans.push(ItemSpan {
+                        index: frames[1].count,
+                        len: i + 1 - item_start,
+                    });
+                }
             }
             b':' => {
                 if let Some(frame) = frames.last_mut().filter(|f| f.object) {
@@ -294,7 +354,28 @@ fn prescan(bytes: &mut [u8], limits: &Limits) -> Result<(), Rejection> {
         }
         i += 1;
     }
-    Ok(())
+    Ok(spans)
+}
+
+/// The span of one batch item found by [`prescan`].
+struct ItemSpan {
+    /// The item's index in the `batch` array.
+    index: usize,
+    /// Its length in bytes.
+    len: usize,
+}
+
+/// Whether a container opened with `frames` open is the top-level `batch` array (one frame
+/// open: the body's object, at its `batch` key) or an item of it (two: that array too).
+fn is_batch_array(bytes: &[u8], frames: &[Frame]) -> bool {
+    match frames {
+        [top] | [top, _] => {
+            top.object
+                && frames.get(1).is_none_or(|array| !array.object)
+                && bytes.get(top.key.0..top.key.1) == Some(&b"batch"[..])
+        }
+        _ => false,
+    }
 }
 
 /// Whether the innermost of `frames` is inside an item of a batch (`/batch/N/...`). An item's

@@ -32,6 +32,9 @@ pub enum Error {
     /// A `Content-Encoding` other than gzip or identity.
     #[error("unsupported content encoding {0:?}: send gzip or no encoding")]
     UnsupportedEncoding(String),
+    /// The request head (request line and headers) is over `--max-header-bytes`.
+    #[error("request head is {0} bytes, over the limit of {1} bytes")]
+    HeadTooLarge(usize, usize),
     /// The body is over the request limit (before or after decompression).
     #[error("request body over the limit of {0} bytes")]
     BodyTooLarge(usize),
@@ -123,6 +126,7 @@ impl Error {
             }
             Error::PartlyRejected { .. } => StatusCode::BAD_REQUEST,
             Error::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Error::HeadTooLarge(..) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Error::BodyRead(_) | Error::BadGzip(_) | Error::Rejected { .. } => StatusCode::BAD_REQUEST,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -133,9 +137,13 @@ impl Error {
         }
     }
 
-    /// A short name of the kind of error, from a closed set: the key of the refusal logs'
-    /// rate limit.
-    pub(crate) fn kind(&self) -> &'static str {
+    /// The error's stable machine name, from a closed set: the `code` of its response body
+    /// (beside `message`, the sentence), and the key of the refusal logs' rate limit.
+    ///
+    /// A body refused whole is named by its [`Reason`] (`invalid_json`, `too_large`, ...);
+    /// a single-event request whose event was rejected by the event's reason; a batch with
+    /// rejected items by `invalid_events` (each item's reason is in `rejected`).
+    pub fn code(&self) -> &'static str {
         match self {
             Error::Sources(_) => "sources",
             Error::Spool(_) => "spool",
@@ -143,6 +151,7 @@ impl Error {
             Error::NotFound(_) => "not_found",
             Error::MethodNotAllowed(_) => "method_not_allowed",
             Error::UnsupportedEncoding(_) => "unsupported_encoding",
+            Error::HeadTooLarge(..) => "head_too_large",
             Error::BodyTooLarge(_) => "body_too_large",
             Error::OutputTooLarge(_) => "output_too_large",
             Error::TooManyConnections => "too_many_connections",
@@ -150,8 +159,16 @@ impl Error {
             Error::BodyRead(_) => "body_read",
             Error::BadGzip(_) => "bad_gzip",
             Error::Unauthorized(_) => "unauthorized",
-            Error::Rejected { .. } => "rejected",
-            Error::PartlyRejected { .. } => "partly_rejected",
+            Error::Rejected { rejection, .. } => rejection.reason.as_str(),
+            Error::PartlyRejected {
+                rejected,
+                single_event: true,
+                ..
+            } => match &rejected[..] {
+                [only] => only.reason,
+                _ => "invalid_events",
+            },
+            Error::PartlyRejected { .. } => "invalid_events",
             Error::Unavailable { .. } => "unavailable",
             Error::RateLimited { .. } => "rate_limited",
             Error::OverBurst(_) => "over_burst",
@@ -160,8 +177,9 @@ impl Error {
         }
     }
 
-    /// The response for a request error: `{"success":false,"error":...}`, plus the rejected
-    /// body or the accepted count where there is one, and `Retry-After` with a 503.
+    /// The response for a request error: `{"success":false,"code":...,"message":...,"error":...}`,
+    /// plus the rejected events and the accepted count where there are some, and
+    /// `Retry-After` with a 429 or 503.
     pub(crate) fn into_response(self, retry_after_secs: u32) -> Response<Full<Bytes>> {
         let status = self.status();
         let retry_after = match &self {
@@ -169,7 +187,7 @@ impl Error {
             _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(u64::from(retry_after_secs)),
             _ => None,
         };
-        let mut reply = Reply::failure(self.to_string());
+        let mut reply = Reply::failure(self.code(), self.to_string());
         match &self {
             Error::Rejected {
                 message_id,
@@ -199,9 +217,20 @@ impl Error {
 }
 
 /// The JSON body of every event-endpoint response.
+///
+/// An error's body carries `code` (a stable machine name, [`Error::code`]) and `message`
+/// (the sentence) as Segment's API answers: the legacy `analytics-python` 1.x and
+/// `rudder-sdk-python` 2.x read `payload['code']` and `payload['message']` from every
+/// non-200 JSON answer (`request.py`, `post`) and, when either is missing, fail with a
+/// `KeyError` that they retry as a network failure, resending the whole batch. `error`
+/// holds the same sentence as `message`, for the clients written against earlier versions.
 #[derive(Debug, Serialize)]
 pub(crate) struct Reply {
     pub success: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -214,16 +243,20 @@ impl Reply {
     pub(crate) fn success() -> Self {
         Reply {
             success: true,
+            code: None,
+            message: None,
             error: None,
             accepted: None,
             rejected: Vec::new(),
         }
     }
 
-    fn failure(error: String) -> Self {
+    fn failure(code: &'static str, message: String) -> Self {
         Reply {
             success: false,
-            error: Some(error),
+            code: Some(code),
+            message: Some(message.clone()),
+            error: Some(message),
             accepted: None,
             rejected: Vec::new(),
         }

@@ -66,6 +66,11 @@ async fn handle_in_span(
     let label = route.as_ref().map_or("unknown", Route::label);
     let takes_events = route.as_ref().is_ok_and(Route::takes_events);
     let pixel = matches!(route, Ok(Route::Pixel(..)));
+    let head = head_bytes(&req);
+    let route = match route {
+        Ok(_) if head > state.max_header_bytes => Err(Error::HeadTooLarge(head, state.max_header_bytes)),
+        route => route,
+    };
     let result = match route {
         Ok(Route::Events(endpoint, _)) => ingest_request(state, req, endpoint, peer.ip()).await,
         Ok(Route::Pixel(event_type, _)) => ingest_pixel(state, req, event_type, peer.ip()).await,
@@ -108,6 +113,21 @@ async fn handle_in_span(
     response
 }
 
+/// The size of a request's head as sent, in bytes: the request line (`METHOD URI HTTP/1.1`
+/// and CRLF), each header line (`name: value` and CRLF) and the blank line.
+fn head_bytes(req: &Request<Incoming>) -> usize {
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    let line = req.method().as_str().len() + target + " HTTP/1.1\r\n ".len();
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + ": \r\n".len())
+        .sum();
+    line + headers + 2
+}
+
 /// `GET /v1/projects/<writeKey>/settings`: 404 unless the key is a known, enabled source's.
 fn settings(state: &State, write_key: &str, headers: &HeaderMap) -> Result<Response<Full<Bytes>>, Error> {
     match state.sources.current().lookup(write_key) {
@@ -137,6 +157,8 @@ pub(crate) fn readiness(state: &State) -> Response<Full<Bytes>> {
     };
     let reply = Readiness {
         success: not_ready.is_none(),
+        code: not_ready.as_ref().map(|_| "not_ready"),
+        message: not_ready.as_ref().map(NotReady::to_string),
         error: not_ready.as_ref().map(NotReady::to_string),
         kafka_state: status.health.label(),
         kafka_reachable: status.health.is_delivering(),
@@ -150,10 +172,15 @@ pub(crate) fn readiness(state: &State) -> Response<Full<Bytes>> {
     json_response(code, &reply)
 }
 
-/// The `/readyz` body.
+/// The `/readyz` body. When not ready, `code` is `not_ready` and `message` (and `error`, the
+/// same) names the cause, as in every error body ([`crate::error::Reply`]).
 #[derive(serde::Serialize)]
 struct Readiness {
     success: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
     /// The producer's state: `delivering`, `unreachable`, `rebuilding`, `closed`.

@@ -270,14 +270,14 @@ fn validate(
                 accepted.push(event);
             }
             Err(rejection) => {
-                let raw = simd_json::to_string(item).unwrap_or_default();
+                let raw = simd_json::to_string(&item.value).unwrap_or_default();
                 output += raw.len();
                 dlq_bytes += raw.len();
                 rejected.push(RejectedEvent {
                     index,
-                    message_id: message_id_of(item).map_or_else(new_message_id, str::to_string),
+                    message_id: message_id_of(&item.value).map_or_else(new_message_id, str::to_string),
                     event_type: fixed_type
-                        .or_else(|| type_of(item))
+                        .or_else(|| type_of(&item.value))
                         .map_or("unknown", EventType::as_str),
                     rejection,
                     raw,

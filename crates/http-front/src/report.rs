@@ -84,7 +84,7 @@ pub(crate) fn rejected_unauthenticated(message_id: &str, rejection: &Rejection) 
 /// unknown event counted as refused.
 pub(crate) fn request_refused(route: &'static str, error: &crate::Error) {
     metrics::events("unknown", Outcome::Refused, 1);
-    if logs::allow(error.kind()) {
+    if logs::allow(error.code()) {
         tracing::warn!(route, status = error.status().as_u16(), %error, "request refused");
     }
 }

@@ -64,6 +64,7 @@ pub async fn run(
         sources: sources.clone(),
         limits: config.limits(),
         max_output_bytes: config.max_request_output_bytes(),
+        max_header_bytes: config.max_header_bytes,
         admission: Admission::new(config.kafka_queue_max_messages, config.kafka_queue_max_kbytes),
         body_limits: BodyLimits {
             max_bytes: config.max_request_bytes,
@@ -174,8 +175,10 @@ async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
         .keep_alive(true)
-        // hyper answers 431 when the request head does not fit.
-        .max_buf_size(config.max_header_bytes.max(8192))
+        // A head over --max-header-bytes is answered 431 by the handler, with a JSON body
+        // (`head_too_large`); hyper answers 431 without a body only past twice the limit,
+        // where its read buffer ends.
+        .max_buf_size((2 * config.max_header_bytes).max(8192))
         // A client that half-closes after sending its request still gets it processed.
         .half_close(true);
     let mut over_cap_builder = http1::Builder::new();

@@ -169,6 +169,19 @@ impl Sources {
                 entry.workspace_id,
                 entry.source_id
             );
+            for (name, id) in [
+                ("workspace_id", &entry.workspace_id),
+                ("source_id", &entry.source_id),
+            ] {
+                // Written into every record: the record limit's allowance counts on this bound.
+                if id.len() > event_model::MAX_ID_BYTES {
+                    return Err(format!(
+                        "{at}: {name} is {} bytes, the longest allowed is {}",
+                        id.len(),
+                        event_model::MAX_ID_BYTES
+                    ));
+                }
+            }
             let digest = match (&entry.write_key, &entry.write_key_sha256) {
                 (Some(key), None) if !key.is_empty() => digest(key),
                 (None, Some(hex_digest)) => {
@@ -333,6 +346,13 @@ mod tests {
         assert!(Sources::parse(both).unwrap_err().contains("#1 (w/s)"));
         let short = "[[source]]\nworkspace_id='w'\nsource_id='s'\nwrite_key_sha256='abcd'";
         assert!(Sources::parse(short).unwrap_err().contains("64 hex digits"));
+        let long = format!(
+            "[[source]]\nworkspace_id='{}'\nsource_id='s'\nwrite_key='k'",
+            "w".repeat(257)
+        );
+        assert!(Sources::parse(&long)
+            .unwrap_err()
+            .contains("workspace_id is 257 bytes"));
         let dup = "[[source]]\nworkspace_id='w'\nsource_id='a'\nwrite_key='k'\n[[source]]\nworkspace_id='w'\nsource_id='b'\nwrite_key='k'";
         assert!(Sources::parse(dup).unwrap_err().contains("twice"));
         assert!(Sources::parse("[[source]]\nworkspace_id='w'").is_err());

@@ -24,6 +24,8 @@ pub(crate) struct State {
     /// Room reserved by requests being enqueued (buffered mode).
     pub admission: Admission,
     pub body_limits: BodyLimits,
+    /// `--max-header-bytes`: the largest request head answered; larger: 431.
+    pub max_header_bytes: usize,
     pub trusted_proxies: Vec<IpNet>,
     /// Where clients reach this edge, for the settings endpoint (`--public-url`).
     pub public_url: Option<PublicUrl>,

@@ -90,7 +90,7 @@ pub fn judge(
     let mut raw = envelope.raw_payload.clone().into_bytes();
     let validated = parse_event(&mut raw, limits).and_then(|mut item| {
         // The original message id, also where ingest generated it.
-        if let BorrowedValue::Object(obj) = &mut item {
+        if let BorrowedValue::Object(obj) = &mut item.value {
             if !matches!(obj.get("messageId"), Some(BorrowedValue::String(_))) {
                 obj.insert(
                     "messageId".into(),

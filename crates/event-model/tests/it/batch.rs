@@ -98,7 +98,11 @@ fn batch_context_integrations_and_sent_at_apply_to_items_whose_own_fields_win() 
 fn message_ids_of_items_are_found_for_naming_rejections() {
     let mut bytes = br#"{"batch":[{"messageId":"m"},{"messageId":3},4]}"#.to_vec();
     let parsed = parse_body(&mut bytes, Endpoint::Batch, &Limits::default()).unwrap();
-    let ids: Vec<_> = parsed.items.iter().map(message_id_of).collect();
+    let ids: Vec<_> = parsed
+        .items
+        .iter()
+        .map(|item| message_id_of(&item.value))
+        .collect();
     assert_eq!(ids, vec![Some("m"), None, None]);
 }
 
@@ -114,7 +118,7 @@ fn batch_fields_are_not_copied_into_the_items() {
     let mut bytes = body.clone().into_bytes();
     let parsed = parse_body(&mut bytes, Endpoint::Batch, &Limits::default()).unwrap();
     assert_eq!(
-        simd_json::to_string(&parsed.items[7]).unwrap(),
+        simd_json::to_string(&parsed.items[7].value).unwrap(),
         items[7].to_string()
     );
     let results = run(Endpoint::Batch, &body).unwrap();

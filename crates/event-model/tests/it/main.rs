@@ -6,6 +6,7 @@ mod dlq;
 mod props;
 mod reading;
 mod reference;
+mod size;
 mod skew;
 mod table;
 

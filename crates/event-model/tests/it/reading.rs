@@ -156,7 +156,7 @@ fn invalid_utf8_is_read_as_u_fffd_and_a_bom_is_ignored() {
         body.extend_from_slice(bytes);
         body.extend_from_slice(br#""}}"#);
         let parsed = parse_body(&mut body, Endpoint::Single(Track), &limits).unwrap();
-        let props = simd_json::to_string(&parsed.items[0]).unwrap();
+        let props = simd_json::to_string(&parsed.items[0].value).unwrap();
         let props: Value = serde_json::from_str(&props).unwrap();
         assert_eq!(props["properties"]["s"], expected, "{bytes:?}");
     }
@@ -277,7 +277,7 @@ fn the_write_key_comes_from_the_top_level_then_the_first_item_and_leaves_every_i
         let parsed = parse_body(&mut bytes, Endpoint::Batch, &limits).unwrap();
         for item in &parsed.items {
             assert!(
-                !simd_json::to_string(item).unwrap().contains("writeKey"),
+                !simd_json::to_string(&item.value).unwrap().contains("writeKey"),
                 "{body}"
             );
         }

@@ -586,3 +586,90 @@ async fn settings_point_analytics_js_at_the_public_url() {
     }
     server.stop().await.unwrap();
 }
+
+/// Every error answer carries `code` and `message` (issue 26): the legacy `analytics-python`
+/// and `rudder-sdk-python` read both from any non-200 JSON body, and a body without them made
+/// them resend the whole batch. Each row: a request, its status, its `code`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_answer_names_its_code_and_message() {
+    let server = Server::start().await;
+    let track = json!({"anonymousId": "a", "event": "e"});
+    let big = json!({"anonymousId": "a", "event": "e", "properties": {"blob": "x".repeat(40 * 1024)}});
+    let batch = json!({"batch": [
+        {"type": "track", "anonymousId": "a", "event": "e"},
+        {"type": "track", "anonymousId": "a"},
+    ]});
+    let post = |path: &str, body: Vec<u8>| {
+        server
+            .client
+            .post(server.url(path))
+            .basic_auth(WRITE_KEY, Some(""))
+            .body(body)
+    };
+    let cases = [
+        (post("/v1/batch", batch.to_string().into()), 400, "invalid_events"),
+        (post("/v1/track", b"{}".to_vec()), 400, "missing_identity"),
+        (post("/v1/track", b"{not json".to_vec()), 400, "invalid_json"),
+        (post("/v1/track", big.to_string().into()), 413, "too_large"),
+        (post("/v1/batch", vec![b' '; 600 * 1024]), 413, "body_too_large"),
+        (
+            post("/v1/track", track.to_string().into()).header("content-encoding", "br"),
+            415,
+            "unsupported_encoding",
+        ),
+        (
+            post("/v1/track", track.to_string().into()).header("x-padding", "p".repeat(20 * 1024)),
+            431,
+            "head_too_large",
+        ),
+        (
+            server
+                .client
+                .post(server.url("/v1/track"))
+                .basic_auth("nope", Some(""))
+                .body("{}"),
+            401,
+            "unauthorized",
+        ),
+        (server.client.get(server.url("/v2/track")), 404, "not_found"),
+        (
+            server.client.get(server.url("/v1/track")),
+            405,
+            "method_not_allowed",
+        ),
+    ];
+    for (request, status, code) in cases {
+        let (got, reply) = status_json(request.send().await.unwrap()).await;
+        assert_eq!((got, reply["code"].as_str()), (status, Some(code)), "{reply}");
+    }
+    // Past twice the head limit, hyper's own 431 (no body) is all a client gets: the
+    // libraries read a body that is not JSON as an unknown error and do not retry a 4xx.
+    let huge = format!(
+        "POST /v1/track HTTP/1.1\r\nHost: x\r\nX-Padding: {}\r\n\r\n",
+        "p".repeat(40 * 1024)
+    );
+    let response = super::raw_request(server.addr, huge.as_bytes()).await;
+    assert!(response.starts_with("HTTP/1.1 431"), "{response}");
+    server.stop().await.unwrap();
+
+    // Over the source's rate: 429, its code, and the wait.
+    let limited = Server::start_with(
+        &test_support::brokers(),
+        test_support::fresh_topics(1).await,
+        |c| {
+            c.default_rate_limit = 1;
+            c.default_rate_burst = 1;
+        },
+    )
+    .await;
+    assert_eq!(limited.post("/v1/track", &track).await.status(), 200);
+    let response = limited.post("/v1/track", &track).await;
+    assert!(response.headers().contains_key("retry-after"));
+    let (status, reply) = status_json(response).await;
+    assert_eq!(
+        (status, reply["code"].as_str()),
+        (429, Some("rate_limited")),
+        "{reply}"
+    );
+    limited.stop().await.unwrap();
+}

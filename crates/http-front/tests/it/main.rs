@@ -166,10 +166,34 @@ fn rejected_items(reply: &serde_json::Value) -> Vec<(u64, String, String, String
         .collect()
 }
 
-/// Response status and JSON body.
+/// Response status and JSON body. Every error body, in every test, must carry `code` and
+/// `message` (strings): the Python libraries read both from any non-2xx JSON answer and
+/// resend the whole batch when either is missing (issue 26).
 async fn status_json(response: reqwest::Response) -> (u16, serde_json::Value) {
     let status = response.status().as_u16();
     let text = response.text().await.unwrap();
-    let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("response body is not JSON: {text}"));
+    let json: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("response body is not JSON: {text}"));
+    if status >= 400 {
+        assert_error_body(&json);
+    }
     (status, json)
+}
+
+/// Asserts the error-body contract: `success: false`, a non-empty `code` made of lower-case
+/// letters and underscores, and a non-empty `message`, equal to `error`.
+fn assert_error_body(json: &serde_json::Value) {
+    let code = json["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no code in {json}"));
+    assert!(
+        !code.is_empty() && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+        "{json}"
+    );
+    let message = json["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no message in {json}"));
+    assert!(!message.is_empty(), "{json}");
+    assert_eq!(json["error"], json["message"], "{json}");
+    assert_eq!(json["success"], false, "{json}");
 }

@@ -6,7 +6,7 @@
 //! - [`consume`]: collects records (key, headers, value, partition) until a count or a timeout;
 //! - [`sources_file`]: a sources file with development keys;
 //! - [`assert_schema_valid`]: checks an ingest record against the published JSON Schema;
-//! - [`python`]: a Python with `segment-analytics-python` installed;
+//! - [`python_with`]: a Python with one of the Segment or RudderStack libraries from PyPI installed;
 //! - [`browser`]: Chromium, npm packages, esbuild bundles and a page server, for real
 //!   JavaScript clients;
 //! - [`mock`]: librdkafka's mock cluster with faults on cue;
@@ -19,7 +19,7 @@
 #![allow(clippy::missing_panics_doc)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -416,37 +416,83 @@ pub fn assert_schema_valid(value: &[u8]) {
     );
 }
 
-/// The package installed into the test venv, pinned.
-pub const SEGMENT_SDK: &str = "segment-analytics-python==2.4.0";
+/// A Python analytics library from PyPI, pinned, and the package it is imported as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PythonSdk {
+    /// The pip requirement.
+    pub requirement: &'static str,
+    /// The module that must import once it is installed.
+    pub module: &'static str,
+}
 
-/// A Python interpreter with [`SEGMENT_SDK`] installed, in a venv cached outside the repo
-/// (`$XDG_CACHE_HOME` or `~/.cache`, under `cdp-ingest/`). Creates it on first use.
+/// Segment's current Python library.
+pub const SEGMENT_SDK: PythonSdk = PythonSdk {
+    requirement: "segment-analytics-python==2.4.0",
+    module: "segment.analytics",
+};
+
+/// Segment's legacy Python library (`import analytics`), still in wide use: it reads
+/// `code` and `message` from every error body.
+pub const LEGACY_SEGMENT_SDK: PythonSdk = PythonSdk {
+    requirement: "analytics-python==1.4.post1",
+    module: "analytics",
+};
+
+/// RudderStack's Python library, which reads error bodies as the legacy Segment one does.
+pub const RUDDER_SDK: PythonSdk = PythonSdk {
+    requirement: "rudder-sdk-python==2.1.9",
+    module: "rudderstack.analytics",
+};
+
+/// A Python interpreter with [`SEGMENT_SDK`] installed ([`python_with`]).
 pub fn python() -> PathBuf {
+    python_with(SEGMENT_SDK)
+}
+
+/// A Python interpreter with `sdk` installed, in a venv of its own (the libraries' pinned
+/// dependencies conflict, and two of them install a `segment.analytics` package), cached
+/// outside the repo (`$XDG_CACHE_HOME` or `~/.cache`, under `cdp-ingest/`). Creates it on
+/// first use, in a scratch directory renamed into place, so that tests running at once
+/// never see a half-made venv.
+pub fn python_with(sdk: PythonSdk) -> PathBuf {
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .expect("HOME is set");
-    let venv = cache.join("cdp-ingest").join("venv-segment-2.4.0");
-    let python = venv.join("bin").join("python");
-    let ready = || {
-        Command::new(&python)
-            .args(["-c", "import segment.analytics"])
+        .expect("HOME is set")
+        .join("cdp-ingest");
+    let name = format!("venv-{}", sdk.requirement.replace("==", "-"));
+    let ready = |venv: &Path| {
+        Command::new(venv.join("bin").join("python"))
+            .args(["-c", &format!("import {}", sdk.module)])
+            .stderr(std::process::Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
     };
-    if !ready() {
+    let venv = cache.join(&name);
+    if !ready(&venv) {
         let run = |cmd: &mut Command| {
             let status = cmd.status().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
             assert!(status.success(), "{cmd:?} failed: {status}");
         };
-        run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
-        run(Command::new(&python).args(["-m", "pip", "install", "--quiet", SEGMENT_SDK]));
+        std::fs::create_dir_all(&cache).expect("creating the tools cache");
+        let scratch = cache.join(format!("{name}.{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&scratch);
+        run(Command::new("python3").args(["-m", "venv"]).arg(&scratch));
+        let python = scratch.join("bin").join("python");
+        run(Command::new(&python).args(["-m", "pip", "install", "--quiet", sdk.requirement]));
         assert!(
-            ready(),
-            "{SEGMENT_SDK} installed but `import segment.analytics` fails"
+            ready(&scratch),
+            "{} installed but `import {}` fails",
+            sdk.requirement,
+            sdk.module
         );
+        // Another test may have put its venv in place meanwhile: either one will do.
+        if std::fs::rename(&scratch, &venv).is_err() {
+            let _ = std::fs::remove_dir_all(&scratch);
+        }
+        assert!(ready(&venv), "no usable venv at {}", venv.display());
     }
-    python
+    venv.join("bin").join("python")
 }
 
 /// What a process printed and how it ended.

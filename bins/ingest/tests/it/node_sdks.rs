@@ -115,3 +115,77 @@ async fn rudder_sdk_node_gzip_form_labelled_batches_land_keyed_and_whole() {
     assert_eq!(by_type["group"]["group_id"], "rudder-group");
     assert_eq!(by_type["alias"]["previous_id"], "rudder-anon");
 }
+
+/// The Node libraries (issue 26) each send a batch with one event the edge refuses: the
+/// valid events land once, the invalid one is on the DLQ once, and the library sends each
+/// event once (a 400 is not retried; two retries were allowed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_libraries_send_a_batch_with_an_invalid_event_once() {
+    let tools = node_tools().await;
+    for (sdk, field) in [("segment-mixed", "/event"), ("rudder-mixed", "/properties")] {
+        let ingest = Ingest::start().await;
+        let out = tools
+            .node(&js_dir().join("node-sdks.cjs"))
+            .args([sdk, &ingest.url, WRITE_KEY])
+            .output()
+            .expect("running node");
+        assert!(
+            out.status.success(),
+            "{sdk}: the SDK script failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: Value = serde_json::from_slice(&out.stdout).expect("the script prints JSON");
+        let errors = report["errors"].as_array().unwrap();
+        assert!(
+            !errors.is_empty()
+                && errors
+                    .iter()
+                    .all(|e| e.as_str().unwrap().contains("400") || e == "Bad Request"),
+            "{sdk}: the library reports the 400: {report}"
+        );
+
+        let mut sent: Vec<&str> = report["sent"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        sent.sort_unstable();
+        // One more than expected is awaited: a resend would bring the same events again.
+        let records = consume(
+            &ingest.topics.ingest,
+            sent.len() + 1,
+            std::time::Duration::from_secs(3),
+        )
+        .await;
+        let mut got: Vec<String> = records
+            .iter()
+            .map(|r| r.event()["message_id"].as_str().unwrap().to_string())
+            .collect();
+        got.sort();
+        assert_eq!(got, sent, "{sdk}: each valid event exactly once");
+        let dlq = consume(&ingest.topics.dlq, 2, std::time::Duration::from_secs(3)).await;
+        assert_eq!(dlq.len(), 1, "{sdk}: the invalid event once on the DLQ");
+        assert_eq!(dlq[0].json()["message_id"], report["invalid"], "{sdk}");
+        assert_eq!(dlq[0].json()["field"], field, "{sdk}");
+
+        // rudder-sdk-node sends its first event at once, alone: the rest is one batch. Each
+        // event reached the edge once, and the batch with the invalid one was not resent.
+        let metrics = ingest.metrics_text().await;
+        let value = |series: &str| {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        assert_eq!(
+            (
+                value("cdp_ingest_http_requests_total{route=\"batch\",status=\"400\"}"),
+                value("cdp_ingest_events_total{type=\"track\",outcome=\"accepted\"}"),
+                value("cdp_ingest_events_total{type=\"track\",outcome=\"rejected\"}"),
+            ),
+            (1.0, 3.0, 1.0),
+            "{sdk}: every event on the wire once:\n{metrics}"
+        );
+    }
+}

@@ -225,3 +225,39 @@ async fn a_single_event_over_the_event_limit_gets_413_and_lands_in_the_dlq() {
     assert!(envelope.get("raw_payload_truncated").is_none());
     server.stop().await.unwrap();
 }
+
+/// The event limit is measured on the body as sent (whitespace included), not on the record
+/// ingest writes (which adds `receivedAt`, ids and the source): a single-event body of exactly
+/// `--max-event-bytes` lands, one byte more is `too_large`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_event_exactly_at_the_event_limit_lands_and_one_byte_more_is_too_large() {
+    let server = Server::start().await;
+    let limit = 32 * 1024;
+    let body_of = |id: &str, len: usize| {
+        let head = format!(
+            r#"{{ "anonymousId": "edge", "event": "e", "messageId": "{id}", "properties": {{"blob": ""#
+        );
+        let tail = r#""} }"#;
+        let blob = "x".repeat(len - head.len() - tail.len());
+        format!("{head}{blob}{tail}")
+    };
+    let at = body_of("m-at", limit);
+    assert_eq!(at.len(), limit);
+    let (status, reply) = status_json(server.post_raw("/v1/track", at).await).await;
+    assert_eq!(status, 200, "{reply}");
+    let records = consume(&server.topics.ingest, 1, WAIT).await;
+    assert_eq!(records[0].event()["message_id"], "m-at");
+    assert!(
+        records[0].value.len() > limit,
+        "the record carries ingest's fields on top"
+    );
+
+    let over = body_of("m-over", limit + 1);
+    let (status, reply) = status_json(server.post_raw("/v1/track", over).await).await;
+    assert_eq!(status, 413, "{reply}");
+    assert_eq!(reply["rejected"][0]["reason"], "too_large");
+    assert_eq!(reply["code"], "too_large");
+    let dlq = consume(&server.topics.dlq, 1, WAIT).await;
+    assert_eq!(dlq[0].json()["message_id"], "m-over");
+    server.stop().await.unwrap();
+}

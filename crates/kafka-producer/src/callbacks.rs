@@ -25,8 +25,9 @@ pub(crate) enum Delivery {
     Logged { message_id: String },
     /// Awaited (S8, acked mode, replays): the outcome goes to the waiting caller.
     Awaited(oneshot::Sender<Result<(), KafkaError>>),
-    /// The retry or DLQ copy of a failed record: a failure re-routes the original.
-    Rescue { original: spool::Record },
+    /// The retry or DLQ copy of a failed record: a failure re-routes the original, at the
+    /// copy's `stage`.
+    Rescue { original: spool::Record, stage: Stage },
     /// A record the drainer produced from the spool: the outcome goes back to the drainer.
     Drained {
         index: usize,
@@ -200,12 +201,12 @@ impl ProducerContext for Callbacks {
                     });
                 }
             }
-            (Delivery::Rescue { original }, Err(error)) => {
+            (Delivery::Rescue { original, stage }, Err(error)) => {
                 tracing::warn!(topic, message_id = original.message_id, %error, "the retry/DLQ copy failed too");
                 self.rescue(Failed {
                     record: original,
                     error,
-                    stage: Stage::Rescue,
+                    stage,
                 });
             }
             // The caller may have given up waiting; then nobody listens.

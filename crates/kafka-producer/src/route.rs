@@ -29,7 +29,12 @@ impl ErrorClass {
                 | UnsupportedForMessageFormat
                 | TopicAuthorizationFailed
                 | ClusterAuthorizationFailed
-                | BadMessage,
+                | BadMessage
+                // The broker's verdict on the record itself: sending it again cannot change
+                // it (Kafka protocol error codes 32, 18, 44).
+                | InvalidTimestamp
+                | MessageBatchTooLarge
+                | PolicyViolation,
             ) => ErrorClass::Permanent,
             Some(Fatal | PurgeQueue | PurgeInflight) => ErrorClass::Purged,
             _ => ErrorClass::Transient,
@@ -42,8 +47,11 @@ impl ErrorClass {
 pub enum Stage {
     /// The ingest record itself.
     Ingest,
-    /// Its retry-topic or DLQ copy, or the spool append that was to take it.
+    /// Its retry-topic copy, or the spool append that was to take it.
     Rescue,
+    /// Its DLQ copy, or a rejected event's DLQ envelope drained from the spool: the last
+    /// stop. Refused for good there, a record is counted lost (once), never sent round again.
+    Dlq,
 }
 
 /// The producer's state as far as routing cares.
@@ -74,6 +82,15 @@ pub enum Destination {
 }
 
 impl Destination {
+    /// The stage of a write to this destination: how its own failure is routed.
+    pub fn stage(self) -> Stage {
+        match self {
+            Destination::Ingest => Stage::Ingest,
+            Destination::Dlq => Stage::Dlq,
+            Destination::Retry | Destination::Spool | Destination::Lost => Stage::Rescue,
+        }
+    }
+
     /// The metric label.
     pub fn label(self) -> &'static str {
         match self {
@@ -87,13 +104,17 @@ impl Destination {
 }
 
 /// Where a record goes after `class` of error at `stage`. When writing it there fails, the
-/// record is routed again with [`Stage::Rescue`], which ends in the spool or [`Destination::Lost`].
+/// record is routed again with the stage of that write ([`Destination::stage`]) and the class
+/// of that write's error, which ends in the spool or [`Destination::Lost`]: a record refused
+/// for good by the DLQ is lost, counted once, and never circles spool → drainer → producer.
 pub fn route(class: ErrorClass, stage: Stage, c: Conditions) -> Destination {
     use Destination::*;
     let spool_or_lost = if c.spool { Spool } else { Lost };
     match (stage, class) {
+        // Escalation: the DLQ refuses it too; the spool would send it round for ever.
+        (Stage::Dlq, ErrorClass::Permanent) => Lost,
         _ if c.closing => spool_or_lost,
-        (Stage::Rescue, _) => spool_or_lost,
+        (Stage::Rescue | Stage::Dlq, _) => spool_or_lost,
         (Stage::Ingest, ErrorClass::Permanent) => Dlq,
         // Kafka takes nothing now: the retry topic would fail the same way.
         (Stage::Ingest, ErrorClass::Purged | ErrorClass::Transient) if c.spool && !c.delivering => Spool,
@@ -119,10 +140,11 @@ mod tests {
         #[rustfmt::skip]
         let expected = |stage: Stage, class: ErrorClass, c: Conditions| -> Destination {
             match (stage, class, c.spool, c.delivering, c.closing) {
+                (Stage::Dlq, Permanent, _, _, _) => Lost,
                 (_, _, true, _, true) => Spool,
                 (_, _, false, _, true) => Lost,
-                (Stage::Rescue, _, true, _, _) => Spool,
-                (Stage::Rescue, _, false, _, _) => Lost,
+                (Stage::Rescue | Stage::Dlq, _, true, _, _) => Spool,
+                (Stage::Rescue | Stage::Dlq, _, false, _, _) => Lost,
                 (Stage::Ingest, Permanent, _, _, _) => Dlq,
                 (Stage::Ingest, Purged, true, false, _) => Spool,
                 (Stage::Ingest, Purged, _, _, _) => Ingest,
@@ -130,7 +152,7 @@ mod tests {
                 (Stage::Ingest, Transient, _, _, _) => Retry,
             }
         };
-        for stage in [Stage::Ingest, Stage::Rescue] {
+        for stage in [Stage::Ingest, Stage::Rescue, Stage::Dlq] {
             for class in [Permanent, Purged, Transient] {
                 for spool in [false, true] {
                     for delivering in [false, true] {
@@ -142,7 +164,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(rows.len(), 48);
+        assert_eq!(rows.len(), 72);
         for (stage, class, conditions, to) in rows {
             assert_eq!(
                 route(class, stage, conditions),
@@ -161,6 +183,9 @@ mod tests {
             ErrorClass::of(&produce(Code::TopicAuthorizationFailed)),
             Permanent
         );
+        assert_eq!(ErrorClass::of(&produce(Code::InvalidTimestamp)), Permanent);
+        assert_eq!(ErrorClass::of(&produce(Code::MessageBatchTooLarge)), Permanent);
+        assert_eq!(ErrorClass::of(&produce(Code::PolicyViolation)), Permanent);
         assert_eq!(ErrorClass::of(&produce(Code::PurgeQueue)), Purged);
         assert_eq!(ErrorClass::of(&produce(Code::PurgeInflight)), Purged);
         assert_eq!(ErrorClass::of(&produce(Code::Fatal)), Purged);

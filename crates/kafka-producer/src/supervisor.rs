@@ -254,6 +254,7 @@ impl Supervisor {
                 retry_copy(record, &failed.error, &config.topics.ingest, config.retry_delay),
                 Delivery::Rescue {
                     original: record.clone(),
+                    stage: Stage::Rescue,
                 },
             ),
             Destination::Dlq => (
@@ -261,6 +262,7 @@ impl Supervisor {
                 dlq_copy(record, &failed.error),
                 Delivery::Rescue {
                     original: record.clone(),
+                    stage: Stage::Dlq,
                 },
             ),
         };
@@ -271,8 +273,21 @@ impl Supervisor {
                 tracing::info!(message_id = record.message_id, to = to.label(), error = %failed.error, "failed record re-routed");
             }
             Err(error) => {
+                // Routed again by what this write's failure says (a DLQ copy too large for
+                // the DLQ is lost, counted, rather than spooled to come round again).
                 tracing::warn!(message_id = record.message_id, to = to.label(), %error, "re-route failed");
-                let again = route(ErrorClass::of(&failed.error), Stage::Rescue, core.conditions());
+                let class = match &error {
+                    crate::Error::Enqueue { source, .. } => ErrorClass::of(source),
+                    _ => ErrorClass::Transient,
+                };
+                let again = route(class, to.stage(), core.conditions());
+                let failed = Failed {
+                    error: match error {
+                        crate::Error::Enqueue { source, .. } => source,
+                        _ => failed.error,
+                    },
+                    ..failed
+                };
                 self.send(failed, again);
             }
         }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use event_model::DlqReason;
 use kafka_producer::Health;
 use rdkafka::types::RDKafkaRespErr;
+use test_support::consume_from;
 use test_support::mock::Fault;
 
 use super::{ids, message_id, Harness, Spooled, SOURCE, WORKSPACE};
@@ -86,4 +87,52 @@ async fn a_record_too_large_goes_to_the_dlq() {
 async fn an_authorization_error_goes_to_the_dlq() {
     let h = Harness::start("unauthorized", Spooled::Yes, |_| {}).await;
     rejected_by_the_broker(&h, RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED).await;
+}
+
+/// A record refused for good by the ingest topic and then by the DLQ (its copy too large for
+/// it, say) is the end of the line: counted lost once, with nothing spooled to come round
+/// again. The loop this replaced (DLQ copy refused → spool → drainer → refused → ...) ran
+/// about 185 times a second; here the counts say it ran once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_dlq_refuses_too_is_counted_lost_once_and_not_spooled() {
+    let h = Harness::start("poison", Spooled::Yes, |_| {}).await;
+    // The ingest record's produce request, then its DLQ copy's.
+    let too_large = RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE;
+    h.mock.inject(Fault::ProduceErrorsN(too_large, 2));
+    let poison = ids("poison", 1);
+    h.send(&poison, false).await.unwrap();
+    h.until("the poison record counted lost", super::WAIT, || h.lost() == 1.0)
+        .await;
+    h.settled().await;
+
+    let later = ids("later", 1);
+    h.send_once_taken(&later).await;
+    let read = h.assert_on(&h.topics.ingest, &later).await;
+    assert_eq!(read, later, "the poison record never reached the ingest topic");
+    h.settled().await;
+    assert_eq!(h.lost(), 1.0, "lost once; {}", h.describe());
+    assert_eq!(
+        h.metric("kafka_rescued_total{to=\"dlq\"}"),
+        1.0,
+        "{}",
+        h.describe()
+    );
+    assert_eq!(
+        h.metric("spool_appended_total{from=\"rescue\"}"),
+        0.0,
+        "{}",
+        h.describe()
+    );
+    assert_eq!(h.spool().records(), 0, "nothing spooled; {}", h.describe());
+    let dlq = consume_from(
+        h.mock.bootstrap.as_str(),
+        &h.topics.dlq,
+        1,
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(dlq.is_empty(), "{dlq:?}");
+    assert_eq!(h.rebuilds(), 0.0);
+    assert_eq!(h.producer.health(), Health::Delivering);
+    h.close(Duration::from_secs(5)).await;
 }

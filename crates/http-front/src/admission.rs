@@ -38,6 +38,12 @@ pub(crate) struct Admission {
 /// the three header names and their source and type values are counted separately).
 const SPOOL_FRAME_OVERHEAD: u64 = 96;
 
+/// Bytes a DLQ envelope adds to its raw payload, at most for ordinary events: ids, reason,
+/// field, timestamps, the client address, and the escaping of the payload's quotes (the
+/// payload is a JSON string inside the envelope). An estimate, like the frame overhead: the
+/// spool's own cap still holds, and a request it refuses half-way gets its 503.
+const DLQ_ENVELOPE_OVERHEAD: u64 = 1024;
+
 impl Admission {
     pub(crate) fn new(max_records: u32, max_kbytes: u32) -> Self {
         Admission {
@@ -69,7 +75,10 @@ impl Admission {
             Some(spool) if producer.spools_events() => {
                 let ids: u64 = events.iter().map(|e| e.message_id.len() as u64).sum();
                 let per_record = SPOOL_FRAME_OVERHEAD + (workspace_id.len() + source_id.len()) as u64;
-                let need = event_bytes + ids + per_record * events.len() as u64;
+                // The DLQ envelopes are spooled too while Kafka is not delivering (their raw
+                // payload, with room for the envelope's fields).
+                let dlq_need = dlq.1 + (SPOOL_FRAME_OVERHEAD + DLQ_ENVELOPE_OVERHEAD) * dlq.0 as u64;
+                let need = event_bytes + ids + per_record * events.len() as u64 + dlq_need;
                 let fits = |reserved: u64| spool.bytes() + reserved + need <= spool.max_bytes();
                 if !reserve_u64(&self.reserved_spool_bytes, need, fits) {
                     return Err(kafka_producer::Error::SpoolFull {

@@ -1,10 +1,12 @@
-//! Rejected events to the DLQ (S8): one envelope per event, every write awaited before the
-//! client is answered; a body rejected whole before its source is known is only reported.
+//! Rejected events to the DLQ (S8): one envelope per event, each landed (in buffered mode
+//! acknowledged or spooled bound for the DLQ; in acked mode acknowledged) before the client is
+//! answered; a body rejected whole before its source is known is only reported.
 
 use std::net::IpAddr;
 
 use event_model::{DlqEnvelope, DlqReason, Rejection};
 
+use crate::config::DeliveryMode;
 use crate::report;
 use crate::sources::Source;
 use crate::state::State;
@@ -61,32 +63,36 @@ pub(crate) async fn reject_body(
     }
 }
 
-/// Writes rejected events to the DLQ and waits for every acknowledgement (S8).
+/// Writes rejected events to the DLQ and waits until each has landed (S8): in buffered mode
+/// acknowledged or spooled bound for the DLQ ([`kafka_producer::EventProducer::land_dlq`]), in
+/// acked mode acknowledged by the broker.
 pub(crate) async fn write_dlq(
     state: &State,
     source: &Source,
     origin: &Origin,
     rejected: &[RejectedEvent],
 ) -> Result<(), Error> {
-    let mut acks = Vec::with_capacity(rejected.len());
-    for r in rejected {
-        let mut envelope = DlqEnvelope::new(
-            &source.workspace_id,
-            &source.source_id,
-            &r.message_id,
-            DlqReason::Rejected(r.rejection.reason),
-            &r.rejection.field,
-            r.raw.clone(),
-        );
-        envelope.received_at = Some(
-            origin
-                .received_at
-                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        );
-        envelope.client_ip = Some(origin.client_ip.to_string());
-        envelope.event_type = origin.path_type.map(str::to_string);
-        acks.push(state.producer.send_dlq(&envelope));
+    let envelopes: Vec<DlqEnvelope> = rejected.iter().map(|r| envelope(source, origin, r)).collect();
+    if state.delivery_mode == DeliveryMode::Buffered {
+        return match state.producer.land_dlq(&envelopes).await {
+            Ok(()) => {
+                for r in rejected {
+                    report::rejected(r.event_type, &r.message_id, &r.rejection);
+                }
+                Ok(())
+            }
+            Err(error) => {
+                for r in rejected {
+                    report::dlq_failed(r.event_type, &r.message_id, &r.rejection, &error);
+                }
+                Err(Error::Unavailable {
+                    accepted: 0,
+                    source: error,
+                })
+            }
+        };
     }
+    let acks: Vec<_> = envelopes.iter().map(|e| state.producer.send_dlq(e)).collect();
     let mut failure = None;
     for (r, ack) in rejected.iter().zip(acks) {
         let result = match ack {
@@ -105,6 +111,26 @@ pub(crate) async fn write_dlq(
         None => Ok(()),
         Some(source) => Err(Error::Unavailable { accepted: 0, source }),
     }
+}
+
+/// The DLQ envelope of a rejected event, with where and when it arrived.
+fn envelope(source: &Source, origin: &Origin, r: &RejectedEvent) -> DlqEnvelope {
+    let mut envelope = DlqEnvelope::new(
+        &source.workspace_id,
+        &source.source_id,
+        &r.message_id,
+        DlqReason::Rejected(r.rejection.reason),
+        &r.rejection.field,
+        r.raw.clone(),
+    );
+    envelope.received_at = Some(
+        origin
+            .received_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    );
+    envelope.client_ip = Some(origin.client_ip.to_string());
+    envelope.event_type = origin.path_type.map(str::to_string);
+    envelope
 }
 
 /// A fresh message id for an event that has none.

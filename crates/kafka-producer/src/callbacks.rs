@@ -52,7 +52,7 @@ pub(crate) struct Failed {
 /// Work for the supervisor.
 pub(crate) enum Job {
     /// Route a failed record.
-    Failed(Failed),
+    Failed(Box<Failed>),
     /// librdkafka reported `AllBrokersDown`.
     BrokersDown,
     /// librdkafka reported an error that may be fatal: ask the client.
@@ -112,7 +112,7 @@ pub(crate) struct Callbacks {
 impl Callbacks {
     fn rescue(&self, failed: Failed) {
         self.counters.pending.fetch_add(1, Ordering::Relaxed);
-        if let Err(mpsc::SendError(Job::Failed(failed))) = self.jobs.send(Job::Failed(failed)) {
+        if let Err(mpsc::SendError(Job::Failed(failed))) = self.jobs.send(Job::Failed(Box::new(failed))) {
             self.counters.pending.fetch_sub(1, Ordering::Relaxed);
             self.metrics.lose(
                 &failed.record.message_id,

@@ -106,7 +106,7 @@ impl Client {
             .pending
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
-        let sent = jobs.send(Job::Failed(failed)).is_ok();
+        let sent = jobs.send(Job::Failed(Box::new(failed))).is_ok();
         if !sent {
             self.counters
                 .pending

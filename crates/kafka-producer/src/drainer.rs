@@ -1,5 +1,5 @@
-//! The drainer: the thread that re-produces spooled records to the ingest topic while Kafka
-//! is delivering, oldest segment first and in append order (so per visitor in order), and
+//! The drainer: the thread that re-produces spooled records to their topic (the ingest
+//! topic, or the DLQ for a rejected event's envelope, [`DLQ_BOUND`]) while Kafka is delivering, oldest segment first and in append order (so per visitor in order), and
 //! deletes a segment once every record of it is acknowledged (a crash before that sends it
 //! again: duplicates, never a gap).
 //!
@@ -21,7 +21,7 @@ use spool::{Segment, Spool};
 
 use crate::callbacks::{Delivery, Failed};
 use crate::core::Core;
-use crate::record::headers_of;
+use crate::record::{headers_of, DLQ_BOUND};
 use crate::route::{ErrorClass, Stage};
 use crate::Error;
 
@@ -174,7 +174,11 @@ impl Drainer {
                         index: index - 1,
                         done: done.clone(),
                     };
-                    let topic = &core.client.config.topics.ingest;
+                    let topics = &core.client.config.topics;
+                    let topic = match r.topic.as_str() {
+                        DLQ_BOUND => &topics.dlq,
+                        _ => &topics.ingest,
+                    };
                     match core
                         .client
                         .enqueue(topic, &r.key, &r.value, headers_of(r), delivery)
@@ -240,10 +244,16 @@ impl Drainer {
         }
         let all: Vec<&spool::Record> = batches.iter().flat_map(|(_, records, _)| records).collect();
         for (at, e) in rejected {
+            let record = all[at].clone();
+            // A DLQ envelope the DLQ refuses is the end of the line (counted lost).
+            let stage = match record.topic.as_str() {
+                DLQ_BOUND => Stage::Dlq,
+                _ => Stage::Ingest,
+            };
             let failed = Failed {
-                record: all[at].clone(),
+                record,
                 error: e,
-                stage: Stage::Ingest,
+                stage,
             };
             match core.client.hand_over(failed) {
                 true => outcome[at] = Some(true),

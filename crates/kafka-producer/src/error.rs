@@ -103,6 +103,18 @@ pub enum Error {
 }
 
 impl Error {
+    /// True when Kafka refused the record for good ([`crate::route::ErrorClass::Permanent`]:
+    /// too large, not authorised, invalid), at enqueue or in its delivery report: sending it
+    /// again, now or later, gets the same answer.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Error::Enqueue { source, .. } | Error::Delivery { source, .. } => {
+                crate::route::ErrorClass::of(source) == crate::route::ErrorClass::Permanent
+            }
+            _ => false,
+        }
+    }
+
     /// True for an enqueue refusal the spool can take instead: the producer is gone, failed or
     /// being replaced. Not for back-pressure (a full queue: the client slows down) nor for a
     /// record Kafka would never take (too large: the client's to fix).

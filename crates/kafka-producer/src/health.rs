@@ -183,6 +183,8 @@ pub(crate) struct HealthCell {
     code: AtomicU8,
     /// Serialises writers (the supervisor, and `close`).
     write: Mutex<()>,
+    /// Woken at every change, for those waiting on one ([`HealthCell::until_not_delivering`]).
+    changed: tokio::sync::Notify,
 }
 
 impl HealthCell {
@@ -190,6 +192,7 @@ impl HealthCell {
         HealthCell {
             code: AtomicU8::new(health.code()),
             write: Mutex::new(()),
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -203,7 +206,24 @@ impl HealthCell {
         let before = self.get();
         let step = before.next(event, spool);
         self.code.store(step.health.code(), Ordering::Release);
+        if step.health != before {
+            self.changed.notify_waiters();
+        }
         (before, step)
+    }
+
+    /// Resolves once the state is not [`Health::Delivering`] (at once if it is not now).
+    pub(crate) async fn until_not_delivering(&self) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the state is read: a change in between still wakes it.
+            changed.as_mut().enable();
+            if !self.get().is_delivering() {
+                return;
+            }
+            changed.await;
+        }
     }
 }
 

@@ -20,7 +20,7 @@ use crate::health::{Event, Health, HealthCell};
 use crate::metrics::ProducerMetrics;
 use crate::outcome::{Ack, Closed, Refused};
 use crate::readiness::Status;
-use crate::record::{envelope_headers, event_headers, event_record};
+use crate::record::{envelope_record, event_headers, event_record, headers_of};
 use crate::spool_writer::SpoolWriter;
 use crate::supervisor::Supervisor;
 use crate::{Error, ProducerConfig, Topics};
@@ -308,13 +308,88 @@ impl EventProducer {
     /// header `reason`.
     pub fn send_envelope(&self, topic: &str, envelope: &DlqEnvelope) -> Result<Ack, Error> {
         let (tx, ack) = self.ack(topic);
-        let payload = envelope.to_json();
-        let headers = envelope_headers(envelope);
-        let key = envelope.workspace_id.as_bytes();
+        let record = envelope_record(envelope);
+        let headers = headers_of(&record);
         self.core
             .client
-            .enqueue(topic, key, &payload, headers, Delivery::Awaited(tx))?;
+            .enqueue(topic, &record.key, &record.value, headers, Delivery::Awaited(tx))?;
         Ok(ack)
+    }
+
+    /// Lands a request's DLQ envelopes in buffered mode (S8): `Ok` once every one is durable,
+    /// that is acknowledged by the DLQ topic or appended to the spool bound for the DLQ (the
+    /// drainer sends it there once Kafka delivers), the same durability a valid event's 200
+    /// gets. While Kafka is not delivering they go to the spool at once, so that an outage
+    /// never makes a request wait on a broker that is not there, and no DLQ record ages in
+    /// librdkafka into a producer rebuild. While it delivers they are enqueued and awaited;
+    /// those that fail, or are still unacknowledged when Kafka stops delivering or at the DLQ
+    /// timeout, are spooled (one acknowledged late as well is on the DLQ twice). One the DLQ
+    /// refuses for good ([`Error::is_permanent`]: not authorised, too large) is that error:
+    /// spooling would not help it.
+    ///
+    /// Without a spool, the acknowledgement is the only landing ([`EventProducer::send_dlq`]).
+    /// `Err`: the first failure: an acknowledgement's without a spool, else the spool's
+    /// ([`Error::SpoolFull`], [`Error::SpoolTimeout`], ...).
+    pub async fn land_dlq(&self, envelopes: &[DlqEnvelope]) -> Result<(), Error> {
+        let core = &self.core;
+        let Some(writer) = core.writer.as_ref() else {
+            let acks: Vec<_> = envelopes.iter().map(|e| self.send_dlq(e)).collect();
+            let mut first = Ok(());
+            for ack in acks {
+                let landed = match ack {
+                    Ok(ack) => ack.wait().await,
+                    Err(error) => Err(error),
+                };
+                if let (Err(error), Ok(())) = (landed, &first) {
+                    first = Err(error);
+                }
+            }
+            return first;
+        };
+        if core.health.get() == Health::Closed {
+            return Err(Error::Unavailable);
+        }
+        let mut acked = vec![false; envelopes.len()];
+        let mut refused = None;
+        if core.health.get().is_delivering() {
+            let acks: Vec<_> = envelopes.iter().map(|e| self.send_dlq(e)).collect();
+            let all_acked = async {
+                for (slot, ack) in acked.iter_mut().zip(acks) {
+                    match ack.map(Ack::wait) {
+                        Ok(wait) => match wait.await {
+                            Ok(()) => *slot = true,
+                            Err(error) if error.is_permanent() => {
+                                refused.get_or_insert(error);
+                            }
+                            Err(_) => {}
+                        },
+                        Err(error) if error.is_permanent() => {
+                            refused.get_or_insert(error);
+                        }
+                        Err(_) => {}
+                    }
+                }
+            };
+            tokio::select! {
+                () = all_acked => {}
+                () = core.health.until_not_delivering() => {}
+            }
+        }
+        // The DLQ refuses them for good (not authorised, say): spooling would not help.
+        if let Some(error) = refused {
+            return Err(error);
+        }
+        let records: Vec<spool::Record> = envelopes
+            .iter()
+            .zip(&acked)
+            .filter(|(_, &acked)| !acked)
+            .map(|(envelope, _)| envelope_record(envelope))
+            .collect();
+        if records.is_empty() {
+            return Ok(());
+        }
+        tracing::debug!(records = records.len(), "DLQ records spooled");
+        writer.submit(records).await
     }
 
     fn ack(&self, topic: &str) -> (oneshot::Sender<Result<(), KafkaError>>, Ack) {

@@ -7,6 +7,11 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 
 use crate::retry::{unix_ms_after, RetryInfo};
 
+/// The [`spool::Record::topic`] label of a record bound for the DLQ (a rejected event's
+/// envelope spooled in buffered mode while Kafka is not delivering); unlabelled records are
+/// bound for the ingest topic.
+pub(crate) const DLQ_BOUND: &str = "dlq";
+
 /// A record on its way to a topic.
 pub(crate) struct Outgoing {
     pub key: Vec<u8>,
@@ -26,6 +31,7 @@ pub(crate) fn event_record(event: &Accepted, workspace_id: &str, source_id: &str
             ("type".into(), event.event_type.as_str().as_bytes().to_vec()),
         ],
         value: event.value.clone(),
+        topic: String::new(),
     }
 }
 
@@ -72,6 +78,7 @@ pub(crate) fn record_of(message_id: String, message: &impl Message) -> spool::Re
         key: message.key().unwrap_or_default().to_vec(),
         headers,
         value: message.payload().unwrap_or_default().to_vec(),
+        topic: String::new(),
     }
 }
 
@@ -126,17 +133,22 @@ pub(crate) fn dlq_copy(record: &spool::Record, error: &KafkaError) -> Outgoing {
         String::from_utf8_lossy(&record.value).into_owned(),
     );
     tracing::debug!(message_id = record.message_id, %error, "delivery rejected for good");
+    let record = envelope_record(&envelope);
     Outgoing {
-        key: envelope.workspace_id.clone().into_bytes(),
-        headers: envelope_headers(&envelope),
-        value: envelope.to_json(),
+        headers: headers_of(&record),
+        key: record.key,
+        value: record.value,
     }
 }
 
-/// The headers of a DLQ envelope record: `reason` (S8).
-pub(crate) fn envelope_headers(envelope: &DlqEnvelope) -> OwnedHeaders {
-    OwnedHeaders::new_with_capacity(1).insert(Header {
-        key: "reason",
-        value: Some(envelope.reason.as_str()),
-    })
+/// The record of a DLQ envelope, the one place it is built (S8): key the workspace, header
+/// `reason`, value the envelope's JSON; labelled [`DLQ_BOUND`] for the spool.
+pub(crate) fn envelope_record(envelope: &DlqEnvelope) -> spool::Record {
+    spool::Record {
+        message_id: envelope.message_id.clone(),
+        key: envelope.workspace_id.as_bytes().to_vec(),
+        headers: vec![("reason".into(), envelope.reason.as_str().as_bytes().to_vec())],
+        value: envelope.to_json(),
+        topic: DLQ_BOUND.into(),
+    }
 }

@@ -81,7 +81,7 @@ impl Supervisor {
         }
         while let Ok(job) = jobs.try_recv() {
             if let Job::Failed(failed) = job {
-                self.route(failed);
+                self.route(*failed);
             }
         }
         self.flush_spool();
@@ -97,7 +97,7 @@ impl Supervisor {
 
     fn handle(&mut self, job: Job, jobs: &mpsc::Receiver<Job>) {
         match job {
-            Job::Failed(failed) => self.route(failed),
+            Job::Failed(failed) => self.route(*failed),
             Job::BrokersDown => self.event(Event::BrokersDown, jobs),
             Job::CheckFatal => self.check_fatal(jobs),
             Job::Stop => self.stop = true,
@@ -199,7 +199,7 @@ impl Supervisor {
             }
             while let Ok(job) = jobs.try_recv() {
                 match job {
-                    Job::Failed(failed) => self.route(failed),
+                    Job::Failed(failed) => self.route(*failed),
                     Job::Stop => self.stop = true,
                     // The new producer's state is looked at by the next tick.
                     Job::BrokersDown | Job::CheckFatal => {}

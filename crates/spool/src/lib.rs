@@ -8,7 +8,7 @@
 //! |---|---|
 //! | 4 | body length, little-endian |
 //! | 4 | CRC-32 of the body, little-endian |
-//! | n | body: message id, key, headers, value (each length-prefixed) |
+//! | n | body: message id, key, headers, value (each length-prefixed), then the topic label if not empty (length-prefixed) |
 //!
 //! Appends go straight to the file (so a SIGKILL loses nothing that was appended: the page
 //! cache keeps it); a background thread calls `fdatasync` in groups, every `fsync_interval`
@@ -20,7 +20,9 @@
 //! On [`Spool::open`], existing segments are scanned: a torn last frame (a crash mid-write) or
 //! a frame whose checksum fails is cut off with an error log, and the rest is kept for draining.
 //!
-//! The spool does no Kafka I/O; it knows nothing of topics.
+//! The spool does no Kafka I/O; a record's topic is a label its writer chooses and reads back
+//! ([`Record::topic`]), nothing more. A frame without one (every frame written before the
+//! label existed) reads back with an empty label.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -69,6 +71,9 @@ pub struct Record {
     pub headers: Vec<(String, Vec<u8>)>,
     /// The Kafka value.
     pub value: Vec<u8>,
+    /// Where the record is bound, as its writer names it; empty: the writer's default
+    /// (`kafka-producer`: the ingest topic; `"dlq"`: the DLQ).
+    pub topic: String,
 }
 
 /// How to open a spool.
@@ -524,6 +529,9 @@ fn encode(record: &Record) -> Vec<u8> {
         put(&mut body, value);
     }
     put(&mut body, &record.value);
+    if !record.topic.is_empty() {
+        put(&mut body, record.topic.as_bytes());
+    }
     let mut frame = Vec::with_capacity(HEADER + body.len());
     frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
     frame.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
@@ -566,11 +574,16 @@ fn decode(data: &[u8]) -> Option<(Record, usize)> {
         headers.push((name, body.bytes()?.to_vec()));
     }
     let value = body.bytes()?.to_vec();
+    let topic = match body.0.is_empty() {
+        true => String::new(),
+        false => String::from_utf8(body.bytes()?.to_vec()).ok()?,
+    };
     let record = Record {
         message_id,
         key,
         headers,
         value,
+        topic,
     };
     body.0.is_empty().then_some((record, HEADER + len))
 }
@@ -607,16 +620,42 @@ mod tests {
                 ("type".into(), b"track".to_vec()),
             ],
             value: br#"{"event":"e"}"#.to_vec(),
+            topic: String::new(),
         };
-        let frame = encode(&record);
-        assert_eq!(decode(&frame), Some((record, frame.len())));
-        for cut in 0..frame.len() {
-            assert_eq!(decode(&frame[..cut]), None, "cut at {cut}");
+        let labelled = Record {
+            topic: "dlq".into(),
+            ..record.clone()
+        };
+        for record in [record, labelled] {
+            let frame = encode(&record);
+            assert_eq!(decode(&frame), Some((record, frame.len())));
+            for cut in 0..frame.len() {
+                assert_eq!(decode(&frame[..cut]), None, "cut at {cut}");
+            }
+            for at in 0..frame.len() {
+                let mut flipped = frame.clone();
+                flipped[at] ^= 0x40;
+                assert_eq!(decode(&flipped), None, "flip at {at}");
+            }
         }
-        for at in 0..frame.len() {
-            let mut flipped = frame.clone();
-            flipped[at] ^= 0x40;
-            assert_eq!(decode(&flipped), None, "flip at {at}");
+    }
+
+    /// A frame written before records had a topic label (this very frame, from the format's
+    /// first version) reads back with an empty one, and is written back the same bytes.
+    #[test]
+    fn a_frame_without_a_topic_reads_as_the_default() {
+        let mut body = Vec::new();
+        for field in [&b"m-1"[..], b"k"] {
+            put(&mut body, field);
         }
+        body.extend_from_slice(&0u32.to_le_bytes());
+        put(&mut body, b"{}");
+        let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        frame.extend_from_slice(&body);
+        let (record, len) = decode(&frame).unwrap();
+        assert_eq!(len, frame.len());
+        assert_eq!(record.topic, "");
+        assert_eq!(encode(&record), frame);
     }
 }

@@ -840,3 +840,160 @@ fn runs(numbers: &[u32]) -> String {
         .collect();
     text.join(", ")
 }
+
+/// What one batch of the mixed load got.
+struct BatchAnswer {
+    /// When it was answered.
+    at: Instant,
+    status: u16,
+    /// The body's `accepted` (0 when absent).
+    accepted: u64,
+    /// The ids of its valid events, and of its invalid one.
+    valid: Vec<String>,
+    invalid: String,
+}
+
+/// Posts batches of 19 valid events and one invalid one (no `event`) every 200 ms until
+/// `stop`, recording every answer.
+fn mixed_batches(url: &str, name: &str, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<BatchAnswer>> {
+    let (url, name) = (url.to_string(), name.to_string());
+    tokio::spawn(async move {
+        let client = client(Duration::from_secs(20));
+        let mut answers = Vec::new();
+        for b in 0.. {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let valid: Vec<String> = (0..19).map(|i| format!("{name}-{b:04}-{i:02}")).collect();
+            let invalid = format!("{name}-{b:04}-bad");
+            let mut batch: Vec<Value> = valid
+                .iter()
+                .enumerate()
+                .map(|(i, id)| json!({"type": "track", "anonymousId": format!("v{}", i % 24), "event": "e", "messageId": id}))
+                .collect();
+            batch.insert(
+                7,
+                json!({"type": "track", "anonymousId": "v0", "messageId": invalid}),
+            );
+            let response = client
+                .post(format!("{url}/v1/batch"))
+                .basic_auth(WRITE_KEY, Some(""))
+                .json(&json!({ "batch": batch }))
+                .send()
+                .await;
+            let Ok(response) = response else { break };
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or_default();
+            answers.push(BatchAnswer {
+                at: Instant::now(),
+                status,
+                accepted: body["accepted"].as_u64().unwrap_or(0),
+                valid,
+                invalid,
+            });
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        answers
+    })
+}
+
+/// A 40 s Kafka outage under batches that each carry one invalid event (ordinary traffic):
+/// the rejected event's DLQ envelope lands in the spool, bound for the DLQ, so every batch is
+/// answered as with Kafka up, 400 with its 19 valid events accepted; no DLQ record waits in
+/// librdkafka into a producer rebuild; every accepted event reaches the ingest topic and
+/// every rejected one the DLQ once Kafka is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_with_an_invalid_event_in_every_batch_answers_every_batch_400() {
+    let (mut broker, topics) = own_broker().await;
+    let spool = Arc::new(tempfile::tempdir().unwrap());
+    let ingest = ingest_on(&broker, &topics, &spool, &[]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let loads: Vec<_> = (0..2)
+        .map(|n| mixed_batches(&ingest.url, &format!("mix{n}"), stop.clone()))
+        .collect();
+    let rebuilds = "cdp_ingest_kafka_producer_rebuilds_total";
+    wait_readyz(&ingest.url, "delivering", WAIT, |s, b| {
+        s == 200 && b["kafka_state"] == "delivering"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // a phase of normal traffic
+    let rebuilds_before = metric(&ingest.metrics_url, rebuilds).await;
+    broker.kill();
+    let down_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(40)).await; // the outage's length
+    let up_at = Instant::now();
+    broker.restart().await;
+    wait_readyz(
+        &ingest.url,
+        "delivering, spool drained",
+        Duration::from_secs(60),
+        |s, b| s == 200 && b["kafka_state"] == "delivering" && b["spool"]["records"] == 0,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // normal traffic again
+    stop.store(true, Ordering::Relaxed);
+    let mut answers = Vec::new();
+    for load in loads {
+        answers.extend(load.await.unwrap());
+    }
+    let rebuilt = metric(&ingest.metrics_url, rebuilds).await - rebuilds_before;
+
+    let during: Vec<&BatchAnswer> = answers
+        .iter()
+        .filter(|a| a.at > down_at && a.at < up_at)
+        .collect();
+    let as_usual = during
+        .iter()
+        .filter(|a| a.status == 400 && a.accepted == 19)
+        .count();
+    let mut statuses = BTreeMap::<u16, usize>::new();
+    for a in &during {
+        *statuses.entry(a.status).or_default() += 1;
+    }
+    eprintln!(
+        "{} batches during the outage: {statuses:?}, {as_usual} answered 400 with 19 accepted; {rebuilt} rebuilds",
+        during.len()
+    );
+    assert!(
+        during.len() >= 100,
+        "the load kept going: {} batches",
+        during.len()
+    );
+    assert!(
+        as_usual * 100 >= during.len() * 99,
+        "only {as_usual} of {} batches answered 400 with 19 accepted: {statuses:?}",
+        during.len()
+    );
+    assert!(rebuilt <= 1.0, "{rebuilt} producer rebuilds during the outage");
+
+    let accepted: Vec<String> = answers
+        .iter()
+        .filter(|a| matches!(a.status, 200 | 400))
+        .flat_map(|a| a.valid[..a.accepted as usize].iter().cloned())
+        .collect();
+    let rejected: Vec<String> = answers
+        .iter()
+        .filter(|a| a.status == 400)
+        .map(|a| a.invalid.clone())
+        .collect();
+    let read_for = Duration::from_secs(60);
+    let landed = assert_nothing_lost(&broker.address(), &topics, &accepted, read_for).await;
+    eprintln!("{} accepted, {} duplicates", accepted.len(), landed.duplicates());
+    let dlq = consume_from(&broker.address(), &topics.dlq, rejected.len(), read_for).await;
+    let on_dlq: HashSet<String> = dlq
+        .iter()
+        .map(|r| r.json()["message_id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let missing: Vec<&String> = rejected.iter().filter(|id| !on_dlq.contains(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} rejected events answered 400 are not on the DLQ: {:?}",
+        missing.len(),
+        rejected.len(),
+        &missing[..missing.len().min(5)]
+    );
+    for record in &dlq {
+        assert_eq!(record.header("reason"), Some("missing_field"), "{record:?}");
+    }
+    ingest.terminate();
+}

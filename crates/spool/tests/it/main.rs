@@ -15,6 +15,7 @@ fn record(i: usize, size: usize) -> Record {
             ("type".into(), b"track".to_vec()),
         ],
         value: vec![b'x'; size],
+        topic: String::new(),
     }
 }
 
@@ -159,13 +160,13 @@ proptest! {
         records in prop::collection::vec(
             (".{0,20}", prop::collection::vec(any::<u8>(), 0..40),
              prop::collection::vec((".{0,10}", prop::collection::vec(any::<u8>(), 0..20)), 0..4),
-             prop::collection::vec(any::<u8>(), 0..300)),
+             prop::collection::vec(any::<u8>(), 0..300), "(|dlq|[a-z]{1,8})"),
             0..40),
         garbage in prop::collection::vec(any::<u8>(), 0..64),
     ) {
         let records: Vec<Record> = records
             .into_iter()
-            .map(|(message_id, key, headers, value)| Record { message_id, key, headers, value })
+            .map(|(message_id, key, headers, value, topic)| Record { message_id, key, headers, value, topic })
             .collect();
         let dir = tempfile::tempdir().unwrap();
         {

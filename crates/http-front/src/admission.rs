@@ -117,6 +117,20 @@ impl Admission {
     }
 }
 
+impl Admission {
+    /// True when [`Admission::reserve`] would take one more small event for librdkafka's
+    /// queue now: what `/readyz` reports as the queue's room (the spool's is the producer's
+    /// [`kafka_producer::Status`]).
+    pub(crate) fn has_room(&self, producer: &EventProducer) -> bool {
+        let records = producer.in_flight() + self.reserved_records.load(Ordering::Acquire);
+        let bytes = producer.in_flight_bytes() + self.reserved_bytes.load(Ordering::Acquire);
+        records < self.max_records && bytes + SMALL_EVENT_BYTES <= self.max_bytes
+    }
+}
+
+/// What [`Admission::has_room`] asks room for: an ordinary event's key and value.
+const SMALL_EVENT_BYTES: u64 = 1024;
+
 /// Room held for one request; released when dropped (after it enqueued).
 pub(crate) struct Reservation<'a> {
     admission: &'a Admission,

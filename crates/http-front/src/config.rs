@@ -91,6 +91,14 @@ pub struct Config {
     /// At start-up: time allowed for the cluster to answer the metadata ping.
     #[arg(long, env = "CDP_KAFKA_PING_TIMEOUT", default_value = defaults::PING_TIMEOUT, value_parser = parse_duration)]
     pub kafka_ping_timeout: Duration,
+    /// Start even when the cluster does not answer the start-up ping (or refuses the
+    /// credentials): serve into the spool and keep trying Kafka, drain when it answers, and say
+    /// so in `/readyz`, the log and `cdp_ingest_kafka_degraded_start`. Without it a first start
+    /// against an unreachable cluster exits (S3); a start whose spool holds a previous
+    /// process's records is degraded either way. The deploy manifests set it: a replica
+    /// restarted during an outage must not crash-loop.
+    #[arg(long, env = "CDP_KAFKA_ALLOW_DEGRADED_START")]
+    pub kafka_allow_degraded_start: bool,
     /// The memory-only window: when a record has waited this long for Kafka's
     /// acknowledgement (a hung broker keeps its connections up), Kafka counts as unreachable,
     /// new events go to the spool, and what the producer holds is moved there. A SIGKILL loses
@@ -105,6 +113,13 @@ pub struct Config {
     /// (a slow or frozen disk never holds the HTTP workers).
     #[arg(long, env = "CDP_SPOOL_TIMEOUT", default_value = defaults::SPOOL_TIMEOUT, value_parser = parse_duration)]
     pub spool_timeout: Duration,
+    /// On shutdown (SIGTERM): how long `/readyz` answers 503 while the listener still serves,
+    /// before it stops accepting: the time a load balancer takes to stop routing to the pod
+    /// (Kubernetes removes the endpoint at once, kube-proxy and ingress controllers follow
+    /// within seconds). Shutdown delay + drain timeout + flush grace must fit in the pod's
+    /// `terminationGracePeriodSeconds` (README, "Shutdown").
+    #[arg(long, env = "CDP_SHUTDOWN_DELAY", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
     /// On shutdown: time allowed for in-flight requests to finish.
     #[arg(long, env = "CDP_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -184,6 +199,7 @@ impl Config {
         producer.queue_max_kbytes = self.kafka_queue_max_kbytes;
         producer.dlq_timeout = self.dlq_timeout;
         producer.ping_timeout = self.kafka_ping_timeout;
+        producer.allow_degraded_start = self.kafka_allow_degraded_start;
         producer.linger = self.kafka_linger;
         producer.message_timeout = self.kafka_message_timeout;
         producer.retry_delay = self.retry_delay;

@@ -19,6 +19,8 @@ pub(crate) struct RejectedEvent {
     pub event_type: &'static str,
     pub rejection: Rejection,
     pub raw: String,
+    /// `raw` is a cut of the event (`raw_payload_truncated` in the envelope).
+    pub cut: bool,
 }
 
 /// Where and when a request arrived, recorded in its DLQ envelopes for faithful replays.
@@ -47,6 +49,7 @@ pub(crate) async fn reject_body(
             event_type: "unknown",
             rejection,
             raw: String::from_utf8_lossy(body).into_owned(),
+            cut: false,
         };
         if let Err(e) = write_dlq(state, source, origin, std::slice::from_ref(&rejected)).await {
             return e;
@@ -123,6 +126,7 @@ fn envelope(source: &Source, origin: &Origin, r: &RejectedEvent) -> DlqEnvelope 
         &r.rejection.field,
         r.raw.clone(),
     );
+    envelope.raw_payload_truncated |= r.cut;
     envelope.received_at = Some(
         origin
             .received_at

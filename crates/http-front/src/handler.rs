@@ -140,9 +140,11 @@ fn settings(state: &State, write_key: &str, headers: &HeaderMap) -> Result<Respo
     }
 }
 
-/// `/readyz`: 200 while an event sent now would be taken ([`kafka_producer::Status::not_ready`]:
-/// Kafka delivering, or in buffered mode the spool writable; no previous spool left to drain),
-/// else 503 naming the cause; with the spool's fill either way.
+/// `/readyz`: 200 while an event sent now would be taken, else 503 naming the cause: the
+/// producer's [`kafka_producer::Status::not_ready`] (Kafka delivering, or in buffered mode the
+/// spool writable), with the queue's room as the request admission sees it
+/// ([`crate::admission::Admission::has_room`]). Either way with the spool's fill and whether
+/// the replica started degraded or is draining a previous process's spool.
 pub(crate) fn readiness(state: &State) -> Response<Full<Bytes>> {
     let producer = &state.producer;
     let spool = producer.spool().map(|s| SpoolFill {
@@ -150,7 +152,8 @@ pub(crate) fn readiness(state: &State) -> Response<Full<Bytes>> {
         bytes: s.bytes(),
         max_bytes: s.max_bytes(),
     });
-    let status = producer.status();
+    let mut status = producer.status();
+    status.queue_full |= !state.admission.has_room(producer);
     let not_ready = match state.shutting_down.load(Ordering::Relaxed) {
         true => Some(NotReady::Closed),
         false => status.not_ready(state.delivery_mode == DeliveryMode::Buffered),
@@ -163,6 +166,8 @@ pub(crate) fn readiness(state: &State) -> Response<Full<Bytes>> {
         kafka_state: status.health.label(),
         kafka_reachable: status.health.is_delivering(),
         kafka_authentication_failure: status.authentication_failure.map(|f| f.to_string()),
+        degraded_start: status.degraded_start,
+        recovering: status.recovering,
         spool,
     };
     let code = match not_ready {
@@ -190,6 +195,10 @@ struct Readiness {
     /// What the brokers said when they last refused our credentials or certificates.
     #[serde(skip_serializing_if = "Option::is_none")]
     kafka_authentication_failure: Option<String>,
+    /// Started while Kafka did not answer, and it has not delivered since.
+    degraded_start: bool,
+    /// Draining the spool a previous process left (new events are spooled behind it).
+    recovering: bool,
     spool: Option<SpoolFill>,
 }
 

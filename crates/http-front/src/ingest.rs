@@ -8,12 +8,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use event_model::{message_id_of, normalize, parse_body, Accepted, Endpoint, EventType, Received, Rejection};
+use event_model::{
+    message_id_of, normalize, parse_body, Accepted, Endpoint, EventType, Reason, Received, Rejection,
+};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::HeaderMap;
 use hyper::{Request, Response, StatusCode};
-use kafka_producer::Refused;
+use kafka_producer::{Refused, Unsendable};
 use simd_json::BorrowedValue;
 
 use crate::admission::Reservation;
@@ -122,7 +124,8 @@ async fn ingest(
     };
     let Validated {
         accepted,
-        rejected,
+        accepted_at,
+        mut rejected,
         dlq_bytes,
     } = validated;
     let _reservation = reserve(state, &source, &accepted, &rejected, dlq_bytes)?;
@@ -133,18 +136,65 @@ async fn ingest(
         report::refused(&accepted, &"shutting down");
         return Err(Error::ShuttingDown);
     }
-    send(state, &source, &accepted).await?;
+    let unsendable = send(state, &source, &accepted).await?;
+    let taken = accepted.len() - unsendable.events.len();
+    if !unsendable.events.is_empty() {
+        // Kafka can never take these: each is rejected alone, the rest stay taken.
+        let late: Vec<RejectedEvent> = unsendable
+            .events
+            .iter()
+            .map(|(i, error)| unsendable_rejection(&accepted[*i], accepted_at[*i], error))
+            .collect();
+        // The rest are taken, so a refused DLQ write cannot make this a 503 (a retry would
+        // repeat them): the client still learns these are rejected, and the failed writes are
+        // counted and logged with their message_id (`report::dlq_failed`).
+        let _ = write_dlq(state, &source, &origin, &late).await;
+        rejected.extend(late);
+        rejected.sort_by_key(|r| r.index);
+    }
     if rejected.is_empty() {
         return Ok(json_response(StatusCode::OK, &Reply::success()));
     }
     Err(Error::PartlyRejected {
-        accepted: accepted.len(),
+        accepted: taken,
         single_event: matches!(endpoint, Endpoint::Single(_)),
         rejected: rejected
             .iter()
             .map(|r| RejectedItem::new(r.index, &r.message_id, &r.rejection))
             .collect(),
     })
+}
+
+/// Bytes of an unsendable event's record kept in its DLQ envelope: the record is too large
+/// for Kafka, so the whole of it would be refused again inside the envelope.
+const UNSENDABLE_PAYLOAD_BYTES: usize = 1024;
+
+/// The rejection of an event Kafka can never take ([`kafka_producer::Unsendable`]): reason
+/// `too_large` (the one such refusal librdkafka makes at enqueue is a record over its
+/// `message.max.bytes`), the record's first [`UNSENDABLE_PAYLOAD_BYTES`] as its payload.
+fn unsendable_rejection(event: &Accepted, index: usize, error: &kafka_producer::Error) -> RejectedEvent {
+    let value = String::from_utf8_lossy(&event.value);
+    let mut end = value.len().min(UNSENDABLE_PAYLOAD_BYTES);
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = &value[..end];
+    RejectedEvent {
+        index,
+        message_id: event.message_id.clone(),
+        event_type: event.event_type.as_str(),
+        rejection: Rejection::new(
+            Reason::TooLarge,
+            "",
+            format!(
+                "Kafka refuses the {}-byte record for good ({error}); the DLQ keeps its first {} bytes",
+                event.value.len(),
+                cut.len()
+            ),
+        ),
+        raw: cut.to_string(),
+        cut: true,
+    }
 }
 
 /// Why [`decode`] took nothing from a body.
@@ -235,6 +285,8 @@ fn rate_limit(source: &Source, events: usize) -> Result<(), Error> {
 /// A request's events, validated.
 struct Validated {
     accepted: Vec<Accepted>,
+    /// Each accepted event's index in the request.
+    accepted_at: Vec<usize>,
     rejected: Vec<RejectedEvent>,
     /// The bytes of the rejected events' DLQ copies.
     dlq_bytes: usize,
@@ -260,6 +312,7 @@ fn validate(
         Endpoint::Batch => None,
     };
     let mut accepted = Vec::with_capacity(parsed.items.len());
+    let mut accepted_at = Vec::with_capacity(parsed.items.len());
     let mut rejected = Vec::new();
     // What the request becomes, counted as it grows: over the budget, it stops here.
     let (mut output, mut dlq_bytes) = (0usize, 0usize);
@@ -268,6 +321,7 @@ fn validate(
             Ok(event) => {
                 output += event.value.len() + event.key.len();
                 accepted.push(event);
+                accepted_at.push(index);
             }
             Err(rejection) => {
                 let raw = simd_json::to_string(&item.value).unwrap_or_default();
@@ -281,6 +335,7 @@ fn validate(
                         .map_or("unknown", EventType::as_str),
                     rejection,
                     raw,
+                    cut: false,
                 });
             }
         }
@@ -291,6 +346,7 @@ fn validate(
     }
     Ok(Validated {
         accepted,
+        accepted_at,
         rejected,
         dlq_bytes,
     })
@@ -338,17 +394,29 @@ fn reserve<'a>(
 
 /// Hands the valid events to the producer: buffered, or (acked mode) awaiting every
 /// acknowledgement. A refusal refuses the events from the first one not taken on (503, with
-/// the count taken).
-async fn send(state: &State, source: &Source, accepted: &[Accepted]) -> Result<(), Error> {
+/// the count taken). The events Kafka can never take are returned, not reported: the caller
+/// rejects them.
+async fn send(state: &State, source: &Source, accepted: &[Accepted]) -> Result<Unsendable, Error> {
     let acked = state.delivery_mode == DeliveryMode::Acked;
     let sent = state
         .producer
         .send_events(accepted, &source.workspace_id, &source.source_id, acked)
         .await;
     match sent {
-        Ok(()) => {
+        Ok(unsendable) if unsendable.events.is_empty() => {
             report::accepted(accepted);
-            Ok(())
+            Ok(unsendable)
+        }
+        Ok(unsendable) => {
+            let skipped: Vec<usize> = unsendable.events.iter().map(|(i, _)| *i).collect();
+            let sent: Vec<Accepted> = accepted
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| skipped.binary_search(i).is_err())
+                .map(|(_, e)| e.clone())
+                .collect();
+            report::accepted(&sent);
+            Ok(unsendable)
         }
         Err(Refused { taken, error }) => {
             report::accepted(&accepted[..taken]);

@@ -53,11 +53,18 @@ pub async fn run(
     let producer = tokio::task::spawn_blocking(move || EventProducer::connect(producer_config, Some(spool)))
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
-    tracing::info!(
-        brokers = config.kafka.brokers,
-        sources = sources.current().len(),
-        "connected to Kafka"
-    );
+    match producer.status().degraded_start {
+        false => tracing::info!(
+            brokers = config.kafka.brokers,
+            sources = sources.current().len(),
+            "connected to Kafka"
+        ),
+        true => tracing::warn!(
+            brokers = config.kafka.brokers,
+            sources = sources.current().len(),
+            "started degraded: serving into the spool while Kafka does not answer"
+        ),
+    }
 
     let state = Arc::new(State {
         producer,
@@ -198,6 +205,20 @@ async fn serve(
         }
     });
     let tasks = TaskTracker::new();
+    // On the signal `/readyz` turns 503 at once; the listener serves on for the shutdown
+    // delay, while load balancers stop routing here.
+    let delay = config.shutdown_delay;
+    let shutdown = async {
+        shutdown.await;
+        state.shutting_down.store(true, Ordering::Relaxed);
+        if !delay.is_zero() {
+            tracing::info!(
+                ?delay,
+                "shutting down: /readyz answers 503, serving on for the shutdown delay"
+            );
+            tokio::time::sleep(delay).await;
+        }
+    };
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {

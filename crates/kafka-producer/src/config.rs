@@ -31,6 +31,10 @@ pub mod defaults {
     pub const DLQ_TIMEOUT: &str = "5s";
     /// How long the start-up metadata ping may take.
     pub const PING_TIMEOUT: &str = "10s";
+    /// How long it may take when a degraded start is allowed (a spool holding a previous
+    /// process's records, or `allow_degraded_start`): a replica restarted during an outage
+    /// serves within seconds; the probes that follow find a slow cluster all the same.
+    pub const DEGRADED_START_PING_TIMEOUT: &str = "3s";
     /// `message.timeout.ms`.
     pub const MESSAGE_TIMEOUT: &str = "300s";
     /// How long a record waits on the retry topic.
@@ -99,6 +103,11 @@ pub struct ProducerConfig {
     pub failing_rebuild_after: Duration,
     /// How long a request waits for the spool ([`defaults::SPOOL_TIMEOUT`]).
     pub spool_timeout: Duration,
+    /// Start while the cluster does not answer, spooling events until it does (a degraded
+    /// start, [`crate::EventProducer::connect`]); without it only a spool holding a previous
+    /// process's records allows one. Default false: a first start against a misconfigured
+    /// cluster is a clear exit (S3).
+    pub allow_degraded_start: bool,
     /// Metric name prefix, `cdp_<binary>`.
     pub metric_prefix: String,
 }
@@ -121,6 +130,7 @@ impl ProducerConfig {
             ack_window: defaults::duration(defaults::ACK_WINDOW),
             failing_rebuild_after: defaults::duration(defaults::FAILING_REBUILD_AFTER),
             spool_timeout: defaults::duration(defaults::SPOOL_TIMEOUT),
+            allow_degraded_start: false,
             metric_prefix: defaults::METRIC_PREFIX.into(),
         }
     }
@@ -173,6 +183,10 @@ mod tests {
         assert_eq!(config.spool_timeout, Duration::from_secs(2));
         assert_eq!(config.dlq_timeout, Duration::from_secs(5));
         assert_eq!(config.ping_timeout, Duration::from_secs(10));
+        assert_eq!(
+            defaults::duration(defaults::DEGRADED_START_PING_TIMEOUT),
+            Duration::from_secs(3)
+        );
         assert_eq!(config.retry_delay, Duration::from_secs(10));
     }
 }

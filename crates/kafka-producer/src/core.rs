@@ -29,6 +29,8 @@ pub(crate) struct Core {
     pub gate: tokio::sync::RwLock<()>,
     /// From start-up until the spool a previous process left is drained.
     pub recovering: AtomicBool,
+    /// From a degraded start ([`crate::EventProducer::connect`]) until Kafka first delivers.
+    pub degraded_start: AtomicBool,
     /// Set at close: the drainer stops.
     pub stopping: AtomicBool,
 }
@@ -49,6 +51,10 @@ impl Core {
         if step.health != before {
             self.metrics().health(step.health);
             match step.health {
+                Health::Delivering if self.degraded_start.swap(false, Ordering::Relaxed) => {
+                    self.metrics().degraded_start.set(0.0);
+                    tracing::info!(from = ?before, "Kafka is delivering: the degraded start is over");
+                }
                 Health::Delivering => tracing::info!(from = ?before, "Kafka is delivering"),
                 Health::Closed => tracing::info!("producer closed"),
                 to => tracing::warn!(from = ?before, ?to, ?event, "Kafka is not delivering"),
@@ -73,7 +79,9 @@ impl Core {
             health: self.health.get(),
             spool: self.writer.as_ref().map(SpoolWriter::condition),
             queue_full: self.client.counters.queue_full(),
+            backlog: self.backlog.load(Ordering::Acquire),
             recovering: self.recovering.load(Ordering::Relaxed),
+            degraded_start: self.degraded_start.load(Ordering::Relaxed),
             authentication_failure: self.client.watch.authentication_failure(),
         }
     }

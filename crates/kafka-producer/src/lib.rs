@@ -35,7 +35,7 @@ pub use admin::{ensure_topics, fetch_topics};
 pub use config::{defaults, ProducerConfig, Topics};
 pub use error::Error;
 pub use health::{Event, Health, Step, Why};
-pub use outcome::{Ack, Closed, Refused};
+pub use outcome::{Ack, Closed, Refused, Unsendable};
 pub use producer::EventProducer;
 pub use readiness::{NotReady, SpoolCondition, Status};
 pub use route::{route, Conditions, Destination, ErrorClass, Stage};

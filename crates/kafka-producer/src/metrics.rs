@@ -22,6 +22,9 @@ pub(crate) struct ProducerMetrics {
     lost: Counter,
     /// Failed records waiting for the rescue thread.
     pub rescue_pending: Gauge,
+    /// 1 from a degraded start (the cluster did not answer at start-up) until Kafka first
+    /// delivers, else 0.
+    pub degraded_start: Gauge,
     /// The producer's state ([`crate::Health::label`]): 1 for the current one, 0 for the others.
     health: [(&'static str, Gauge); 4],
     /// Producers replaced: only through [`ProducerMetrics::rebuilt`].
@@ -63,6 +66,7 @@ impl ProducerMetrics {
             queue_latency_p99: gauge!(format!("{prefix}_kafka_queue_latency_p99_seconds")),
             lost: counter!(format!("{prefix}_kafka_records_lost_total")),
             rescue_pending: gauge!(format!("{prefix}_kafka_rescue_pending_records")),
+            degraded_start: gauge!(format!("{prefix}_kafka_degraded_start")),
             health: ["delivering", "unreachable", "rebuilding", "closed"]
                 .map(|state| (state, gauge!(format!("{prefix}_kafka_state"), "state" => state))),
             rebuilds: counter!(format!("{prefix}_kafka_producer_rebuilds_total")),

@@ -60,6 +60,16 @@ pub struct Closed {
     pub lost: u64,
 }
 
+/// The events of a request Kafka can never take (librdkafka refused them at enqueue for good:
+/// larger than `message.max.bytes`, say), skipped while the rest were taken: each is the
+/// caller's to reject alone (a 4xx item and a DLQ envelope), never the request's 503 that a
+/// retry would repeat forever ([`crate::Error::is_permanent`]).
+#[derive(Debug, Default)]
+pub struct Unsendable {
+    /// Each skipped event's index in the request's events, with the error.
+    pub events: Vec<(usize, Error)>,
+}
+
 /// A request's events were not all taken.
 #[derive(Debug)]
 pub struct Refused {

@@ -16,14 +16,14 @@ use crate::callbacks::Delivery;
 use crate::client::{take_back, Client};
 use crate::core::Core;
 use crate::drainer::Drainer;
-use crate::health::{Event, Health, HealthCell};
+use crate::health::{Event, Health, HealthCell, Why};
 use crate::metrics::ProducerMetrics;
-use crate::outcome::{Ack, Closed, Refused};
+use crate::outcome::{Ack, Closed, Refused, Unsendable};
 use crate::readiness::Status;
 use crate::record::{envelope_record, event_headers, event_record, headers_of};
 use crate::spool_writer::SpoolWriter;
 use crate::supervisor::Supervisor;
-use crate::{Error, ProducerConfig, Topics};
+use crate::{defaults, Error, ProducerConfig, Topics};
 
 /// The event producer shared by all requests of a process.
 pub struct EventProducer {
@@ -40,6 +40,16 @@ impl EventProducer {
     ///
     /// With a `spool`, events Kafka cannot take are kept on disk and drained once it delivers
     /// again; records already in it (a previous process's) are drained first.
+    ///
+    /// A degraded start: with a `spool` that holds a previous process's records, or with
+    /// [`ProducerConfig::allow_degraded_start`], a cluster that does not answer the ping (or
+    /// refuses the credentials) does not end the start-up: the producer starts
+    /// [`Health::Unreachable`], buffered events go to the spool, the supervisor probes the
+    /// cluster every second and the drainer empties the spool once it answers. The ping then
+    /// waits at most [`defaults::DEGRADED_START_PING_TIMEOUT`]. A replica
+    /// restarted during an outage then serves instead of crash-looping with its spool stranded.
+    /// [`Status::degraded_start`] and `<prefix>_kafka_degraded_start` say so until Kafka first
+    /// delivers. A topic the cluster says does not exist still fails the start.
     pub fn connect(config: ProducerConfig, spool: Option<Arc<Spool>>) -> Result<Self, Error> {
         let topics = [
             config.topics.ingest.clone(),
@@ -53,19 +63,43 @@ impl EventProducer {
         metrics
             .queue_max_messages
             .set(f64::from(config.queue_max_messages));
+        let leftover = spool.as_ref().is_some_and(|s| !s.is_empty());
+        let may_start_degraded = spool.is_some() && (leftover || config.allow_degraded_start);
         let (jobs, job_queue) = mpsc::channel();
         let client = Client::new(config, metrics.clone(), jobs);
         let producer = client.build()?;
-        let metadata = client.watch.ping(producer.client(), client.config.ping_timeout)?;
-        for topic in topics {
-            let found = metadata
-                .topics()
-                .iter()
-                .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
-            if !found {
-                return Err(Error::MissingTopic(topic));
+        let ping_timeout = match may_start_degraded {
+            true => client
+                .config
+                .ping_timeout
+                .min(defaults::duration(defaults::DEGRADED_START_PING_TIMEOUT)),
+            false => client.config.ping_timeout,
+        };
+        let health = match client.watch.ping(producer.client(), ping_timeout) {
+            Ok(metadata) => {
+                for topic in topics {
+                    let found = metadata
+                        .topics()
+                        .iter()
+                        .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+                    if !found {
+                        return Err(Error::MissingTopic(topic));
+                    }
+                }
+                Health::Delivering
             }
-        }
+            Err(error @ (Error::Unreachable { .. } | Error::Connect { .. })) if may_start_degraded => {
+                let why = match leftover {
+                    true => "the spool holds a previous process's records",
+                    false => "--kafka-allow-degraded-start is set",
+                };
+                tracing::warn!(%error, why, "starting degraded: events go to the spool until Kafka answers");
+                Health::Unreachable(Why::BrokersDown)
+            }
+            Err(error) => return Err(error),
+        };
+        let degraded = !health.is_delivering();
+        metrics.degraded_start.set(if degraded { 1.0 } else { 0.0 });
         client.replace(Some(producer));
         let spawn_error = |e: std::io::Error| Error::Create(KafkaError::ClientCreation(e.to_string()));
         let writer = match spool {
@@ -75,18 +109,18 @@ impl EventProducer {
             ),
             None => None,
         };
-        let leftover = writer.as_ref().is_some_and(|w| !w.spool().is_empty());
         if let Some(spool) = writer.as_ref().map(SpoolWriter::spool).filter(|_| leftover) {
             tracing::warn!(records = spool.records(), dir = %spool.dir().display(), "the spool holds records from before: draining them first");
         }
-        metrics.health(Health::Delivering);
+        metrics.health(health);
         let core = Arc::new(Core {
             client,
-            health: HealthCell::new(Health::Delivering),
+            health: HealthCell::new(health),
             writer,
             backlog: AtomicBool::new(leftover),
             gate: tokio::sync::RwLock::new(()),
             recovering: AtomicBool::new(leftover),
+            degraded_start: AtomicBool::new(degraded),
             stopping: AtomicBool::new(false),
         });
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
@@ -160,13 +194,16 @@ impl EventProducer {
     ///
     /// Acked: returns once the broker acknowledged every event (within the DLQ timeout);
     /// never spools, and refuses at once while Kafka is not delivering.
+    ///
+    /// An event Kafka can never take ([`Error::is_permanent`] at enqueue, or in acked mode in
+    /// its acknowledgement) is skipped and returned in [`Unsendable`]: the rest are taken.
     pub async fn send_events(
         &self,
         events: &[Accepted],
         workspace_id: &str,
         source_id: &str,
         acked: bool,
-    ) -> Result<(), Refused> {
+    ) -> Result<Unsendable, Refused> {
         let refused = |taken, error| Refused { taken, error };
         if self.core.health.get() == Health::Closed {
             return Err(refused(0, Error::Unavailable));
@@ -194,10 +231,11 @@ impl EventProducer {
                 .collect();
             Some(writer.submit(records))
         };
+        let mut unsendable = Unsendable::default();
         let (taken, appended) = match spooling.then(|| spool(0)).flatten() {
             Some(appended) => (0, appended),
-            None => match self.enqueue_events(events, workspace_id, source_id) {
-                Ok(()) => return Ok(()),
+            None => match self.enqueue_events(events, workspace_id, source_id, &mut unsendable) {
+                Ok(()) => return Ok(unsendable),
                 // Kafka refused for a reason the spool can help with (a producer that failed
                 // or is being replaced), or its queue filled half-way through the request (a
                 // 503 now would make the client send the taken part again): the rest of the
@@ -217,22 +255,28 @@ impl EventProducer {
             },
         };
         drop(gate);
-        appended.await.map_err(|error| refused(taken, error))
+        appended.await.map_err(|error| refused(taken, error))?;
+        Ok(unsendable)
     }
 
-    /// Enqueues every event for the ingest topic; on a refusal, how many were taken.
+    /// Enqueues every event for the ingest topic, skipping (into `unsendable`) those Kafka
+    /// can never take; on a refusal, how many were taken.
     fn enqueue_events(
         &self,
         events: &[Accepted],
         workspace_id: &str,
         source_id: &str,
+        unsendable: &mut Unsendable,
     ) -> Result<(), (usize, Error)> {
         for (i, event) in events.iter().enumerate() {
             let delivery = Delivery::Logged {
                 message_id: event.message_id.clone(),
             };
-            self.enqueue_event(event, workspace_id, source_id, delivery)
-                .map_err(|error| (i, error))?;
+            match self.enqueue_event(event, workspace_id, source_id, delivery) {
+                Ok(()) => {}
+                Err(error) if error.is_permanent() => unsendable.events.push((i, error)),
+                Err(error) => return Err((i, error)),
+            }
         }
         Ok(())
     }
@@ -242,27 +286,34 @@ impl EventProducer {
         events: &[Accepted],
         workspace_id: &str,
         source_id: &str,
-    ) -> Result<(), Refused> {
+    ) -> Result<Unsendable, Refused> {
         let mut acks = Vec::with_capacity(events.len());
+        let mut unsendable = Unsendable::default();
         let mut failure = None;
-        for event in events {
+        for (i, event) in events.iter().enumerate() {
             match self.send_event_acked(event, workspace_id, source_id) {
-                Ok(ack) => acks.push(ack),
+                Ok(ack) => acks.push((i, ack)),
+                Err(error) if error.is_permanent() => unsendable.events.push((i, error)),
                 Err(error) => {
-                    failure = Some((acks.len(), error));
+                    failure = Some((i, error));
                     break;
                 }
             }
         }
-        for (i, ack) in acks.into_iter().enumerate() {
-            if let Err(error) = ack.wait().await {
-                if failure.as_ref().is_none_or(|(first, _)| i < *first) {
-                    failure = Some((i, error));
+        for (i, ack) in acks {
+            match ack.wait().await {
+                Ok(()) => {}
+                Err(error) if error.is_permanent() => unsendable.events.push((i, error)),
+                Err(error) => {
+                    if failure.as_ref().is_none_or(|(first, _)| i < *first) {
+                        failure = Some((i, error));
+                    }
                 }
             }
         }
+        unsendable.events.sort_by_key(|(i, _)| *i);
         match failure {
-            None => Ok(()),
+            None => Ok(unsendable),
             Some((taken, error)) => Err(Refused { taken, error }),
         }
     }

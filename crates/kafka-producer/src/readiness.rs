@@ -26,10 +26,17 @@ pub struct Status {
     pub health: Health,
     /// The spool's condition; `None` without a spool.
     pub spool: Option<SpoolCondition>,
-    /// librdkafka's queue refused a record in the last second.
+    /// librdkafka's queue refused a record in the last second, or (filled in by the caller)
+    /// its admission has no room for one more.
     pub queue_full: bool,
-    /// The spool a previous process left is not drained yet.
+    /// The spool holds records new buffered events must not overtake: they are spooled
+    /// behind them even while Kafka delivers.
+    pub backlog: bool,
+    /// The spool a previous process left is not drained yet (shown, not a cause: its events
+    /// are taken, spooled behind it).
     pub recovering: bool,
+    /// Started degraded ([`crate::EventProducer::connect`]) and Kafka has not delivered yet.
+    pub degraded_start: bool,
     /// The brokers refuse our credentials or certificates.
     pub authentication_failure: Option<ConnectFailure>,
 }
@@ -41,9 +48,7 @@ pub enum NotReady {
     Closed,
     /// The producer is being replaced.
     Rebuilding(Why),
-    /// The previous process's spool is being drained (its events go first).
-    Recovering,
-    /// The brokers refuse our credentials or certificates.
+    /// The brokers refuse our credentials or certificates, and no spool takes events instead.
     AuthenticationFailing,
     /// librdkafka's queue is full.
     QueueFull,
@@ -58,11 +63,11 @@ pub enum NotReady {
 }
 
 impl Status {
-    /// Why an event sent now would not be taken; `None` when it would. `spooling`: events
-    /// go to the spool while Kafka takes nothing (buffered mode), so the spool's condition
-    /// decides then; else (acked mode) Kafka must be delivering. A spool that cannot be
-    /// written makes a buffered replica unready even while Kafka delivers: a failed delivery
-    /// would have nowhere to go.
+    /// Why an event sent now would not be taken; `None` when it would: the same decision a
+    /// request's admission makes. `spooling`: buffered mode, where events go to the spool while
+    /// Kafka is not delivering or a spool backlog drains; then the spool's condition decides,
+    /// and Kafka's (unreachable, refusing the credentials) does not. Else (acked mode, or no
+    /// spool) Kafka must be delivering.
     pub fn not_ready(&self, spooling: bool) -> Option<NotReady> {
         let spooling = spooling && self.spool.is_some();
         match self.health {
@@ -70,25 +75,23 @@ impl Status {
             Health::Rebuilding(why) => return Some(NotReady::Rebuilding(why)),
             _ => {}
         }
-        if self.recovering {
-            return Some(NotReady::Recovering);
+        let to_spool = spooling && (!self.health.is_delivering() || self.backlog);
+        if to_spool {
+            return match &self.spool {
+                Some(SpoolCondition::Full) => Some(NotReady::SpoolFull),
+                Some(SpoolCondition::Failing(e)) => Some(NotReady::SpoolFailing(e.clone())),
+                Some(SpoolCondition::Stalled) => Some(NotReady::SpoolStalled),
+                _ => None,
+            };
         }
-        if self.authentication_failure.is_some() {
+        if self.authentication_failure.is_some() && !spooling {
             return Some(NotReady::AuthenticationFailing);
         }
         if self.queue_full && self.health.is_delivering() {
             return Some(NotReady::QueueFull);
         }
-        if spooling {
-            match &self.spool {
-                Some(SpoolCondition::Full) => return Some(NotReady::SpoolFull),
-                Some(SpoolCondition::Failing(e)) => return Some(NotReady::SpoolFailing(e.clone())),
-                Some(SpoolCondition::Stalled) => return Some(NotReady::SpoolStalled),
-                _ => {}
-            }
-        }
         match self.health {
-            Health::Unreachable(why) if !spooling => Some(NotReady::Unreachable(why)),
+            Health::Unreachable(why) => Some(NotReady::Unreachable(why)),
             _ => None,
         }
     }
@@ -105,7 +108,6 @@ impl fmt::Display for NotReady {
                 f.write_str("replacing the Kafka producer: it failed every record")
             }
             NotReady::Rebuilding(_) => f.write_str("replacing the Kafka producer"),
-            NotReady::Recovering => f.write_str("draining the spool the previous process left"),
             NotReady::AuthenticationFailing => f.write_str("Kafka authentication failing"),
             NotReady::QueueFull => f.write_str("the producer queue is full"),
             NotReady::SpoolFull => f.write_str("the local spool is full"),
@@ -130,7 +132,9 @@ mod tests {
             health,
             spool,
             queue_full: false,
+            backlog: false,
             recovering: false,
+            degraded_start: false,
             authentication_failure: None,
         }
     }
@@ -139,9 +143,20 @@ mod tests {
     fn readiness_table() {
         let down = Unreachable(Why::BrokersDown);
         let failing = || Some(Failing("No space left on device".into()));
+        let sasl = || {
+            Some(crate::ConnectFailure::Sasl {
+                mechanism: None,
+                principal: Some("ingest".into()),
+                reason: "SASL authentication error".into(),
+            })
+        };
+        let backlog = |status: Status| Status {
+            backlog: true,
+            ..status
+        };
         #[rustfmt::skip]
         let table: Vec<(Status, bool, Option<NotReady>)> = vec![
-            // status, spooling (buffered mode), not ready
+            // status, buffered mode, not ready
             (status(Delivering, Some(Writable)), true, None),
             (status(Delivering, Some(Writable)), false, None),
             (status(down, Some(Writable)), true, None),
@@ -150,22 +165,36 @@ mod tests {
             (status(Unreachable(Why::Stalled), Some(Writable)), false, Some(NotReady::Unreachable(Why::Stalled))),
             (status(down, Some(Full)), true, Some(NotReady::SpoolFull)),
             (status(down, failing()), true, Some(NotReady::SpoolFailing("No space left on device".into()))),
-            (status(Delivering, failing()), true, Some(NotReady::SpoolFailing("No space left on device".into()))),
+            // Kafka delivering takes the events: the spool's condition matters only for what
+            // goes to it.
+            (status(Delivering, failing()), true, None),
+            (backlog(status(Delivering, failing())), true, Some(NotReady::SpoolFailing("No space left on device".into()))),
             (status(Delivering, failing()), false, None),
             (status(down, Some(Stalled)), true, Some(NotReady::SpoolStalled)),
-            (status(Delivering, Some(Stalled)), true, Some(NotReady::SpoolStalled)),
+            (status(Delivering, Some(Stalled)), true, None),
+            (backlog(status(Delivering, Some(Stalled))), true, Some(NotReady::SpoolStalled)),
+            (backlog(status(Delivering, Some(Full))), true, Some(NotReady::SpoolFull)),
             (status(Rebuilding(Why::Failing), Some(Writable)), true, Some(NotReady::Rebuilding(Why::Failing))),
             (status(Rebuilding(Why::Fatal), Some(Writable)), false, Some(NotReady::Rebuilding(Why::Fatal))),
             (status(Closed, Some(Writable)), true, Some(NotReady::Closed)),
             (Status { queue_full: true, ..status(Delivering, Some(Writable)) }, true, Some(NotReady::QueueFull)),
+            (Status { queue_full: true, ..status(Delivering, Some(Writable)) }, false, Some(NotReady::QueueFull)),
             (Status { queue_full: true, ..status(down, Some(Writable)) }, true, None),
-            (Status { recovering: true, ..status(Delivering, Some(Writable)) }, true, Some(NotReady::Recovering)),
+            // A previous process's spool draining: new events are spooled behind it.
+            (Status { recovering: true, ..backlog(status(Delivering, Some(Writable))) }, true, None),
+            // Kafka refusing the credentials while the spool takes every event.
+            (Status { authentication_failure: sasl(), ..status(down, Some(Writable)) }, true, None),
+            (Status { authentication_failure: sasl(), ..status(down, Some(Writable)) }, false, Some(NotReady::AuthenticationFailing)),
+            (Status { authentication_failure: sasl(), ..status(down, Some(Full)) }, true, Some(NotReady::SpoolFull)),
+            (Status { authentication_failure: sasl(), ..status(Delivering, None) }, true, Some(NotReady::AuthenticationFailing)),
+            // Started degraded: the spool takes events.
+            (Status { degraded_start: true, recovering: true, ..backlog(status(down, Some(Writable))) }, true, None),
         ];
         for (status, spooling, expected) in table {
             assert_eq!(
                 status.not_ready(spooling),
                 expected,
-                "{status:?}, spooling: {spooling}"
+                "{status:?}, buffered: {spooling}"
             );
         }
     }

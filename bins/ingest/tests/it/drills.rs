@@ -997,3 +997,75 @@ async fn an_outage_with_an_invalid_event_in_every_batch_answers_every_batch_400(
     }
     ingest.terminate();
 }
+
+/// A replica SIGTERMed during an outage (it spools what it holds and exits 0) and started
+/// again on the same spool while the broker is still down, as a pod restarted mid-outage is:
+/// it serves within 10 s (a degraded start, said in `/readyz` and the metric) instead of
+/// crash-looping, takes events into the spool behind the previous process's, and drains
+/// within 10 s of the broker's return; every event either process answered 200 reaches the
+/// ingest topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_restarted_during_an_outage_serves_at_once_and_drains_when_kafka_returns() {
+    let (mut broker, topics) = own_broker().await;
+    let spool = Arc::new(tempfile::tempdir().unwrap());
+    let first = ingest_on(&broker, &topics, &spool, &[]).await;
+    let load = Steady::start(&first.url, "restart");
+    load.wait_more(20, WAIT).await;
+    broker.kill();
+    wait_readyz(
+        &first.url,
+        "Kafka unreachable",
+        Duration::from_secs(15),
+        |s, b| s == 200 && b["kafka_state"] == "unreachable",
+    )
+    .await;
+    load.wait_more(50, WAIT).await; // spooled
+    first.terminate();
+    let (exited_ok, log) = tokio::task::spawn_blocking(move || first.wait()).await.unwrap();
+    assert!(exited_ok, "the SIGTERM during the outage:\n{log}");
+    let (mut accepted, statuses) = load.finish().await;
+    eprintln!("first process: {statuses:?}");
+
+    let restarted_at = Instant::now();
+    let second = ingest_on(&broker, &topics, &spool, &[]).await;
+    let serving_after = restarted_at.elapsed();
+    let (_, body) = readyz(&client(Duration::from_secs(2)), &second.url)
+        .await
+        .unwrap();
+    eprintln!("second process ready after {serving_after:?}: {body}");
+    assert!(
+        serving_after < Duration::from_secs(10),
+        "served after {serving_after:?}"
+    );
+    assert_eq!(body["degraded_start"], true, "{body}");
+    assert_eq!(body["recovering"], true, "{body}");
+    let degraded = "cdp_ingest_kafka_degraded_start";
+    assert_eq!(metric(&second.metrics_url, degraded).await, 1.0);
+    let load = Steady::start(&second.url, "restart2");
+    load.wait_more(50, WAIT).await; // spooled behind the first process's records
+
+    broker.restart().await;
+    let returned_at = Instant::now();
+    let (_, body) = wait_readyz(
+        &second.url,
+        "delivering, spool drained",
+        Duration::from_secs(30),
+        |s, b| s == 200 && b["kafka_state"] == "delivering" && b["spool"]["records"] == 0,
+    )
+    .await;
+    let drained_after = returned_at.elapsed();
+    eprintln!("drained {drained_after:?} after the broker's return: {body}");
+    assert!(
+        drained_after < Duration::from_secs(10),
+        "drained after {drained_after:?}"
+    );
+    assert_eq!(body["degraded_start"], false, "{body}");
+    assert_eq!(metric(&second.metrics_url, degraded).await, 0.0);
+    let (more, statuses) = load.finish().await;
+    eprintln!("second process: {statuses:?}");
+    accepted.extend(more);
+    let ids: Vec<String> = accepted.into_iter().map(|(id, _)| id).collect();
+    let landed = assert_nothing_lost(&broker.address(), &topics, &ids, Duration::from_secs(60)).await;
+    eprintln!("{} accepted, {} duplicates", ids.len(), landed.duplicates());
+    second.terminate();
+}

@@ -119,6 +119,8 @@ impl Ingest {
             .env("CDP_PUBLIC_URL", format!("http://127.0.0.1:{port}"))
             .env("CDP_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
             .env("CDP_LOG_FORMAT", "json")
+            // Stops at once unless a test sets it (the delay's own test does).
+            .env("CDP_SHUTDOWN_DELAY", "0s")
             .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .spawn()

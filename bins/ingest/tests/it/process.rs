@@ -2,7 +2,7 @@
 
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use test_support::{consume, WRITE_KEY};
@@ -59,6 +59,113 @@ fn without_a_cluster_it_exits_non_zero_with_a_clear_error() {
         stderr.contains("cannot reach the Kafka cluster at 127.0.0.1:1"),
         "{stderr}"
     );
+}
+
+/// `--kafka-allow-degraded-start` (as the deploy manifests set it): a start without a cluster
+/// serves into the spool, and says so in `/readyz`, the metric and the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_degraded_start_allowed_it_serves_into_the_spool_without_a_cluster() {
+    let spool = Arc::new(tempfile::tempdir().unwrap());
+    let topics = test_support::Topics {
+        ingest: "degraded.ingest".into(),
+        dlq: "degraded.dlq".into(),
+        retry: "degraded.retry".into(),
+    };
+    let env = [("CDP_KAFKA_ALLOW_DEGRADED_START", "true")];
+    let started = Instant::now();
+    let ingest = Ingest::start_on("127.0.0.1:1", topics, spool, &env, test_support::sources_file()).await;
+    let ready_after = started.elapsed();
+    let client = reqwest::Client::new();
+    let readyz = client.get(format!("{}/readyz", ingest.url)).send().await.unwrap();
+    assert_eq!(readyz.status(), 200);
+    let body: serde_json::Value = readyz.json().await.unwrap();
+    assert_eq!(body["degraded_start"], true, "{body}");
+    assert_eq!(body["kafka_state"], "unreachable", "{body}");
+    let response = client
+        .post(format!("{}/v1/track", ingest.url))
+        .basic_auth(WRITE_KEY, Some(""))
+        .json(&json!({"anonymousId": "d", "event": "e", "messageId": "degraded-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "an event while started degraded");
+    let metrics = ingest.metrics_text().await;
+    assert!(
+        metrics.lines().any(|l| l == "cdp_ingest_kafka_degraded_start 1"),
+        "{metrics}"
+    );
+    let body: serde_json::Value = client
+        .get(format!("{}/readyz", ingest.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        body["spool"]["records"], 1,
+        "the event is not in the spool: {body}"
+    );
+    ingest.terminate();
+    let (ok, log) = tokio::task::spawn_blocking(move || ingest.wait()).await.unwrap();
+    assert!(ok, "{log}");
+    assert!(
+        log.contains("starting degraded") && log.contains("--kafka-allow-degraded-start is set"),
+        "{log}"
+    );
+    eprintln!("ready {ready_after:?} after the start");
+}
+
+/// On SIGTERM `/readyz` turns 503 at once while events are still taken for the shutdown
+/// delay; then the process stops accepting and exits cleanly, every accepted event delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_turns_readyz_503_and_serves_on_for_the_shutdown_delay() {
+    let ingest = Ingest::start_with(&[("CDP_SHUTDOWN_DELAY", "3s")]).await;
+    let client = reqwest::Client::new();
+    let track = |id: String| {
+        client
+            .post(format!("{}/v1/track", ingest.url))
+            .basic_auth(WRITE_KEY, Some(""))
+            .json(&json!({"anonymousId": "sd", "event": "e", "messageId": id}))
+            .send()
+    };
+    ingest.terminate();
+    let signalled = Instant::now();
+    // The signal is handled asynchronously: poll until /readyz says so.
+    let body = loop {
+        let response = client.get(format!("{}/readyz", ingest.url)).send().await.unwrap();
+        if response.status() == 503 {
+            break response.json::<serde_json::Value>().await.unwrap();
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(2),
+            "/readyz still 200 after SIGTERM"
+        );
+    };
+    assert_eq!(body["error"], "shutting down", "{body}");
+    let mut accepted = Vec::new();
+    for i in 0..5 {
+        let id = format!("delay-{i}");
+        let status = track(id.clone()).await.unwrap().status();
+        assert_eq!(status, 200, "an event {:?} after SIGTERM", signalled.elapsed());
+        accepted.push(id);
+    }
+    assert!(
+        signalled.elapsed() < Duration::from_secs(3),
+        "the posts took the whole delay"
+    );
+    let topic = ingest.topics.ingest.clone();
+    let (ok, log) = tokio::task::spawn_blocking(move || ingest.wait()).await.unwrap();
+    let exited_after = signalled.elapsed();
+    assert!(ok, "{log}");
+    assert!(
+        exited_after >= Duration::from_secs(3),
+        "exited {exited_after:?} after SIGTERM"
+    );
+    assert!(log.contains("serving on for the shutdown delay"), "{log}");
+    let records = consume(&topic, accepted.len(), WAIT).await;
+    let ids: Vec<_> = records.iter().map(|r| r.event()["message_id"].clone()).collect();
+    assert_eq!(ids, accepted);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

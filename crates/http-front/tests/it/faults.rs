@@ -201,3 +201,45 @@ async fn events_whose_delivery_times_out_go_to_the_retry_topic_with_retry_header
     }
     server.stop().await.unwrap();
 }
+
+/// An event whose record Kafka can never take (here larger than librdkafka's
+/// `message.max.bytes`, lowered with `--kafka-option`) is rejected alone, in both delivery
+/// modes: 400 with its item (`too_large`) and the others accepted, its DLQ envelope holding the
+/// record's first KiB; the rest of the batch lands once. Never a 503 that a retry repeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_kafka_can_never_take_is_rejected_alone_and_the_rest_land() {
+    for mode in ["buffered", "acked"] {
+        let server = Server::start_with(&brokers(), fresh_topics(1).await, |c| {
+            c.kafka.security.kafka_options = vec!["message.max.bytes=4000".into()];
+            c.delivery_mode = clap::ValueEnum::from_str(mode, false).unwrap();
+        })
+        .await;
+        let big = "x".repeat(6000);
+        let batch = json!({"batch": [
+            {"type": "track", "anonymousId": "v", "event": "a", "messageId": format!("{mode}-a")},
+            {"type": "track", "anonymousId": "v", "event": "b", "messageId": format!("{mode}-b"), "properties": {"big": big}},
+            {"type": "track", "anonymousId": "v", "event": "c", "messageId": format!("{mode}-c")},
+        ]});
+        let (status, reply) = status_json(server.post("/v1/batch", &batch).await).await;
+        assert_eq!(status, 400, "{mode}: {reply}");
+        assert_eq!(reply["accepted"], 2, "{mode}: {reply}");
+        let items = reply["rejected"].as_array().unwrap_or_else(|| panic!("{reply}"));
+        assert_eq!(items.len(), 1, "{mode}: {reply}");
+        assert_eq!(items[0]["index"], 1, "{mode}: {reply}");
+        assert_eq!(items[0]["reason"], "too_large", "{mode}: {reply}");
+        assert_eq!(items[0]["message_id"], format!("{mode}-b"), "{mode}: {reply}");
+
+        let records = consume(&server.topics.ingest, 2, WAIT).await;
+        let ids: Vec<_> = records.iter().map(|r| r.event()["message_id"].clone()).collect();
+        assert_eq!(ids, [format!("{mode}-a"), format!("{mode}-c")], "{mode}");
+        let dlq = consume(&server.topics.dlq, 1, WAIT).await;
+        assert_eq!(dlq.len(), 1, "{mode}: the unsendable event is not on the DLQ");
+        assert_eq!(dlq[0].header("reason"), Some("too_large"), "{mode}");
+        let envelope = dlq[0].json();
+        assert_eq!(envelope["message_id"], format!("{mode}-b"), "{mode}: {envelope}");
+        let payload = envelope["raw_payload"].as_str().unwrap_or_default();
+        assert_eq!(payload.len(), 1024, "{mode}: the payload is cut to its first KiB");
+        assert_eq!(envelope["raw_payload_truncated"], true, "{mode}: {envelope}");
+        server.stop().await.unwrap();
+    }
+}

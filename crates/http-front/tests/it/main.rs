@@ -61,6 +61,9 @@ impl Server {
             sources.path().to_str().unwrap(),
             "--spool-dir",
             spool.path().to_str().unwrap(),
+            // Stops at once; the delay itself is tested with the binary.
+            "--shutdown-delay",
+            "0s",
         ]);
         adjust(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -115,7 +115,12 @@ impl Harness {
     /// Sends `ids` as one request's events.
     async fn send(&self, ids: &[String], acked: bool) -> Result<(), Refused> {
         let events: Vec<Accepted> = ids.iter().map(|id| event(id)).collect();
-        self.producer.send_events(&events, WORKSPACE, SOURCE, acked).await
+        let unsendable = self
+            .producer
+            .send_events(&events, WORKSPACE, SOURCE, acked)
+            .await?;
+        assert!(unsendable.events.is_empty(), "{unsendable:?}");
+        Ok(())
     }
 
     /// The spool.

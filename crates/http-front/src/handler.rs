@@ -168,6 +168,7 @@ pub(crate) fn readiness(state: &State) -> Response<Full<Bytes>> {
         kafka_authentication_failure: status.authentication_failure.map(|f| f.to_string()),
         degraded_start: status.degraded_start,
         recovering: status.recovering,
+        kafka_failing_partitions: status.failing_partitions,
         spool,
     };
     let code = match not_ready {
@@ -199,6 +200,9 @@ struct Readiness {
     degraded_start: bool,
     /// Draining the spool a previous process left (new events are spooled behind it).
     recovering: bool,
+    /// Partitions without a reachable leader, `topic/partition`: their events wait, the
+    /// others deliver.
+    kafka_failing_partitions: Vec<String>,
     spool: Option<SpoolFill>,
 }
 

@@ -170,8 +170,9 @@ async fn ingest(
 const UNSENDABLE_PAYLOAD_BYTES: usize = 1024;
 
 /// The rejection of an event Kafka can never take ([`kafka_producer::Unsendable`]): reason
-/// `too_large` (the one such refusal librdkafka makes at enqueue is a record over its
-/// `message.max.bytes`), the record's first [`UNSENDABLE_PAYLOAD_BYTES`] as its payload.
+/// `too_large` for a record over the size librdkafka or the broker allows
+/// (`message.max.bytes`), else `invalid_value` (a record the broker calls invalid, a timestamp
+/// out of its range); the record's first [`UNSENDABLE_PAYLOAD_BYTES`] as its payload.
 fn unsendable_rejection(event: &Accepted, index: usize, error: &kafka_producer::Error) -> RejectedEvent {
     let value = String::from_utf8_lossy(&event.value);
     let mut end = value.len().min(UNSENDABLE_PAYLOAD_BYTES);
@@ -184,7 +185,10 @@ fn unsendable_rejection(event: &Accepted, index: usize, error: &kafka_producer::
         message_id: event.message_id.clone(),
         event_type: event.event_type.as_str(),
         rejection: Rejection::new(
-            Reason::TooLarge,
+            match error.is_too_large() {
+                true => Reason::TooLarge,
+                false => Reason::InvalidValue,
+            },
             "",
             format!(
                 "Kafka refuses the {}-byte record for good ({error}); the DLQ keeps its first {} bytes",

@@ -74,6 +74,9 @@ pub(crate) struct Counters {
     /// When librdkafka's queue last refused a record (ms since `start`), 0 if never.
     pub queue_full_at: AtomicU64,
     pub start: Instant,
+    /// The partitions of the three topics without a reachable leader, from the latest
+    /// statistics ([`crate::partitions::failing`]).
+    pub failing_partitions: std::sync::Mutex<Vec<crate::partitions::Partition>>,
 }
 
 impl Counters {
@@ -85,6 +88,7 @@ impl Counters {
             pending: AtomicUsize::new(0),
             queue_full_at: AtomicU64::new(0),
             start: Instant::now(),
+            failing_partitions: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -138,6 +142,23 @@ impl ClientContext for Callbacks {
         self.metrics.broker_rtt_p99.set(rtt as f64 / 1e6);
         self.metrics.queue_latency_p99.set(queued as f64 / 1e6);
         self.watch.stats(&stats);
+        let failing = crate::partitions::failing_in(&stats, &self.metrics.topics());
+        let mut known = self
+            .counters
+            .failing_partitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if *known != failing {
+            self.metrics.partitions_failing(&failing);
+            let named: Vec<String> = failing.iter().map(|(t, p)| format!("{t}/{p}")).collect();
+            match failing.is_empty() {
+                true => tracing::info!("every partition has a reachable leader again"),
+                false => {
+                    tracing::warn!(partitions = ?named, "partitions without a reachable leader: their records wait, the others deliver")
+                }
+            }
+            *known = failing;
+        }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {

@@ -83,6 +83,15 @@ impl Core {
             recovering: self.recovering.load(Ordering::Relaxed),
             degraded_start: self.degraded_start.load(Ordering::Relaxed),
             authentication_failure: self.client.watch.authentication_failure(),
+            failing_partitions: self
+                .client
+                .counters
+                .failing_partitions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(t, p)| format!("{t}/{p}"))
+                .collect(),
         }
     }
 }

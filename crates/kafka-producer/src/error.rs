@@ -115,6 +115,40 @@ impl Error {
         }
     }
 
+    /// True when Kafka refuses this record itself for good, whatever the topic's state: too
+    /// large, invalid, a timestamp out of range ([`crate::Unsendable`]). Not a topic's or the
+    /// cluster's refusal (not authorised, an unknown topic): that is every record's fault, not
+    /// one event's.
+    pub fn is_unsendable(&self) -> bool {
+        use rdkafka::types::RDKafkaErrorCode::*;
+        match self {
+            Error::Enqueue { source, .. } | Error::Delivery { source, .. } => matches!(
+                source.rdkafka_error_code(),
+                Some(
+                    MessageSizeTooLarge
+                        | InvalidMessageSize
+                        | InvalidMessage
+                        | InvalidRecord
+                        | BadMessage
+                        | InvalidTimestamp
+                )
+            ),
+            _ => false,
+        }
+    }
+
+    /// True when [`Error::is_unsendable`] says so for its size.
+    pub fn is_too_large(&self) -> bool {
+        use rdkafka::types::RDKafkaErrorCode::*;
+        match self {
+            Error::Enqueue { source, .. } | Error::Delivery { source, .. } => matches!(
+                source.rdkafka_error_code(),
+                Some(MessageSizeTooLarge | InvalidMessageSize)
+            ),
+            _ => false,
+        }
+    }
+
     /// True for an enqueue refusal the spool can take instead: the producer is gone, failed or
     /// being replaced. Not for back-pressure (a full queue: the client slows down) nor for a
     /// record Kafka would never take (too large: the client's to fix).

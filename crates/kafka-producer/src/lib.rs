@@ -20,6 +20,7 @@ mod error;
 mod health;
 mod metrics;
 mod outcome;
+mod partitions;
 mod producer;
 mod readiness;
 mod record;

@@ -53,6 +53,8 @@ pub(crate) struct TopicMetrics {
     pub delivered: Counter,
     /// Records whose delivery failed.
     pub failed: Counter,
+    /// Its partitions without a reachable leader.
+    partitions_failing: Gauge,
 }
 
 impl ProducerMetrics {
@@ -89,6 +91,20 @@ impl ProducerMetrics {
             topic: topic.to_string(),
             delivered: counter!(format!("{prefix}_kafka_delivered_total"), "topic" => topic.to_string()),
             failed: counter!(format!("{prefix}_kafka_delivery_failures_total"), "topic" => topic.to_string()),
+            partitions_failing: gauge!(format!("{prefix}_kafka_partitions_failing"), "topic" => topic.to_string()),
+        }
+    }
+
+    /// The configured topics.
+    pub(crate) fn topics(&self) -> Vec<&str> {
+        self.per_topic.iter().map(|t| t.topic.as_str()).collect()
+    }
+
+    /// Publishes the partitions without a reachable leader, per topic.
+    pub(crate) fn partitions_failing(&self, failing: &[crate::partitions::Partition]) {
+        for topic in &self.per_topic {
+            let n = failing.iter().filter(|(t, _)| *t == topic.topic).count();
+            topic.partitions_failing.set(n as f64);
         }
     }
 

@@ -63,7 +63,7 @@ pub struct Closed {
 /// The events of a request Kafka can never take (librdkafka refused them at enqueue for good:
 /// larger than `message.max.bytes`, say), skipped while the rest were taken: each is the
 /// caller's to reject alone (a 4xx item and a DLQ envelope), never the request's 503 that a
-/// retry would repeat forever ([`crate::Error::is_permanent`]).
+/// retry would repeat forever ([`crate::Error::is_unsendable`]).
 #[derive(Debug, Default)]
 pub struct Unsendable {
     /// Each skipped event's index in the request's events, with the error.

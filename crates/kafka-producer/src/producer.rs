@@ -195,7 +195,7 @@ impl EventProducer {
     /// Acked: returns once the broker acknowledged every event (within the DLQ timeout);
     /// never spools, and refuses at once while Kafka is not delivering.
     ///
-    /// An event Kafka can never take ([`Error::is_permanent`] at enqueue, or in acked mode in
+    /// An event Kafka can never take ([`Error::is_unsendable`] at enqueue, or in acked mode in
     /// its acknowledgement) is skipped and returned in [`Unsendable`]: the rest are taken.
     pub async fn send_events(
         &self,
@@ -274,7 +274,7 @@ impl EventProducer {
             };
             match self.enqueue_event(event, workspace_id, source_id, delivery) {
                 Ok(()) => {}
-                Err(error) if error.is_permanent() => unsendable.events.push((i, error)),
+                Err(error) if error.is_unsendable() => unsendable.events.push((i, error)),
                 Err(error) => return Err((i, error)),
             }
         }
@@ -293,7 +293,7 @@ impl EventProducer {
         for (i, event) in events.iter().enumerate() {
             match self.send_event_acked(event, workspace_id, source_id) {
                 Ok(ack) => acks.push((i, ack)),
-                Err(error) if error.is_permanent() => unsendable.events.push((i, error)),
+                Err(error) if error.is_unsendable() => unsendable.events.push((i, error)),
                 Err(error) => {
                     failure = Some((i, error));
                     break;
@@ -303,7 +303,7 @@ impl EventProducer {
         for (i, ack) in acks {
             match ack.wait().await {
                 Ok(()) => {}
-                Err(error) if error.is_permanent() => unsendable.events.push((i, error)),
+                Err(error) if error.is_unsendable() => unsendable.events.push((i, error)),
                 Err(error) => {
                     if failure.as_ref().is_none_or(|(first, _)| i < *first) {
                         failure = Some((i, error));

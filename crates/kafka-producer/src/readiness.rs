@@ -39,6 +39,9 @@ pub struct Status {
     pub degraded_start: bool,
     /// The brokers refuse our credentials or certificates.
     pub authentication_failure: Option<ConnectFailure>,
+    /// Partitions without a reachable leader, as `topic/partition` (shown, not a cause: the
+    /// events bound for them wait in librdkafka, the others deliver).
+    pub failing_partitions: Vec<String>,
 }
 
 /// Why an event sent now would not be taken.
@@ -136,6 +139,7 @@ mod tests {
             recovering: false,
             degraded_start: false,
             authentication_failure: None,
+            failing_partitions: Vec::new(),
         }
     }
 
@@ -189,6 +193,9 @@ mod tests {
             (Status { authentication_failure: sasl(), ..status(Delivering, None) }, true, Some(NotReady::AuthenticationFailing)),
             // Started degraded: the spool takes events.
             (Status { degraded_start: true, recovering: true, ..backlog(status(down, Some(Writable))) }, true, None),
+            // One partition failing: the others deliver.
+            (Status { failing_partitions: vec!["in/2".into()], ..status(Delivering, Some(Writable)) }, true, None),
+            (Status { failing_partitions: vec!["in/2".into()], ..status(Delivering, None) }, false, None),
         ];
         for (status, spooling, expected) in table {
             assert_eq!(

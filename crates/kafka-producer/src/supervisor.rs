@@ -35,6 +35,8 @@ pub(crate) struct Supervisor {
     last_tick: Instant,
     last_probe: Instant,
     acked: u64,
+    /// When the acknowledged count last grew (or the supervisor started).
+    acked_at: Instant,
     failed: u64,
     /// Since when records fail and none is acknowledged.
     failing_since: Option<Instant>,
@@ -53,6 +55,7 @@ impl Supervisor {
         let counters = &core.client.counters;
         Supervisor {
             acked: counters.acked.load(Ordering::Relaxed),
+            acked_at: Instant::now(),
             failed: counters.failed.load(Ordering::Relaxed),
             core,
             last_tick: Instant::now(),
@@ -115,6 +118,7 @@ impl Supervisor {
             counters.failed.load(Ordering::Relaxed),
         );
         if acked > self.acked {
+            self.acked_at = Instant::now();
             self.failing_since = None;
             self.event(Event::Acknowledged, jobs);
         } else if failed > self.failed {
@@ -128,7 +132,12 @@ impl Supervisor {
         let settled = self
             .last_rebuild
             .is_none_or(|at| at.elapsed() > config.ack_window);
-        if let Some(age) = counters.unacked.oldest_age().filter(|_| settled) {
+        // A stall is Kafka taking nothing: no acknowledgement at all for the ack window. Old
+        // records while others are acknowledged are one partition's (or one broker's) fault:
+        // librdkafka holds them and sends them in order once their leader is back; replacing
+        // the producer would only move the healthy partitions' records to the spool too.
+        let silent = self.acked_at.elapsed() > config.ack_window;
+        if let Some(age) = counters.unacked.oldest_age().filter(|_| settled && silent) {
             if age > config.ack_window {
                 self.event(Event::Stalled, jobs);
             }

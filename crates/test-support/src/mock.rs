@@ -52,15 +52,33 @@ impl Mock {
     /// A cluster of `brokers` brokers; the ingest topic's leader is the last one, the other
     /// topics' the first, so that taking the last one down fails only the ingest topic.
     pub fn start_with_brokers(topics: &Topics, brokers: i32) -> Mock {
+        Mock::start_on(topics, brokers, 1)
+    }
+
+    /// Three brokers and a 3-partition ingest topic whose partition `p` is led by broker
+    /// `p + 1` (the DLQ and retry topics by broker 1): taking broker 3 down fails only
+    /// partition 2 of the ingest topic.
+    pub fn start_spread(topics: &Topics) -> Mock {
+        Mock::start_on(topics, 3, 3)
+    }
+
+    fn start_on(topics: &Topics, brokers: i32, ingest_partitions: i32) -> Mock {
         let topics = topics.clone();
         let (bootstrap_tx, bootstrap_rx) = mpsc::channel();
         let (commands, received) = mpsc::channel::<(Fault, mpsc::Sender<()>)>();
         std::thread::spawn(move || {
             let cluster = MockCluster::new(brokers).unwrap();
-            for topic in [&topics.ingest, &topics.dlq, &topics.retry] {
+            for topic in [&topics.dlq, &topics.retry] {
                 cluster.create_topic(topic, 1, 1).unwrap();
-                let leader = if *topic == topics.ingest { brokers } else { 1 };
-                cluster.partition_leader(topic, 0, Some(leader)).unwrap();
+                cluster.partition_leader(topic, 0, Some(1)).unwrap();
+            }
+            cluster
+                .create_topic(&topics.ingest, ingest_partitions, 1)
+                .unwrap();
+            for p in 0..ingest_partitions {
+                // One partition: the last broker leads it; several: broker p + 1 leads p.
+                let leader = if ingest_partitions == 1 { brokers } else { p + 1 };
+                cluster.partition_leader(&topics.ingest, p, Some(leader)).unwrap();
             }
             bootstrap_tx.send(cluster.bootstrap_servers()).unwrap();
             // Runs until the test drops its `Mock`.

@@ -10,6 +10,7 @@
 
 mod close;
 mod outage;
+mod partition;
 mod queue;
 mod rebuild;
 mod rejected;
@@ -76,6 +77,18 @@ impl Harness {
     /// A fresh mock cluster with the mock topics, and a producer for it with the metric prefix
     /// `cdp_ingest_<name>`, a spool if asked, and the test's changes to the configuration.
     async fn start(name: &str, spooled: Spooled, tweak: impl FnOnce(&mut ProducerConfig)) -> Harness {
+        let topics = mock_topics();
+        Harness::start_on(Mock::start(&topics), topics, name, spooled, tweak).await
+    }
+
+    /// [`Harness::start`] on `mock`, whose topics are `topics`.
+    async fn start_on(
+        mock: Mock,
+        topics: Topics,
+        name: &str,
+        spooled: Spooled,
+        tweak: impl FnOnce(&mut ProducerConfig),
+    ) -> Harness {
         ops::install_metrics();
         if std::env::var_os("RUST_LOG").is_some() {
             static LOGGING: std::sync::Once = std::sync::Once::new();
@@ -85,8 +98,6 @@ impl Harness {
                 })
             });
         }
-        let topics = mock_topics();
-        let mock = Mock::start(&topics);
         let prefix = format!("cdp_ingest_{name}");
         let mut config = ProducerConfig::new(mock.bootstrap.clone(), topics.clone());
         config.metric_prefix = prefix.clone();

@@ -263,3 +263,132 @@ async fn acked_mode_answers_200_only_after_the_broker_acknowledged_and_503_witho
     assert_eq!(body["spool"]["records"], 0, "acked mode never spools a request");
     server.stop().await.unwrap();
 }
+
+/// Readiness is the admission's answer, second by second: a 100-record queue under four
+/// clients posting as fast as they can, the broker slow (2 s round trips) from the 2nd to the
+/// 6th second of 8, `/readyz` sampled every 200 ms. A second's readiness is what most of its
+/// samples said (one sample taken just before the queue drains is right for its instant, not
+/// for the second). Every second in which ≥ 90% of events got 503 was a `/readyz` 503 second,
+/// and no `/readyz` 503 second had ≥ 90% of its events taken. Every 200 is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_says_503_in_the_seconds_a_full_queue_refuses_events_and_only_then() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Instant;
+    let topics = mock_topics();
+    let mock = Mock::start(&topics);
+    let server = Server::start_with(&mock.bootstrap, topics.clone(), |c| {
+        c.kafka_queue_max_messages = 100;
+    })
+    .await;
+    let server = Arc::new(server);
+    let (start, stop) = (Instant::now(), Arc::new(AtomicBool::new(false)));
+    let clients: Vec<_> = (0..4)
+        .map(|client| {
+            let (server, stop) = (server.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                for i in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let id = format!("r{client}-{i}");
+                    let event = json!({"anonymousId": format!("v{client}"), "event": "e", "messageId": id});
+                    let status = server.post("/v1/track", &event).await.status().as_u16();
+                    answers.push((Instant::now(), id, status));
+                }
+                answers
+            })
+        })
+        .collect();
+    let mut samples = Vec::new();
+    let (mut slowed, mut restored) = (false, false);
+    while start.elapsed() < Duration::from_secs(8) {
+        if !slowed && start.elapsed() >= Duration::from_secs(2) {
+            mock.inject(Fault::Rtt(1, Duration::from_millis(2000)));
+            slowed = true;
+        }
+        if !restored && start.elapsed() >= Duration::from_secs(6) {
+            mock.inject(Fault::Rtt(1, Duration::ZERO));
+            restored = true;
+        }
+        let (status, _) = readyz(&server).await;
+        samples.push((Instant::now(), status));
+        tokio::time::sleep(Duration::from_millis(200)).await; // the sampling period
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut answers = Vec::new();
+    for client in clients {
+        answers.extend(client.await.unwrap());
+    }
+    let second = |at: Instant| (at - start).as_secs() as usize;
+    let seconds = 8;
+    let (mut taken, mut refused, mut unready) =
+        (vec![0usize; seconds], vec![0usize; seconds], vec![false; seconds]);
+    for (at, _, status) in &answers {
+        match (second(*at), status) {
+            (s, _) if s >= seconds => {}
+            (s, 200) => taken[s] += 1,
+            (s, 503) => refused[s] += 1,
+            (_, other) => panic!("status {other}"),
+        }
+    }
+    let mut votes = vec![(0usize, 0usize); seconds];
+    for (at, status) in &samples {
+        if second(*at) < seconds {
+            let (no, all) = &mut votes[second(*at)];
+            *no += usize::from(*status == 503);
+            *all += 1;
+        }
+    }
+    for (s, (no, all)) in votes.iter().enumerate() {
+        unready[s] = 2 * no > *all;
+    }
+    let table: Vec<String> = (0..seconds)
+        .map(|s| {
+            format!(
+                "{s}: {} taken, {} refused, /readyz 503: {}",
+                taken[s], refused[s], unready[s]
+            )
+        })
+        .collect();
+    eprintln!("{}", table.join("\n"));
+    assert!(
+        refused.iter().sum::<usize>() > 0,
+        "the queue never filled:\n{}",
+        table.join("\n")
+    );
+    assert!(
+        unready.iter().any(|u| !u),
+        "/readyz never 200:\n{}",
+        table.join("\n")
+    );
+    for s in 0..seconds {
+        let all = taken[s] + refused[s];
+        if all == 0 {
+            continue;
+        }
+        if refused[s] * 10 >= all * 9 {
+            assert!(
+                unready[s],
+                "second {s}: ≥ 90% refused, /readyz never 503:\n{}",
+                table.join("\n")
+            );
+        }
+        if unready[s] {
+            assert!(
+                taken[s] * 10 < all * 9,
+                "second {s}: /readyz 503 with ≥ 90% taken:\n{}",
+                table.join("\n")
+            );
+        }
+    }
+    let accepted: Vec<String> = answers
+        .into_iter()
+        .filter(|(_, _, status)| *status == 200)
+        .map(|(_, id, _)| id)
+        .collect();
+    assert_nothing_lost(&mock.bootstrap, &topics, &accepted, WAIT).await;
+    let server = Arc::into_inner(server).unwrap();
+    server.stop().await.unwrap();
+}

@@ -3,7 +3,7 @@
 //! rescued records are handed over without waiting. The thread also watches the spool's file
 //! system (free space, read-only) while idle, and publishes a [`SpoolCondition`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,12 +28,22 @@ pub(crate) enum From {
     Rescue,
 }
 
+/// A request's append: queued until the writer starts it or the request gives up on it.
+const QUEUED: u8 = 0;
+/// The writer took it: it will be appended, so the request waits for the outcome.
+const STARTED: u8 = 1;
+/// The request gave up (spool timeout) before the writer took it: it is skipped.
+const CANCELLED: u8 = 2;
+
+/// Where a request's append is answered, and its [`QUEUED`] / [`STARTED`] / [`CANCELLED`] state.
+type Reply = (oneshot::Sender<Result<(), Error>>, Arc<AtomicU8>);
+
 enum Work {
     Append {
         records: Vec<spool::Record>,
         from: From,
         /// `None`: nobody waits (rescued records); a failure loses them, counted and logged.
-        reply: Option<oneshot::Sender<Result<(), Error>>>,
+        reply: Option<Reply>,
     },
     /// Answered once everything queued before it is appended.
     Barrier(mpsc::Sender<()>),
@@ -91,19 +101,23 @@ impl SpoolWriter {
     }
 
     /// Queues a request's records for appending at once (so that a barrier after this call
-    /// finds them appended), and returns the wait for the outcome, which takes up to the spool
-    /// timeout: `Err` when the spool is full or failing ([`Error::SpoolFull`],
-    /// [`Error::Spool`]), or did not answer in time ([`Error::SpoolTimeout`]; the records may
-    /// still be appended later: duplicates if the client sends them again, never a loss).
+    /// finds them appended), and returns the wait for the outcome: `Err` when the spool is
+    /// full or failing ([`Error::SpoolFull`], [`Error::Spool`]), or when the writer has not
+    /// started the append within the spool timeout ([`Error::SpoolTimeout`]: the append is
+    /// cancelled, nothing of it is written, so the 503 that follows is true). An append the
+    /// writer has started is waited for however long it takes (a disk that froze under it):
+    /// answering 503 then would be a 503 that took the events. One append runs at a time, so
+    /// a frozen disk holds one request this way; the others time out, cancelled.
     pub(crate) fn submit(
         &self,
         records: Vec<spool::Record>,
     ) -> impl std::future::Future<Output = Result<(), Error>> + use<> {
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
+        let state = Arc::new(AtomicU8::new(QUEUED));
         let work = Work::Append {
             records,
             from: From::Request,
-            reply: Some(tx),
+            reply: Some((tx, state.clone())),
         };
         let queued = match self.work.try_send(work) {
             Ok(()) => Ok(()),
@@ -113,11 +127,22 @@ impl SpoolWriter {
         let timeout = self.timeout;
         async move {
             queued?;
-            match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(result)) => result,
-                Ok(Err(_)) => Err(Error::Unavailable),
-                Err(_) => Err(Error::SpoolTimeout(timeout)),
-            }
+            let answer = match tokio::time::timeout(timeout, &mut rx).await {
+                Ok(answer) => answer,
+                Err(_) => {
+                    let cancel =
+                        state.compare_exchange(QUEUED, CANCELLED, Ordering::AcqRel, Ordering::Acquire);
+                    if cancel.is_ok() {
+                        return Err(Error::SpoolTimeout(timeout));
+                    }
+                    tracing::warn!(
+                        ?timeout,
+                        "a spool append runs past the spool timeout: waiting for it"
+                    );
+                    rx.await
+                }
+            };
+            answer.unwrap_or(Err(Error::Unavailable))
         }
     }
 
@@ -178,9 +203,16 @@ impl Shared {
             self.publish();
             match queue.recv_timeout(CHECK_EVERY) {
                 Ok(Work::Append { records, from, reply }) => {
+                    if let Some((_, state)) = &reply {
+                        let start =
+                            state.compare_exchange(QUEUED, STARTED, Ordering::AcqRel, Ordering::Acquire);
+                        if start.is_err() {
+                            continue; // cancelled: its request answered 503
+                        }
+                    }
                     let result = self.append(&records, from);
                     match reply {
-                        Some(reply) => drop(reply.send(result.map_err(|(_, e)| e))),
+                        Some((reply, _)) => drop(reply.send(result.map_err(|(_, e)| e))),
                         None => {
                             if let Err((appended, error)) = result {
                                 for record in &records[appended..] {

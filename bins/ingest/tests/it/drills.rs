@@ -614,10 +614,12 @@ async fn readiness_is_false_while_the_spool_cannot_be_written_and_true_again_aft
     assert_nothing_lost(&broker.address(), &topics, &accepted, WAIT).await;
 }
 
-/// With Kafka down and the spool's disk (an ext4 loop image) frozen with `fsfreeze`, a request
-/// gets 503 within about the spool timeout (1 s), and `/healthz`, `/readyz` (503, naming the
-/// stalled spool) and the metrics endpoint keep answering within 1 s; once the disk is
-/// thawed, events are accepted again.
+/// With Kafka down and the spool's disk (an ext4 loop image) frozen with `fsfreeze`: the
+/// request whose append the writer had started when the disk froze waits for it (a 503 would
+/// be a 503 that took its event) and gets its 200 after the thaw; every later request gets 503
+/// within about the spool timeout (1 s), its append cancelled, so none of those events is on
+/// any topic afterwards; `/healthz`, `/readyz` (503, naming the stalled spool) and the metrics
+/// endpoint keep answering within 1 s; once the disk is thawed, events are accepted again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_spool_disk_never_stalls_the_process() {
     let spool = Arc::new(tempfile::tempdir().unwrap());
@@ -638,14 +640,28 @@ async fn a_stalled_spool_disk_never_stalls_the_process() {
 
     let frozen = Frozen::freeze(spool.path());
     let prompt = client(Duration::from_secs(1));
+    // The first append after the freeze blocks the writer: its request waits for it.
+    let first = {
+        let url = ingest.url.clone();
+        tokio::spawn(
+            async move { post(&client(Duration::from_secs(60)), &url, "ice", "ice-frozen-first").await },
+        )
+    };
+    wait_readyz(
+        &ingest.url,
+        "the stalled spool",
+        Duration::from_secs(5),
+        |s, b| s == 503 && b["error"] == "the local spool's disk is not answering",
+    )
+    .await;
     let frozen_at = Instant::now();
     let mut posts = Vec::new();
-    let mut stalled_seen = false;
     let mut i = 0;
-    while frozen_at.elapsed() < Duration::from_secs(5) {
+    while frozen_at.elapsed() < Duration::from_secs(4) {
         let asked = Instant::now();
-        let status = post(&slow, &ingest.url, "ice", &format!("ice-frozen-{i}")).await;
-        posts.push((status.as_ref().ok().copied(), asked.elapsed()));
+        let id = format!("ice-frozen-{i}");
+        let status = post(&slow, &ingest.url, "ice", &id).await;
+        posts.push((id, status.as_ref().ok().copied(), asked.elapsed()));
         i += 1;
         let health = prompt.get(format!("{}/healthz", ingest.url)).send().await;
         assert!(
@@ -655,24 +671,32 @@ async fn a_stalled_spool_disk_never_stalls_the_process() {
         let (status, body) = readyz(&prompt, &ingest.url)
             .await
             .unwrap_or_else(|e| panic!("/readyz while the spool is frozen: {e}"));
-        if status == 503 && body["error"] == "the local spool's disk is not answering" {
-            stalled_seen = true;
-        }
+        assert_eq!(status, 503, "/readyz while the spool is frozen: {body}");
         let metrics = prompt.get(&ingest.metrics_url).send().await;
         assert!(
             metrics.as_ref().is_ok_and(|r| r.status() == 200),
             "/metrics while the spool is frozen: {metrics:?}"
         );
     }
-    eprintln!("posts while frozen (status, time): {posts:?}");
-    for (status, took) in &posts {
+    eprintln!("posts while frozen (id, status, time): {posts:?}");
+    assert!(posts.len() >= 2, "{posts:?}");
+    for (_, status, took) in &posts {
         assert_eq!(*status, Some(503), "a post while the spool is frozen: {posts:?}");
         assert!(*took < Duration::from_millis(2500), "a 503 after {took:?}");
     }
-    assert!(stalled_seen, "/readyz never named the stalled spool");
+    assert!(
+        !first.is_finished(),
+        "the request whose append froze was answered"
+    );
 
     drop(frozen);
     let thawed_at = Instant::now();
+    let first = first.await.unwrap();
+    eprintln!(
+        "the frozen append's request answered {first:?}, {:?} after the thaw",
+        thawed_at.elapsed()
+    );
+    assert_eq!(first.ok(), Some(200), "the request whose append froze");
     let deadline = thawed_at + Duration::from_secs(10);
     loop {
         let status = post(&slow, &ingest.url, "ice", "ice-after").await.unwrap();
@@ -690,6 +714,24 @@ async fn a_stalled_spool_disk_never_stalls_the_process() {
         s == 200
     })
     .await;
+    // A 503 took nothing: once Kafka is back, the accepted events land and none of the
+    // refused ones does.
+    broker.restart().await;
+    wait_readyz(&ingest.url, "an empty spool", WAIT, |s, b| {
+        s == 200 && b["kafka_reachable"] == true && b["spool"]["records"] == 0
+    })
+    .await;
+    let accepted = ["ice-before", "ice-frozen-first", "ice-after"].map(String::from);
+    assert_nothing_lost(&broker.address(), &topics, &accepted, WAIT).await;
+    let refused: Vec<String> = posts.into_iter().map(|(id, _, _)| id).collect();
+    let found = landed(&broker.address(), &topics, &refused, Duration::from_secs(3)).await;
+    let taken: Vec<&String> = found
+        .counts
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(id, _)| id)
+        .collect();
+    assert!(taken.is_empty(), "events answered 503 are on a topic: {taken:?}");
 }
 
 /// One visitor's events, each posted after the previous one's 200, across a hung broker

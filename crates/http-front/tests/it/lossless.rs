@@ -347,8 +347,8 @@ async fn readiness_says_503_in_the_seconds_a_full_queue_refuses_events_and_only_
     let table: Vec<String> = (0..seconds)
         .map(|s| {
             format!(
-                "{s}: {} taken, {} refused, /readyz 503: {}",
-                taken[s], refused[s], unready[s]
+                "{s}: {} taken, {} refused, /readyz 503 in {} of {} samples",
+                taken[s], refused[s], votes[s].0, votes[s].1
             )
         })
         .collect();

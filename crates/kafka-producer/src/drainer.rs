@@ -138,7 +138,16 @@ impl Drainer {
         let core = self.core.clone();
         let mut batches = Vec::with_capacity(segments.len());
         for segment in segments {
-            let records = segment.read()?;
+            let records = match segment.read() {
+                Ok(records) => records,
+                Err(error) => {
+                    // Unreadable (permissions, I/O error, the file gone): moved aside so that
+                    // the segments after it drain, its records counted lost.
+                    let aside = spool.set_aside(&segment, &error);
+                    core.metrics().segment_set_aside(&aside, Some(segment.records()));
+                    continue;
+                }
+            };
             let earlier = self.progress.iter().position(|(s, _)| *s == segment);
             let cut = segment.records().saturating_sub(records.len() as u64);
             if cut > 0 && earlier.is_none() {

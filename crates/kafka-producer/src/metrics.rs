@@ -39,6 +39,9 @@ pub(crate) struct ProducerMetrics {
     pub spool_max_bytes: Gauge,
     /// Spooled records produced to the ingest topic.
     pub spool_drained: Counter,
+    /// Spool segments that could not be read, moved aside: only through
+    /// [`ProducerMetrics::segment_set_aside`].
+    spool_set_aside: Counter,
     per_topic: Vec<TopicMetrics>,
     /// Records spooled and lost so far, for [`ProducerMetrics::outcomes`].
     spooled_records: AtomicU64,
@@ -77,6 +80,7 @@ impl ProducerMetrics {
             spool_records: gauge!(format!("{prefix}_spool_records")),
             spool_max_bytes: gauge!(format!("{prefix}_spool_max_bytes")),
             spool_drained: counter!(format!("{prefix}_spool_drained_total")),
+            spool_set_aside: counter!(format!("{prefix}_spool_segments_set_aside_total")),
             per_topic: Vec::new(),
             spooled_records: AtomicU64::new(0),
             lost_records: AtomicU64::new(0),
@@ -128,6 +132,22 @@ impl ProducerMetrics {
         self.lost.increment(1);
         self.lost_records.fetch_add(1, Ordering::Relaxed);
         tracing::error!(message_id, %why, "record lost: neither Kafka nor the spool took it");
+    }
+
+    /// A spool segment that could not be read was moved aside ([`spool::Spool::set_aside`]):
+    /// counted, and its `records` (when known: not for one found unreadable at start) counted
+    /// lost, with the file's new place in the log.
+    pub(crate) fn segment_set_aside(&self, aside: &spool::SetAside, records: Option<u64>) {
+        self.spool_set_aside.increment(1);
+        let why = format!(
+            "spool segment unreadable ({}), set aside as {}",
+            aside.error,
+            aside.path.display()
+        );
+        match records {
+            Some(records) => self.lose_unknown(records, &why),
+            None => tracing::error!(%why, "records of unknown count not drained"),
+        }
     }
 
     /// Records lost whose message ids are not known any more (a producer that did not report

@@ -63,6 +63,9 @@ impl EventProducer {
         metrics
             .queue_max_messages
             .set(f64::from(config.queue_max_messages));
+        for aside in spool.iter().flat_map(|s| s.set_aside_at_open()) {
+            metrics.segment_set_aside(aside, None);
+        }
         let leftover = spool.as_ref().is_some_and(|s| !s.is_empty());
         let may_start_degraded = spool.is_some() && (leftover || config.allow_degraded_start);
         let (jobs, job_queue) = mpsc::channel();

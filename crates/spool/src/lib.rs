@@ -156,6 +156,28 @@ pub struct Spool {
     dirty: AtomicBool,
     /// A segment file was created since the last sync.
     new_file: AtomicBool,
+    /// Segments [`Spool::open`] could not read and moved aside.
+    set_aside_at_open: Vec<SetAside>,
+}
+
+/// A segment that could not be read, moved out of the spool ([`Spool::set_aside`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetAside {
+    /// Where the file is now: `<sequence>.spool.unreadable` beside the others (the spool never
+    /// reads it again; rename it back to `.spool` while no process holds the directory to
+    /// drain it at the next start), or its old path if it could not be moved (a vanished file).
+    pub path: PathBuf,
+    /// Why it could not be read.
+    pub error: String,
+}
+
+/// Renames an unreadable segment to `<name>.unreadable`; the new path, or `None` when that
+/// failed too (the file vanished, say).
+fn move_aside(path: &Path) -> Option<PathBuf> {
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(".unreadable");
+    let aside = PathBuf::from(aside);
+    std::fs::rename(path, &aside).ok().map(|()| aside)
 }
 
 struct State {
@@ -210,8 +232,24 @@ impl Spool {
         }
         found.sort();
         let mut sealed = VecDeque::new();
+        let mut set_aside = Vec::new();
         for (sequence, path) in found {
-            let data = std::fs::read(&path).map_err(io(&path))?;
+            let data = match std::fs::read(&path) {
+                Ok(data) => data,
+                Err(source) => {
+                    // One unreadable segment (permissions, an I/O error, a directory in its
+                    // place) must not keep the rest from draining, nor the process from
+                    // starting: it is moved aside for an operator, its records unknown.
+                    let error = io(&path)(source);
+                    let aside = move_aside(&path);
+                    tracing::error!(%error, moved_to = ?aside, "unreadable spool segment set aside at start; its records are not drained");
+                    set_aside.push(SetAside {
+                        path: aside.unwrap_or(path),
+                        error: error.to_string(),
+                    });
+                    continue;
+                }
+            };
             let (records, valid) = decode_all(&data);
             if valid != data.len() {
                 // A torn last frame (a crash mid-write) is expected; anything else is kept in a
@@ -254,6 +292,7 @@ impl Spool {
             }),
             dirty: AtomicBool::new(false),
             new_file: AtomicBool::new(false),
+            set_aside_at_open: set_aside,
         });
         let weak = Arc::downgrade(&spool);
         let interval = spool.options.fsync_interval;
@@ -445,6 +484,31 @@ impl Spool {
         };
         sync_sealed(sealed);
         Ok(segment)
+    }
+
+    /// The segments [`Spool::open`] found unreadable and moved aside (their records unknown).
+    pub fn set_aside_at_open(&self) -> &[SetAside] {
+        &self.set_aside_at_open
+    }
+
+    /// Takes a segment that cannot be read out of the spool (its file moved to
+    /// `.spool.unreadable`, see [`SetAside`]), so that the segments after it drain; its records
+    /// leave the spool's accounting, for the caller to count as lost. `error`: why it could
+    /// not be read.
+    pub fn set_aside(&self, segment: &Segment, error: &Error) -> SetAside {
+        let mut state = self.lock();
+        if let Some(at) = state.sealed.iter().position(|s| s == segment) {
+            state.sealed.remove(at);
+            self.bytes.fetch_sub(segment.bytes, Ordering::Relaxed);
+            self.records.fetch_sub(segment.records, Ordering::Relaxed);
+        }
+        drop(state);
+        let aside = move_aside(&segment.path);
+        tracing::error!(%error, file = %segment.path.display(), moved_to = ?aside, records = segment.records, "unreadable spool segment set aside");
+        SetAside {
+            path: aside.unwrap_or_else(|| segment.path.clone()),
+            error: error.to_string(),
+        }
     }
 
     /// Deletes a drained segment. It leaves the spool's accounting even when the file cannot

@@ -1111,3 +1111,90 @@ async fn a_replica_restarted_during_an_outage_serves_at_once_and_drains_when_kaf
     eprintln!("{} accepted, {} duplicates", ids.len(), landed.duplicates());
     second.terminate();
 }
+
+/// The spool segment files in `dir`, oldest first.
+fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "spool"))
+        .collect();
+    paths.sort();
+    paths
+}
+
+/// A spool segment that cannot be read (here a directory in its place: root reads any file)
+/// during an outage: once Kafka is back it is set aside, counted, and every other segment
+/// drains: the accepted events missing from the topics are exactly the ones counted lost. A
+/// restart on a spool holding an unreadable segment serves, and counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_spool_segment_is_set_aside_and_the_rest_drains() {
+    let (mut broker, topics) = own_broker().await;
+    let spool = Arc::new(tempfile::tempdir().unwrap());
+    // 64 KiB segments: a few seconds of the load fill several.
+    let env = [("CDP_SPOOL_MAX_BYTES", "1048576")];
+    let ingest = ingest_on(&broker, &topics, &spool, &env).await;
+    let load = Steady::start(&ingest.url, "aside");
+    broker.kill();
+    wait_readyz(
+        &ingest.url,
+        "Kafka unreachable",
+        Duration::from_secs(15),
+        |s, b| s == 200 && b["kafka_state"] == "unreachable",
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while segment_files(spool.path()).len() < 4 {
+        assert!(Instant::now() < deadline, "the spool never reached 4 segments");
+        load.wait_more(20, WAIT).await;
+    }
+    let broken = segment_files(spool.path())[1].clone();
+    std::fs::remove_file(&broken).unwrap();
+    std::fs::create_dir(&broken).unwrap();
+    broker.restart().await;
+    wait_readyz(
+        &ingest.url,
+        "delivering, spool drained",
+        Duration::from_secs(60),
+        |s, b| s == 200 && b["kafka_state"] == "delivering" && b["spool"]["records"] == 0,
+    )
+    .await;
+    let (accepted, statuses) = load.finish().await;
+    eprintln!("{statuses:?}");
+    let set_aside = "cdp_ingest_spool_segments_set_aside_total";
+    assert_eq!(metric(&ingest.metrics_url, set_aside).await, 1.0);
+    let lost = metric(&ingest.metrics_url, "cdp_ingest_kafka_records_lost_total").await;
+    assert!(lost > 0.0, "the set-aside segment's records are not counted lost");
+    let mut aside = broken.as_os_str().to_owned();
+    aside.push(".unreadable");
+    assert!(Path::new(&aside).exists(), "the segment was not moved aside");
+    let ids: Vec<String> = accepted.into_iter().map(|(id, _)| id).collect();
+    let found = landed(&broker.address(), &topics, &ids, Duration::from_secs(10)).await;
+    eprintln!(
+        "{} accepted, {} missing, {lost} counted lost",
+        ids.len(),
+        found.missing.len()
+    );
+    assert_eq!(
+        found.missing.len() as f64,
+        lost,
+        "missing events are exactly the ones counted lost"
+    );
+
+    // A start on a spool with an unreadable segment serves, and counts it.
+    ingest.terminate();
+    let (ok, log) = tokio::task::spawn_blocking(move || ingest.wait()).await.unwrap();
+    assert!(ok, "{log}");
+    let unreadable = spool.path().join("00000000000000099999.spool");
+    std::fs::create_dir(&unreadable).unwrap();
+    let restarted = ingest_on(&broker, &topics, &spool, &env).await;
+    assert_eq!(metric(&restarted.metrics_url, set_aside).await, 1.0);
+    assert_eq!(
+        post(&client(WAIT), &restarted.url, "aside", "aside-after")
+            .await
+            .unwrap(),
+        200
+    );
+    assert_nothing_lost(&broker.address(), &topics, &["aside-after".to_string()], WAIT).await;
+    restarted.terminate();
+}

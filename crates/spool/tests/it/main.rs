@@ -194,3 +194,77 @@ fn a_second_process_cannot_open_the_same_directory() {
     assert!(matches!(error, Error::Locked(_)), "{error}");
     assert!(error.to_string().contains("in use by another process"), "{error}");
 }
+
+/// The segment files in `dir`, sorted.
+fn segment_paths(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "spool"))
+        .collect();
+    paths.sort();
+    paths
+}
+
+/// Makes a segment unreadable whatever the user (root reads a file without permissions): a
+/// directory in its place.
+fn make_unreadable(path: &std::path::Path) {
+    std::fs::remove_file(path).unwrap();
+    std::fs::create_dir(path).unwrap();
+}
+
+/// A segment that cannot be read at start is moved aside (`.spool.unreadable`) and named; the
+/// spool opens with the others, which drain in order.
+#[test]
+fn a_start_with_an_unreadable_segment_sets_it_aside_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let written: Vec<Record> = (0..60).map(|i| record(i, 200)).collect();
+    {
+        let spool = Spool::open(dir.path(), options(1 << 20, 4096)).unwrap();
+        for r in &written {
+            spool.append(r).unwrap();
+        }
+    }
+    let paths = segment_paths(dir.path());
+    assert!(paths.len() >= 3, "{paths:?}");
+    make_unreadable(&paths[1]);
+    let spool = Spool::open(dir.path(), options(1 << 20, 4096)).unwrap();
+    let aside = spool.set_aside_at_open();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert!(
+        aside[0].path.to_string_lossy().ends_with(".spool.unreadable"),
+        "{aside:?}"
+    );
+    assert!(aside[0].path.exists());
+    let drained = drain(&spool);
+    let ids: Vec<&str> = drained.iter().map(|r| r.message_id.as_str()).collect();
+    assert!(ids.contains(&"m-0") && ids.contains(&"m-59"), "{ids:?}");
+    assert!(
+        drained.len() < written.len(),
+        "the unreadable segment's records are not drained"
+    );
+    assert!(drained.windows(2).all(|w| w[0].message_id != w[1].message_id));
+}
+
+/// A segment that becomes unreadable while the process runs is taken out of the spool by
+/// `set_aside` (its records leave the count); the segments after it drain.
+#[test]
+fn a_segment_set_aside_while_running_leaves_the_count_and_the_rest_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), options(1 << 20, 4096)).unwrap();
+    for i in 0..60 {
+        spool.append(&record(i, 200)).unwrap();
+    }
+    let first = spool.take_segment().unwrap().unwrap();
+    make_unreadable(first.path());
+    let error = first.read().unwrap_err();
+    let aside = spool.set_aside(&first, &error);
+    assert!(
+        aside.path.to_string_lossy().ends_with(".spool.unreadable"),
+        "{aside:?}"
+    );
+    assert_eq!(spool.records(), 60 - first.records());
+    let drained = drain(&spool);
+    assert_eq!(drained.len() as u64, 60 - first.records());
+    assert_eq!(drained.last().unwrap().message_id, "m-59");
+}

@@ -96,22 +96,23 @@ pub async fn run(
         .await
         .map_err(|e| Error::Internal(e.to_string()))?;
     let spool_records = state.producer.spool().map_or(0, |s| s.records());
-    if closed.unflushed == 0 && spool_records == 0 {
+    if closed.lost > 0 {
+        tracing::error!(
+            unflushed = closed.unflushed,
+            lost = closed.lost,
+            spool_records,
+            ?grace,
+            "shutdown: records lost, neither delivered nor spooled (each logged with its message_id)"
+        );
+    } else if closed.unflushed == 0 && spool_records == 0 {
         tracing::info!("shutdown complete: every record delivered");
-    } else if closed.lost == 0 {
+    } else {
         tracing::warn!(
             unflushed = closed.unflushed,
             spooled = closed.spooled,
             spool_records,
             ?grace,
             "shutdown complete: records not delivered are in the spool, the next start drains them"
-        );
-    } else {
-        tracing::error!(
-            unflushed = closed.unflushed,
-            lost = closed.lost,
-            ?grace,
-            "shutdown: records lost, neither delivered nor spooled"
         );
     }
     Ok(())

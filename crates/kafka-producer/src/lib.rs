@@ -21,6 +21,7 @@ mod health;
 mod metrics;
 mod outcome;
 mod partitions;
+mod patience;
 mod producer;
 mod readiness;
 mod record;

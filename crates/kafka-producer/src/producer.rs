@@ -19,6 +19,7 @@ use crate::drainer::Drainer;
 use crate::health::{Event, Health, HealthCell, Why};
 use crate::metrics::ProducerMetrics;
 use crate::outcome::{Ack, Closed, Refused, Unsendable};
+use crate::patience::{join_within, run_within, CLOSE_PATIENCE};
 use crate::readiness::Status;
 use crate::record::{envelope_record, event_headers, event_record, headers_of};
 use crate::spool_writer::SpoolWriter;
@@ -469,18 +470,24 @@ impl EventProducer {
     /// Shuts the producer down (blocking): stops the drainer, waits up to `grace` for every
     /// held record to be acknowledged, then moves what is left to the spool (or, without one,
     /// drops it, counted and logged), stops the supervisor and the spool writer, and syncs the
-    /// spool. Later sends fail with [`Error::Unavailable`].
+    /// spool. Later sends fail with [`Error::Unavailable`]. Takes at most `grace` plus a few
+    /// [`CLOSE_PATIENCE`]s whatever the disk and the brokers do: what a disk that does not answer
+    /// still holds is counted lost, named by `message_id` where known.
     pub fn close(&self, grace: Duration) -> Closed {
         if self.closed.swap(true, Ordering::SeqCst) {
             return Closed::default();
         }
         let core = &self.core;
         let mut threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        if let Some(writer) = &core.writer {
+            writer.begin_close();
+        }
         // The drainer stops first, so that the flush is not fed new records; what it has
-        // enqueued is flushed (its segment stays in the spool until a later drain).
+        // enqueued is flushed (its segment stays in the spool until a later drain). A drainer
+        // stuck on a disk that does not answer is left behind.
         core.stopping.store(true, Ordering::SeqCst);
-        if threads.len() > 1 {
-            let _ = threads.remove(1).join();
+        if threads.len() > 1 && !join_within(threads.remove(1), CLOSE_PATIENCE) {
+            tracing::error!("the spool drainer did not stop (its disk does not answer): left behind");
         }
         let unflushed = self.flush(grace);
         let before = core.metrics().outcomes();
@@ -501,14 +508,22 @@ impl EventProducer {
         let producer = core.client.replace(None);
         drop(gate);
         if let Some(producer) = producer {
-            drop(take_back(core.metrics(), producer));
+            let producer = take_back(core.metrics(), producer);
+            // Destroying a producer can wait on a hung broker's connections.
+            if !run_within("kafka-retire", CLOSE_PATIENCE, move || drop(producer)) {
+                tracing::warn!("the closed producer is still being destroyed (a hung broker?): left behind");
+            }
         }
         core.client.stop_supervisor();
         for thread in threads {
-            let _ = thread.join();
+            if !join_within(thread, CLOSE_PATIENCE) {
+                tracing::error!(
+                    "the supervisor did not stop (the spool's disk does not answer?): left behind"
+                );
+            }
         }
         if let Some(writer) = &core.writer {
-            writer.stop();
+            writer.stop(CLOSE_PATIENCE);
         }
         let after = core.metrics().outcomes();
         Closed {

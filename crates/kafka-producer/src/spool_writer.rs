@@ -56,7 +56,14 @@ struct Shared {
     start: Instant,
     /// When the running append began (ms since `start`, +1), 0 when idle.
     busy_since: AtomicU64,
+    /// The message ids of the running append's records, for a stop that cannot wait for it.
+    busy_ids: Mutex<Vec<String>>,
     condition: Mutex<SpoolCondition>,
+    /// The work queue's receiving end: the writer holds the lock only while it waits for work,
+    /// never while it writes, so that a stop past its patience can take what is still queued.
+    queue: Mutex<mpsc::Receiver<Work>>,
+    /// Set by [`SpoolWriter::stop`]: rescued records are handed over without blocking.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 /// The spool's writing thread.
@@ -73,19 +80,22 @@ impl SpoolWriter {
         metrics: Arc<ProducerMetrics>,
         timeout: Duration,
     ) -> std::io::Result<Self> {
+        let (work, queue) = mpsc::sync_channel(QUEUE);
         let shared = Arc::new(Shared {
             spool,
             metrics,
             start: Instant::now(),
             busy_since: AtomicU64::new(0),
+            busy_ids: Mutex::new(Vec::new()),
             condition: Mutex::new(SpoolCondition::Writable),
+            queue: Mutex::new(queue),
+            closing: std::sync::atomic::AtomicBool::new(false),
         });
-        let (work, queue) = mpsc::sync_channel(QUEUE);
         let thread = {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("spool-write".into())
-                .spawn(move || shared.run(queue))?
+                .spawn(move || shared.run())?
         };
         Ok(SpoolWriter {
             shared,
@@ -147,18 +157,31 @@ impl SpoolWriter {
     }
 
     /// Hands rescued records over without waiting (blocks only while the writer's queue is
-    /// full). A failure to append them is counted and logged as a loss by the writer.
+    /// full, and not at all once [`SpoolWriter::stop`] began). A failure to append them is
+    /// counted and logged as a loss by the writer.
     pub(crate) fn append_detached(&self, records: Vec<spool::Record>) {
         let work = Work::Append {
             records,
             from: From::Rescue,
             reply: None,
         };
-        if let Err(mpsc::SendError(Work::Append { records, .. })) = self.work.send(work) {
+        let refused = match self.shared.closing.load(Ordering::Acquire) {
+            false => self
+                .work
+                .send(work)
+                .err()
+                .map(|mpsc::SendError(work)| (work, "the spool writer has stopped")),
+            true => match self.work.try_send(work) {
+                Ok(()) => None,
+                Err(mpsc::TrySendError::Full(work)) => {
+                    Some((work, "the spool's disk did not answer at shutdown"))
+                }
+                Err(mpsc::TrySendError::Disconnected(work)) => Some((work, "the spool writer has stopped")),
+            },
+        };
+        if let Some((Work::Append { records, .. }, why)) = refused {
             for record in records {
-                self.shared
-                    .metrics
-                    .lose(&record.message_id, &"the spool writer has stopped");
+                self.shared.metrics.lose(&record.message_id, &why);
             }
         }
     }
@@ -184,24 +207,101 @@ impl SpoolWriter {
         }
     }
 
-    /// Appends what is queued, then stops the thread and syncs the spool.
-    pub(crate) fn stop(&self) {
-        let _ = self.work.send(Work::Stop);
-        if let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+    /// From now on rescued records are handed over without blocking: a shutdown must not wait
+    /// on a queue that a frozen disk never empties.
+    pub(crate) fn begin_close(&self) {
+        self.shared.closing.store(true, Ordering::Release);
+    }
+
+    /// Appends what is queued, then stops the thread and syncs the spool, waiting at most
+    /// `patience`. A disk that does not answer (frozen, hung) cannot hold the shutdown past
+    /// it: what is still queued is counted lost and logged with its `message_id`, the append
+    /// under way is counted lost too (it may yet reach the spool, to be drained twice at the
+    /// next start, never silently missing), and the thread is left to the process exit.
+    pub(crate) fn stop(&self, patience: Duration) {
+        let deadline = Instant::now() + patience;
+        self.shared.closing.store(true, Ordering::Release);
+        let mut stop = Some(Work::Stop);
+        while let Some(work) = stop.take() {
+            match self.work.try_send(work) {
+                Err(mpsc::TrySendError::Full(work)) if Instant::now() < deadline => {
+                    stop = Some(work);
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                _ => {}
+            }
+        }
+        let mut thread = self.thread.lock().unwrap_or_else(|e| e.into_inner());
+        while thread.as_ref().is_some_and(|t| !t.is_finished()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if thread.as_ref().is_some_and(|t| !t.is_finished()) {
+            self.shared.abandon();
+            return;
+        }
+        if let Some(thread) = thread.take() {
             let _ = thread.join();
         }
-        if let Err(error) = self.shared.spool.sync() {
-            tracing::error!(%error, "spool sync at shutdown failed");
+        let spool = self.shared.spool.clone();
+        let synced = crate::patience::run_within("spool-sync", patience, move || {
+            if let Err(error) = spool.sync() {
+                tracing::error!(%error, "spool sync at shutdown failed");
+            }
+        });
+        if !synced {
+            tracing::error!("the spool's last sync did not finish (its disk does not answer): what was appended may not be on disk");
         }
     }
 }
 
 impl Shared {
-    fn run(&self, queue: mpsc::Receiver<Work>) {
+    /// The writer did not finish within the stop's patience (its disk does not answer): counts
+    /// what it holds as lost, naming each queued record.
+    fn abandon(&self) {
+        let busy = std::mem::take(&mut *self.busy_ids.lock().unwrap_or_else(|e| e.into_inner()));
+        for message_id in &busy {
+            self.metrics.lose(message_id, &"in a spool append under way when the spool's disk stopped answering at shutdown (it may yet reach the spool)");
+        }
+        let busy = busy.len();
+        // The writer takes the queue's lock only to wait for work (at most CHECK_EVERY).
+        let deadline = Instant::now() + CHECK_EVERY + Duration::from_millis(500);
+        let queue = loop {
+            match self.queue.try_lock() {
+                Ok(queue) => break Some(queue),
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                Err(_) => break None,
+            }
+        };
+        let mut queued = 0;
+        while let Some(Ok(work)) = queue.as_ref().map(|q| q.try_recv()) {
+            if let Work::Append { records, reply, .. } = work {
+                queued += records.len();
+                for record in &records {
+                    self.metrics
+                        .lose(&record.message_id, &"the spool's disk did not answer at shutdown");
+                }
+                if let Some((reply, _)) = reply {
+                    let _ = reply.send(Err(Error::Unavailable));
+                }
+            }
+        }
+        tracing::error!(
+            under_way = busy,
+            queued,
+            "the spool's disk did not answer at shutdown: what it held is counted lost"
+        );
+    }
+
+    fn run(&self) {
         self.metrics.spool_max_bytes.set(self.spool.max_bytes() as f64);
         loop {
             self.publish();
-            match queue.recv_timeout(CHECK_EVERY) {
+            let next = self
+                .queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .recv_timeout(CHECK_EVERY);
+            match next {
                 Ok(Work::Append { records, from, reply }) => {
                     if let Some((_, state)) = &reply {
                         let start =
@@ -232,6 +332,8 @@ impl Shared {
     /// Appends `records` in order; on failure, how many were appended and the error.
     fn append(&self, records: &[spool::Record], from: From) -> Result<(), (usize, Error)> {
         let started = self.start.elapsed().as_millis() as u64 + 1;
+        *self.busy_ids.lock().unwrap_or_else(|e| e.into_inner()) =
+            records.iter().map(|r| r.message_id.clone()).collect();
         self.busy_since.store(started, Ordering::Relaxed);
         let mut result = Ok(());
         for (i, record) in records.iter().enumerate() {
@@ -241,6 +343,7 @@ impl Shared {
             }
         }
         self.busy_since.store(0, Ordering::Relaxed);
+        self.busy_ids.lock().unwrap_or_else(|e| e.into_inner()).clear();
         let appended = result.as_ref().map_or_else(|(i, _)| *i, |()| records.len());
         let label = match from {
             From::Request => "request",

@@ -1198,3 +1198,119 @@ async fn an_unreadable_spool_segment_is_set_aside_and_the_rest_drains() {
     assert_nothing_lost(&broker.address(), &topics, &["aside-after".to_string()], WAIT).await;
     restarted.terminate();
 }
+
+/// The log's JSON lines whose message starts with `message`.
+fn log_lines(log: &str, message: &str) -> Vec<Value> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| {
+            l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(message))
+        })
+        .collect()
+}
+
+/// SIGTERM while the broker hangs (SIGSTOP) and the spool's disk is frozen (`fsfreeze`): the
+/// shutdown completes within the pod's 45 s grace (its last log line says so, with what it
+/// lost), and nothing is lost silently: once the disk is thawed and the broker resumed, a
+/// restart on the same spool drains it, and every event answered 200 is on a topic, or named
+/// lost in the log by its `message_id`, or among the records counted lost without one (an
+/// append under way when the disk froze).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_frozen_spool_and_a_hung_broker_completes_and_names_what_it_lost() {
+    let spool = Arc::new(tempfile::tempdir().unwrap());
+    let _mount = Mount::ext4(spool.path(), 16);
+    let (broker, topics) = own_broker().await;
+    let env = [
+        ("CDP_SPOOL_TIMEOUT", "1s"),
+        ("CDP_SPOOL_MAX_BYTES", "8388608"),
+        ("CDP_DRAIN_TIMEOUT", "2s"),
+        ("CDP_FLUSH_GRACE", "3s"),
+    ];
+    let ingest = ingest_on(&broker, &topics, &spool, &env).await;
+    let load = Steady::start(&ingest.url, "frost");
+    load.wait_more(20, WAIT).await;
+    broker.pause();
+    load.wait_more(20, WAIT).await; // held in librdkafka, unacknowledged
+    let frozen = Frozen::freeze(spool.path());
+    // The ack window passes: what memory holds is handed to a spool writer that cannot write.
+    wait_readyz(
+        &ingest.url,
+        "the stalled spool",
+        Duration::from_secs(20),
+        |s, b| s == 503 && b["error"] == "the local spool's disk is not answering",
+    )
+    .await;
+    ingest.terminate();
+    let signalled = Instant::now();
+    let deadline = signalled + Duration::from_secs(45);
+    let finished = loop {
+        let log = ingest.log_so_far();
+        let last = log_lines(&log, "shutdown");
+        if let Some(line) = last.iter().find(|l| {
+            l["fields"]["message"].as_str().is_some_and(|m| {
+                m.starts_with("shutdown complete") || m.starts_with("shutdown: records lost")
+            })
+        }) {
+            break line.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no end of shutdown within 45 s of SIGTERM:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let took = signalled.elapsed();
+    eprintln!("shutdown finished {took:?} after SIGTERM: {finished}");
+    let (accepted, statuses) = load.finish().await;
+    eprintln!("load: {statuses:?}");
+    // The process ends once its threads stuck on the frozen disk can.
+    drop(frozen);
+    broker.resume();
+    let (_, log) = tokio::task::spawn_blocking(move || ingest.wait()).await.unwrap();
+    let named: HashSet<String> = log_lines(&log, "record lost")
+        .iter()
+        .filter_map(|l| l["fields"]["message_id"].as_str().map(str::to_string))
+        .collect();
+    let unnamed: u64 = log_lines(&log, "records lost")
+        .iter()
+        .filter_map(|l| l["fields"]["records"].as_u64())
+        .sum();
+
+    let restarted = ingest_on(&broker, &topics, &spool, &[]).await;
+    wait_readyz(
+        &restarted.url,
+        "the spool drained",
+        Duration::from_secs(60),
+        |s, b| s == 200 && b["kafka_state"] == "delivering" && b["spool"]["records"] == 0,
+    )
+    .await;
+    let ids: Vec<String> = accepted.into_iter().map(|(id, _)| id).collect();
+    let found = landed(&broker.address(), &topics, &ids, Duration::from_secs(20)).await;
+    let silent: Vec<&String> = found.missing.iter().filter(|id| !named.contains(*id)).collect();
+    eprintln!(
+        "{} accepted, {} missing: {} named lost, {} unnamed but counted",
+        ids.len(),
+        found.missing.len(),
+        found.missing.len() - silent.len(),
+        unnamed
+    );
+    if !found.missing.is_empty() {
+        assert!(
+            finished["fields"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("shutdown: records lost"),
+            "events are missing but the shutdown said: {finished}"
+        );
+    }
+    assert!(
+        silent.len() as u64 <= unnamed,
+        "{} accepted events are missing and not named lost ({} counted without a name): {:?}",
+        silent.len(),
+        unnamed,
+        &silent[..silent.len().min(5)]
+    );
+    restarted.terminate();
+}

@@ -27,8 +27,10 @@ struct Ingest {
     metrics_url: String,
     port: u16,
     topics: Topics,
-    /// Reads the log as it is written, so a full pipe never blocks the process.
-    log: Option<std::thread::JoinHandle<String>>,
+    /// Reads the log as it is written, so a full pipe never blocks the process; ends at EOF.
+    log: Option<std::thread::JoinHandle<()>>,
+    /// The log read so far.
+    log_text: std::sync::Arc<std::sync::Mutex<String>>,
     _sources: tempfile::NamedTempFile,
     /// The spool directory (`CDP_SPOOL_DIR`), removed with the last handle.
     _spool: std::sync::Arc<tempfile::TempDir>,
@@ -125,15 +127,23 @@ impl Ingest {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut stderr = child.stderr.take().unwrap();
-        let log = std::thread::spawn(move || {
-            let mut log = String::new();
-            let _ = std::io::Read::read_to_string(&mut stderr, &mut log);
-            log
-        });
+        let stderr = child.stderr.take().unwrap();
+        let log_text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let log = {
+            let log_text = log_text.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+                    let Ok(line) = line else { break };
+                    let mut text = log_text.lock().unwrap();
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+            })
+        };
         let ingest = Ingest {
             child,
             log: Some(log),
+            log_text,
             url: format!("http://127.0.0.1:{port}"),
             metrics_url: format!("http://127.0.0.1:{metrics_port}/metrics"),
             port,
@@ -175,10 +185,16 @@ impl Ingest {
         assert!(status.success());
     }
 
+    /// What the process has logged so far (stderr).
+    fn log_so_far(&self) -> String {
+        self.log_text.lock().unwrap().clone()
+    }
+
     /// Waits for the process to exit; returns its success and its log (stderr).
     fn wait(mut self) -> (bool, String) {
         let status = self.child.wait().unwrap();
-        let log = self.log.take().unwrap().join().unwrap();
+        self.log.take().unwrap().join().unwrap();
+        let log = self.log_so_far();
         (status.success(), log)
     }
 }

@@ -14,6 +14,7 @@
 mod batch;
 mod dlq;
 mod event_type;
+pub mod headers;
 mod limits;
 mod normalize;
 mod parse;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use event_model::{DlqEnvelope, DlqReason};
+use event_model::{headers, DlqEnvelope, DlqReason};
 use kafka_producer::retry::{header_text, unix_ms_after, without_retry_headers, RetryInfo};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
@@ -190,15 +190,15 @@ async fn dead_letter(
 ) -> Outcome {
     let text = |name| header_text(message.headers(), name).unwrap_or_default();
     let envelope = DlqEnvelope::new(
-        &text("workspace_id"),
-        &text("source_id"),
+        &text(headers::WORKSPACE_ID),
+        &text(headers::SOURCE_ID),
         message_id,
         reason,
         "",
         String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned(),
     );
     let headers = OwnedHeaders::new().insert(Header {
-        key: "reason",
+        key: headers::REASON,
         value: Some(reason.as_str()),
     });
     let key = envelope.workspace_id.clone();
@@ -274,6 +274,6 @@ fn message_id(message: &OwnedMessage) -> String {
     let mut value = message.payload().unwrap_or_default().to_vec();
     simd_json::serde::from_slice::<Id>(&mut value)
         .map(|id| id.message_id)
-        .or_else(|_| header_text(message.headers(), "message_id").ok_or(()))
+        .or_else(|_| header_text(message.headers(), headers::MESSAGE_ID).ok_or(()))
         .unwrap_or_else(|()| format!("{}/{}@{}", message.topic(), message.partition(), message.offset()))
 }

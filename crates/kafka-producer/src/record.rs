@@ -1,7 +1,7 @@
 //! The records the producer writes, in one place: an ingest record's key (S4) and headers
 //! (S5), its spool form, and the retry-topic and DLQ copies of a record whose delivery failed.
 
-use event_model::{Accepted, DlqEnvelope, DlqReason};
+use event_model::{headers, Accepted, DlqEnvelope, DlqReason};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 
@@ -26,9 +26,12 @@ pub(crate) fn event_record(event: &Accepted, workspace_id: &str, source_id: &str
         message_id: event.message_id.clone(),
         key: event.key.as_bytes().to_vec(),
         headers: vec![
-            ("workspace_id".into(), workspace_id.as_bytes().to_vec()),
-            ("source_id".into(), source_id.as_bytes().to_vec()),
-            ("type".into(), event.event_type.as_str().as_bytes().to_vec()),
+            (headers::WORKSPACE_ID.into(), workspace_id.as_bytes().to_vec()),
+            (headers::SOURCE_ID.into(), source_id.as_bytes().to_vec()),
+            (
+                headers::TYPE.into(),
+                event.event_type.as_str().as_bytes().to_vec(),
+            ),
         ],
         value: event.value.clone(),
         topic: String::new(),
@@ -39,15 +42,15 @@ pub(crate) fn event_record(event: &Accepted, workspace_id: &str, source_id: &str
 pub(crate) fn event_headers(event: &Accepted, workspace_id: &str, source_id: &str) -> OwnedHeaders {
     OwnedHeaders::new_with_capacity(3)
         .insert(Header {
-            key: "workspace_id",
+            key: headers::WORKSPACE_ID,
             value: Some(workspace_id),
         })
         .insert(Header {
-            key: "source_id",
+            key: headers::SOURCE_ID,
             value: Some(source_id),
         })
         .insert(Header {
-            key: "type",
+            key: headers::TYPE,
             value: Some(event.event_type.as_str()),
         })
 }
@@ -125,8 +128,8 @@ pub(crate) fn dlq_copy(record: &spool::Record, error: &KafkaError) -> Outgoing {
             .unwrap_or_default()
     };
     let envelope = DlqEnvelope::new(
-        &text("workspace_id"),
-        &text("source_id"),
+        &text(headers::WORKSPACE_ID),
+        &text(headers::SOURCE_ID),
         &record.message_id,
         DlqReason::DeliveryRejected,
         "",
@@ -147,7 +150,10 @@ pub(crate) fn envelope_record(envelope: &DlqEnvelope) -> spool::Record {
     spool::Record {
         message_id: envelope.message_id.clone(),
         key: envelope.workspace_id.as_bytes().to_vec(),
-        headers: vec![("reason".into(), envelope.reason.as_str().as_bytes().to_vec())],
+        headers: vec![(
+            headers::REASON.into(),
+            envelope.reason.as_str().as_bytes().to_vec(),
+        )],
         value: envelope.to_json(),
         topic: DLQ_BOUND.into(),
     }

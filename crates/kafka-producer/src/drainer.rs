@@ -143,8 +143,9 @@ impl Drainer {
                 Err(error) => {
                     // Unreadable (permissions, I/O error, the file gone): moved aside so that
                     // the segments after it drain, its records counted lost.
-                    let aside = spool.set_aside(&segment, &error);
-                    core.metrics().segment_set_aside(&aside, Some(segment.records()));
+                    if let Some(aside) = spool.set_aside(&segment, &error) {
+                        core.metrics().segment_set_aside(&aside, Some(segment.records()));
+                    }
                     continue;
                 }
             };

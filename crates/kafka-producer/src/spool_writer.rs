@@ -329,8 +329,22 @@ impl Shared {
         }
     }
 
+    /// A spool directory deleted or replaced since the last look: what it held is counted
+    /// lost, and appends go on in the re-created one.
+    fn check_dir(&self) {
+        match self.spool.check_dir() {
+            Ok(None) => {}
+            Ok(Some(lost)) => {
+                self.metrics
+                    .lose_unknown(lost, &"the spool directory was deleted or replaced");
+            }
+            Err(error) => tracing::error!(%error, "the spool directory is gone and cannot be re-created"),
+        }
+    }
+
     /// Appends `records` in order; on failure, how many were appended and the error.
     fn append(&self, records: &[spool::Record], from: From) -> Result<(), (usize, Error)> {
+        self.check_dir();
         let started = self.start.elapsed().as_millis() as u64 + 1;
         *self.busy_ids.lock().unwrap_or_else(|e| e.into_inner()) =
             records.iter().map(|r| r.message_id.clone()).collect();
@@ -369,6 +383,7 @@ impl Shared {
 
     /// While idle: is the file system writable, and (after a failure) does a probe write pass?
     fn check(&self) {
+        self.check_dir();
         let current = self.current();
         let probe = matches!(current, SpoolCondition::Failing(_));
         let condition = match self.spool.check_writable(probe) {

@@ -146,8 +146,11 @@ impl Segment {
 /// The spool of one `ingest` process. Share it as `Arc<Spool>`; every method takes `&self`.
 pub struct Spool {
     dir: PathBuf,
-    /// Held (with an exclusive lock) for the spool's lifetime: one process per directory.
-    _lock: File,
+    /// Held (with an exclusive lock) for the spool's lifetime: one process per directory;
+    /// replaced with the directory ([`Spool::check_dir`]).
+    lock: Mutex<File>,
+    /// The directory's identity (device, inode) when it was opened or last re-created.
+    identity: Mutex<Option<(u64, u64)>>,
     options: Options,
     state: Mutex<State>,
     bytes: AtomicU64,
@@ -169,6 +172,15 @@ pub struct SetAside {
     pub path: PathBuf,
     /// Why it could not be read.
     pub error: String,
+}
+
+/// The directory's (device, inode), `None` when it does not exist.
+fn dir_identity(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir)
+        .ok()
+        .filter(|m| m.is_dir())
+        .map(|m| (m.dev(), m.ino()))
 }
 
 /// Renames an unreadable segment to `<name>.unreadable`; the new path, or `None` when that
@@ -279,11 +291,13 @@ impl Spool {
             });
         }
         let next_sequence = sealed.back().map_or(0, |s| s.sequence + 1);
+        let identity = dir_identity(&dir);
         let spool = Arc::new(Spool {
             bytes: AtomicU64::new(sealed.iter().map(|s| s.bytes).sum()),
             records: AtomicU64::new(sealed.iter().map(|s| s.records).sum()),
             dir,
-            _lock: lock,
+            identity: Mutex::new(identity),
+            lock: Mutex::new(lock),
             options,
             state: Mutex::new(State {
                 active: None,
@@ -486,6 +500,47 @@ impl Spool {
         Ok(segment)
     }
 
+    /// Checks that the spool directory is still the one opened: not deleted, not replaced by
+    /// another (a volume remounted, an operator's `rm -rf`). If it is gone or replaced, what it
+    /// held is gone with it: the spool starts afresh in a re-created directory (a new lock, a
+    /// new segment at the next append) and returns the records that were in it, for the caller
+    /// to count as lost. `Ok(None)` when the directory is the one opened. Cheap (one `stat`):
+    /// call it before each batch of appends.
+    pub fn check_dir(&self) -> Result<Option<u64>, Error> {
+        let now = dir_identity(&self.dir);
+        let mut identity = self.identity.lock().unwrap_or_else(|e| e.into_inner());
+        if now.is_some() && now == *identity {
+            return Ok(None);
+        }
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Io { path, source }
+        };
+        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        let lock_path = self.dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Locked(self.dir.clone())),
+            Err(std::fs::TryLockError::Error(source)) => return Err(io(&lock_path)(source)),
+        }
+        *self.lock.lock().unwrap_or_else(|e| e.into_inner()) = lock;
+        *identity = dir_identity(&self.dir);
+        let mut state = self.lock();
+        state.active = None;
+        state.sealed.clear();
+        let lost = self.records.swap(0, Ordering::Relaxed);
+        self.bytes.store(0, Ordering::Relaxed);
+        self.new_file.store(true, Ordering::Release);
+        tracing::error!(dir = %self.dir.display(), lost, "the spool directory was deleted or replaced: its records are gone; spooling on in a new one");
+        Ok(Some(lost))
+    }
+
     /// The segments [`Spool::open`] found unreadable and moved aside (their records unknown).
     pub fn set_aside_at_open(&self) -> &[SetAside] {
         &self.set_aside_at_open
@@ -495,20 +550,22 @@ impl Spool {
     /// `.spool.unreadable`, see [`SetAside`]), so that the segments after it drain; its records
     /// leave the spool's accounting, for the caller to count as lost. `error`: why it could
     /// not be read.
-    pub fn set_aside(&self, segment: &Segment, error: &Error) -> SetAside {
+    ///
+    /// `None` when the segment is no longer in the spool (its directory was replaced,
+    /// [`Spool::check_dir`], which counted its records already).
+    pub fn set_aside(&self, segment: &Segment, error: &Error) -> Option<SetAside> {
         let mut state = self.lock();
-        if let Some(at) = state.sealed.iter().position(|s| s == segment) {
-            state.sealed.remove(at);
-            self.bytes.fetch_sub(segment.bytes, Ordering::Relaxed);
-            self.records.fetch_sub(segment.records, Ordering::Relaxed);
-        }
+        let at = state.sealed.iter().position(|s| s == segment)?;
+        state.sealed.remove(at);
+        self.bytes.fetch_sub(segment.bytes, Ordering::Relaxed);
+        self.records.fetch_sub(segment.records, Ordering::Relaxed);
         drop(state);
         let aside = move_aside(&segment.path);
         tracing::error!(%error, file = %segment.path.display(), moved_to = ?aside, records = segment.records, "unreadable spool segment set aside");
-        SetAside {
+        Some(SetAside {
             path: aside.unwrap_or_else(|| segment.path.clone()),
             error: error.to_string(),
-        }
+        })
     }
 
     /// Deletes a drained segment. It leaves the spool's accounting even when the file cannot

@@ -1314,3 +1314,67 @@ async fn sigterm_with_a_frozen_spool_and_a_hung_broker_completes_and_names_what_
     );
     restarted.terminate();
 }
+
+/// The spool directory deleted during an outage (an operator's `rm -rf`, a volume gone): the
+/// next append notices, counts what the directory held as lost and spools on in a re-created
+/// one, so that the events accepted after the delete all land once Kafka is back, and the
+/// accepted events missing are exactly the ones counted lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_directory_deleted_in_an_outage_is_recreated_and_its_loss_counted() {
+    let (mut broker, topics) = own_broker().await;
+    let spool = Arc::new(tempfile::tempdir().unwrap());
+    let ingest = ingest_on(&broker, &topics, &spool, &[]).await;
+    let load = Steady::start(&ingest.url, "gone");
+    broker.kill();
+    wait_readyz(
+        &ingest.url,
+        "Kafka unreachable",
+        Duration::from_secs(15),
+        |s, b| s == 200 && b["kafka_state"] == "unreachable",
+    )
+    .await;
+    load.wait_more(50, WAIT).await; // spooled
+    std::fs::remove_dir_all(spool.path()).unwrap();
+    let deleted_at = Instant::now();
+    load.wait_more(50, WAIT).await; // spooled in the re-created directory
+    assert!(
+        spool.path().join("lock").exists(),
+        "the spool directory was not re-created"
+    );
+    broker.restart().await;
+    wait_readyz(
+        &ingest.url,
+        "delivering, spool drained",
+        Duration::from_secs(60),
+        |s, b| s == 200 && b["kafka_state"] == "delivering" && b["spool"]["records"] == 0,
+    )
+    .await;
+    let (accepted, statuses) = load.finish().await;
+    eprintln!("{statuses:?}");
+    let lost = metric(&ingest.metrics_url, "cdp_ingest_kafka_records_lost_total").await;
+    let ids: Vec<String> = accepted.iter().map(|(id, _)| id.clone()).collect();
+    let found = landed(&broker.address(), &topics, &ids, Duration::from_secs(10)).await;
+    eprintln!(
+        "{} accepted, {} missing, {lost} counted lost",
+        ids.len(),
+        found.missing.len()
+    );
+    assert!(lost > 0.0, "the deleted records are not counted");
+    assert_eq!(
+        found.missing.len() as f64,
+        lost,
+        "missing events are exactly the ones counted lost"
+    );
+    // The first append after the delete noticed it: nothing accepted a little later is lost.
+    let after: Vec<&String> = accepted
+        .iter()
+        .filter(|(_, at)| *at > deleted_at + Duration::from_secs(1))
+        .map(|(id, _)| id)
+        .filter(|id| found.missing.contains(id))
+        .collect();
+    assert!(
+        after.is_empty(),
+        "events accepted after the delete are lost: {after:?}"
+    );
+    ingest.terminate();
+}

@@ -258,7 +258,7 @@ fn a_segment_set_aside_while_running_leaves_the_count_and_the_rest_drains() {
     let first = spool.take_segment().unwrap().unwrap();
     make_unreadable(first.path());
     let error = first.read().unwrap_err();
-    let aside = spool.set_aside(&first, &error);
+    let aside = spool.set_aside(&first, &error).expect("in the spool");
     assert!(
         aside.path.to_string_lossy().ends_with(".spool.unreadable"),
         "{aside:?}"
@@ -267,4 +267,35 @@ fn a_segment_set_aside_while_running_leaves_the_count_and_the_rest_drains() {
     let drained = drain(&spool);
     assert_eq!(drained.len() as u64, 60 - first.records());
     assert_eq!(drained.last().unwrap().message_id, "m-59");
+}
+
+/// The spool directory deleted under a running spool: the next look (`check_dir`, before each
+/// batch of appends) says how many records went with it, re-creates the directory with a new
+/// lock, and appends go on there.
+#[test]
+fn a_deleted_directory_is_detected_its_records_counted_and_appends_go_on() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("spool");
+    let spool = Spool::open(&dir, options(1 << 20, 4096)).unwrap();
+    assert_eq!(spool.check_dir().unwrap(), None, "the directory opened");
+    for i in 0..40 {
+        spool.append(&record(i, 200)).unwrap();
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(spool.check_dir().unwrap(), Some(40));
+    assert!(
+        dir.join("lock").exists(),
+        "the directory and its lock are re-created"
+    );
+    assert_eq!((spool.records(), spool.bytes()), (0, 0));
+    spool.append(&record(40, 200)).unwrap();
+    assert_eq!(spool.check_dir().unwrap(), None);
+    let drained = drain(&spool);
+    assert_eq!(drained.len(), 1);
+    assert_eq!(drained[0].message_id, "m-40");
+    // Another process cannot take the re-created directory.
+    assert!(matches!(
+        Spool::open(&dir, options(1 << 20, 4096)),
+        Err(Error::Locked(_))
+    ));
 }

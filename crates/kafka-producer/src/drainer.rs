@@ -52,6 +52,9 @@ impl Drainer {
         };
         let core = self.core.clone();
         while !core.stopping.load(Ordering::SeqCst) {
+            if core.health.get().is_delivering() {
+                self.send_held();
+            }
             if spool.is_empty() {
                 self.clear_backlog(&spool);
                 if core.recovering.swap(false, Ordering::Relaxed) {
@@ -103,6 +106,46 @@ impl Drainer {
         let caught_up = core.writer.as_ref().is_some_and(|w| w.barrier());
         if caught_up && spool.is_empty() {
             core.backlog.store(false, Ordering::Release);
+        }
+    }
+
+    /// Sends the rescued records the spool refused and the writer holds in memory: while
+    /// Kafka delivers, it takes them instead. One that fails goes the way of any failed
+    /// record (retry topic, DLQ, or back to the spool writer).
+    fn send_held(&self) {
+        let core = &self.core;
+        let Some(writer) = core.writer.as_ref() else {
+            return;
+        };
+        let held = writer.take_held();
+        if held.is_empty() {
+            return;
+        }
+        tracing::info!(
+            records = held.len(),
+            "sending the records held in memory while the spool refused them"
+        );
+        let topics = &core.client.config.topics;
+        let mut unsent = Vec::new();
+        for record in held {
+            let (topic, stage) = match record.topic.as_str() {
+                DLQ_BOUND => (&topics.dlq, Stage::Dlq),
+                _ => (&topics.ingest, Stage::Ingest),
+            };
+            let delivery = Delivery::Rescue {
+                original: record.clone(),
+                stage,
+            };
+            if let Err(error) =
+                core.client
+                    .enqueue(topic, &record.key, &record.value, headers_of(&record), delivery)
+            {
+                tracing::warn!(%error, message_id = record.message_id, "a held record could not be enqueued: back to the spool writer");
+                unsent.push(record);
+            }
+        }
+        if !unsent.is_empty() {
+            writer.append_detached(unsent);
         }
     }
 

@@ -35,6 +35,8 @@ pub(crate) struct ProducerMetrics {
     pub spool_bytes: Gauge,
     /// Records in the spool.
     pub spool_records: Gauge,
+    /// Rescued records the spool refused, held in memory.
+    pub spool_held_records: Gauge,
     /// The spool's cap, in bytes.
     pub spool_max_bytes: Gauge,
     /// Spooled records produced to the ingest topic.
@@ -78,6 +80,7 @@ impl ProducerMetrics {
             spool_writable: gauge!(format!("{prefix}_spool_writable")),
             spool_bytes: gauge!(format!("{prefix}_spool_bytes")),
             spool_records: gauge!(format!("{prefix}_spool_records")),
+            spool_held_records: gauge!(format!("{prefix}_spool_held_records")),
             spool_max_bytes: gauge!(format!("{prefix}_spool_max_bytes")),
             spool_drained: counter!(format!("{prefix}_spool_drained_total")),
             spool_set_aside: counter!(format!("{prefix}_spool_segments_set_aside_total")),

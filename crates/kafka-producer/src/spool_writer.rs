@@ -18,6 +18,9 @@ use crate::Error;
 const QUEUE: usize = 4096;
 /// How often the idle writer checks the file system.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// Most key and value bytes of rescued records kept in memory while the spool cannot take
+/// them ([`SpoolWriter::take_held`]); beyond it they are counted lost.
+pub(crate) const HELD_MAX_BYTES: u64 = 64 << 20;
 
 /// Where spooled records come from (the `from` label of `<prefix>_spool_appended_total`).
 #[derive(Debug, Clone, Copy)]
@@ -64,6 +67,9 @@ struct Shared {
     queue: Mutex<mpsc::Receiver<Work>>,
     /// Set by [`SpoolWriter::stop`]: rescued records are handed over without blocking.
     closing: std::sync::atomic::AtomicBool,
+    /// Rescued records the spool refused (read-only, failing), waiting in memory for the spool
+    /// or Kafka to take them, with their key and value bytes (at most [`HELD_MAX_BYTES`]).
+    held: Mutex<(std::collections::VecDeque<spool::Record>, u64)>,
 }
 
 /// The spool's writing thread.
@@ -90,6 +96,7 @@ impl SpoolWriter {
             condition: Mutex::new(SpoolCondition::Writable),
             queue: Mutex::new(queue),
             closing: std::sync::atomic::AtomicBool::new(false),
+            held: Mutex::new((std::collections::VecDeque::new(), 0)),
         });
         let thread = {
             let shared = shared.clone();
@@ -207,6 +214,12 @@ impl SpoolWriter {
         }
     }
 
+    /// Takes the rescued records held in memory because the spool refused them, oldest
+    /// first: the drainer sends them while Kafka delivers.
+    pub(crate) fn take_held(&self) -> Vec<spool::Record> {
+        self.shared.take_held()
+    }
+
     /// From now on rescued records are handed over without blocking: a shutdown must not wait
     /// on a queue that a frozen disk never empties.
     pub(crate) fn begin_close(&self) {
@@ -242,6 +255,7 @@ impl SpoolWriter {
         if let Some(thread) = thread.take() {
             let _ = thread.join();
         }
+        self.shared.lose_held();
         let spool = self.shared.spool.clone();
         let synced = crate::patience::run_within("spool-sync", patience, move || {
             if let Err(error) = spool.sync() {
@@ -285,11 +299,25 @@ impl Shared {
                 }
             }
         }
+        let held = self.lose_held();
         tracing::error!(
             under_way = busy,
             queued,
+            held,
             "the spool's disk did not answer at shutdown: what it held is counted lost"
         );
+    }
+
+    /// At shutdown: the held records are counted lost, named. Returns how many.
+    fn lose_held(&self) -> usize {
+        let held = self.take_held();
+        for record in &held {
+            self.metrics.lose(
+                &record.message_id,
+                &"held in memory at shutdown: neither the spool nor Kafka took it",
+            );
+        }
+        held.len()
     }
 
     fn run(&self) {
@@ -315,9 +343,7 @@ impl Shared {
                         Some((reply, _)) => drop(reply.send(result.map_err(|(_, e)| e))),
                         None => {
                             if let Err((appended, error)) = result {
-                                for record in &records[appended..] {
-                                    self.metrics.lose(&record.message_id, &error);
-                                }
+                                self.hold(records.into_iter().skip(appended), &error);
                             }
                         }
                     }
@@ -381,6 +407,48 @@ impl Shared {
         })
     }
 
+    /// The held records, taken out.
+    fn take_held(&self) -> Vec<spool::Record> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.1 = 0;
+        let records: Vec<spool::Record> = held.0.drain(..).collect();
+        self.metrics.spool_held_records.set(0.0);
+        records
+    }
+
+    /// Keeps rescued records the spool refused in memory, up to [`HELD_MAX_BYTES`], for the
+    /// spool (once writable) or the drainer (once Kafka delivers); beyond it, for a record no
+    /// segment can hold, or once closing, they are counted lost and named.
+    fn hold(&self, records: impl Iterator<Item = spool::Record>, error: &Error) {
+        let too_large = matches!(error, Error::Spool(spool::Error::TooLarge(_)));
+        let closing = self.closing.load(Ordering::Acquire);
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        for record in records {
+            let bytes = (record.key.len() + record.value.len()) as u64;
+            if too_large || closing || held.1 + bytes > HELD_MAX_BYTES {
+                self.metrics.lose(&record.message_id, error);
+                continue;
+            }
+            held.1 += bytes;
+            held.0.push_back(record);
+        }
+        if !held.0.is_empty() {
+            tracing::warn!(records = held.0.len(), bytes = held.1, %error, "the spool refused rescued records: held in memory until the spool or Kafka takes them");
+        }
+        self.metrics.spool_held_records.set(held.0.len() as f64);
+    }
+
+    /// Appends the held records once the spool takes records again.
+    fn retry_held(&self) {
+        let records = self.take_held();
+        if records.is_empty() {
+            return;
+        }
+        if let Err((appended, error)) = self.append(&records, From::Rescue) {
+            self.hold(records.into_iter().skip(appended), &error);
+        }
+    }
+
     /// While idle: is the file system writable, and (after a failure) does a probe write pass?
     fn check(&self) {
         self.check_dir();
@@ -398,6 +466,9 @@ impl Shared {
             }
         }
         self.set(condition);
+        if self.current() == SpoolCondition::Writable {
+            self.retry_held();
+        }
     }
 
     /// Less room than a large request (1 MiB) or an eighth of a small spool.

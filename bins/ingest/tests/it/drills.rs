@@ -1378,3 +1378,54 @@ async fn a_spool_directory_deleted_in_an_outage_is_recreated_and_its_loss_counte
     );
     ingest.terminate();
 }
+
+/// The spool's file system full (a 2 MiB tmpfs filled) while Kafka delivers, then the broker
+/// hangs (SIGSTOP): the records librdkafka held are taken back at the ack window, the spool
+/// refuses them, and they wait in memory (`cdp_ingest_spool_held_records`) instead of being
+/// destroyed; when the broker resumes they are sent, so every event answered 200 lands and
+/// nothing is counted lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_the_spool_refuses_wait_in_memory_for_kafka() {
+    let spool = Arc::new(tempfile::tempdir().unwrap());
+    let _mount = Mount::tmpfs(spool.path(), "2m");
+    let (broker, topics) = own_broker().await;
+    let env = [("CDP_SPOOL_MAX_BYTES", "1048576")];
+    let ingest = ingest_on(&broker, &topics, &spool, &env).await;
+    let filler = spool.path().join("filler");
+    fill(&filler);
+    let load = Steady::start(&ingest.url, "held");
+    load.wait_more(20, WAIT).await;
+    broker.pause();
+    let held = "cdp_ingest_spool_held_records";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut most = 0.0;
+    while most == 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no record held in memory within 30 s of the hang"
+        );
+        most = metric(&ingest.metrics_url, held).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("{most} records held in memory while the spool's file system is full");
+    broker.resume();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&ingest.metrics_url, held).await > 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the held records were not sent after the broker resumed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    load.wait_more(20, WAIT).await; // delivering again
+    let (accepted, statuses) = load.finish().await;
+    eprintln!("{statuses:?}");
+    let ids: Vec<String> = accepted.into_iter().map(|(id, _)| id).collect();
+    let landed = assert_nothing_lost(&broker.address(), &topics, &ids, Duration::from_secs(60)).await;
+    eprintln!("{} accepted, {} duplicates", ids.len(), landed.duplicates());
+    assert_eq!(
+        metric(&ingest.metrics_url, "cdp_ingest_kafka_records_lost_total").await,
+        0.0
+    );
+    ingest.terminate();
+}

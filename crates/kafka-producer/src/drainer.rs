@@ -5,7 +5,8 @@
 //!
 //! **Order across an outage.** While the spool holds a backlog, buffered-mode events join its
 //! tail instead of overtaking it ([`Core::backlog`]). So that the spool still empties under
-//! steady traffic, the drainer hands the last [`HANDOFF_MAX`] records over under
+//! steady traffic, the drainer hands the last [`HANDOFF_MAX`] records (at most
+//! [`HANDOFF_MAX_BYTES`]) over under
 //! [`Core::gate`]: it waits for the writer to append what requests handed it, takes every
 //! segment, enqueues all of it, clears the backlog, and only then lets requests enqueue. Kafka
 //! keeps one producer's enqueue order per partition, so a visitor's new events land behind
@@ -27,6 +28,8 @@ use crate::Error;
 
 /// The backlog, in records, small enough to hand over at once under the gate.
 pub(crate) const HANDOFF_MAX: u64 = 20_000;
+/// The same in bytes: the handoff reads the whole backlog into memory at once.
+pub(crate) const HANDOFF_MAX_BYTES: u64 = 32 << 20;
 /// How long the drainer idles between looks.
 const IDLE: Duration = Duration::from_millis(50);
 
@@ -67,7 +70,7 @@ impl Drainer {
                 std::thread::sleep(IDLE);
                 continue;
             }
-            let result = if spool.records() <= HANDOFF_MAX {
+            let result = if spool.records() <= HANDOFF_MAX && spool.bytes() <= HANDOFF_MAX_BYTES {
                 self.handoff(&spool)
             } else {
                 match spool.take_segment() {

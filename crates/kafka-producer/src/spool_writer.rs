@@ -16,6 +16,9 @@ use crate::Error;
 
 /// Appends waiting for the writer, at most: beyond it the disk is not keeping up (503).
 const QUEUE: usize = 4096;
+/// Key and value bytes of the requests' appends waiting for the writer, at most: a slow disk
+/// cannot make the queue hold more than this in memory (requests beyond it get 503).
+const QUEUE_MAX_BYTES: u64 = 64 << 20;
 /// How often the idle writer checks the file system.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Most key and value bytes of rescued records kept in memory while the spool cannot take
@@ -65,6 +68,8 @@ struct Shared {
     /// The work queue's receiving end: the writer holds the lock only while it waits for work,
     /// never while it writes, so that a stop past its patience can take what is still queued.
     queue: Mutex<mpsc::Receiver<Work>>,
+    /// Key and value bytes of the requests' appends queued and not yet taken by the writer.
+    queued_bytes: AtomicU64,
     /// Set by [`SpoolWriter::stop`]: rescued records are handed over without blocking.
     closing: std::sync::atomic::AtomicBool,
     /// Rescued records the spool refused (read-only, failing), waiting in memory for the spool
@@ -95,6 +100,7 @@ impl SpoolWriter {
             busy_ids: Mutex::new(Vec::new()),
             condition: Mutex::new(SpoolCondition::Writable),
             queue: Mutex::new(queue),
+            queued_bytes: AtomicU64::new(0),
             closing: std::sync::atomic::AtomicBool::new(false),
             held: Mutex::new((std::collections::VecDeque::new(), 0)),
         });
@@ -131,16 +137,28 @@ impl SpoolWriter {
     ) -> impl std::future::Future<Output = Result<(), Error>> + use<> {
         let (tx, mut rx) = oneshot::channel();
         let state = Arc::new(AtomicU8::new(QUEUED));
+        let bytes = record_bytes(&records);
+        let shared = self.shared.clone();
+        let room = shared
+            .queued_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                (queued + bytes <= QUEUE_MAX_BYTES || queued == 0).then_some(queued + bytes)
+            })
+            .is_ok();
         let work = Work::Append {
             records,
             from: From::Request,
             reply: Some((tx, state.clone())),
         };
-        let queued = match self.work.try_send(work) {
-            Ok(()) => Ok(()),
-            Err(mpsc::TrySendError::Full(_)) => Err(Error::SpoolTimeout(self.timeout)),
-            Err(mpsc::TrySendError::Disconnected(_)) => Err(Error::Unavailable),
+        let queued = match room.then(|| self.work.try_send(work)) {
+            None => Err(Error::SpoolTimeout(self.timeout)),
+            Some(Ok(())) => Ok(()),
+            Some(Err(mpsc::TrySendError::Full(_))) => Err(Error::SpoolTimeout(self.timeout)),
+            Some(Err(mpsc::TrySendError::Disconnected(_))) => Err(Error::Unavailable),
         };
+        if room && queued.is_err() {
+            shared.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        }
         let timeout = self.timeout;
         async move {
             queued?;
@@ -150,6 +168,7 @@ impl SpoolWriter {
                     let cancel =
                         state.compare_exchange(QUEUED, CANCELLED, Ordering::AcqRel, Ordering::Acquire);
                     if cancel.is_ok() {
+                        shared.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
                         return Err(Error::SpoolTimeout(timeout));
                     }
                     tracing::warn!(
@@ -268,6 +287,11 @@ impl SpoolWriter {
     }
 }
 
+/// Key and value bytes of `records`.
+fn record_bytes(records: &[spool::Record]) -> u64 {
+    records.iter().map(|r| (r.key.len() + r.value.len()) as u64).sum()
+}
+
 impl Shared {
     /// The writer did not finish within the stop's patience (its disk does not answer): counts
     /// what it holds as lost, naming each queued record.
@@ -337,6 +361,8 @@ impl Shared {
                         if start.is_err() {
                             continue; // cancelled: its request answered 503
                         }
+                        self.queued_bytes
+                            .fetch_sub(record_bytes(&records), Ordering::AcqRel);
                     }
                     let result = self.append(&records, from);
                     match reply {

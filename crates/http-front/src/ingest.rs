@@ -422,14 +422,27 @@ async fn send(state: &State, source: &Source, accepted: &[Accepted]) -> Result<U
             report::accepted(&sent);
             Ok(unsendable)
         }
-        Err(Refused { taken, error }) => {
-            report::accepted(&accepted[..taken]);
+        Err(Refused {
+            taken,
+            error,
+            unsendable,
+        }) => {
+            // Skipped among the taken ones: refused too (the client sends them again with
+            // the rest, and they are rejected alone once the request goes through).
+            let (skipped, sent): (Vec<_>, Vec<_>) = accepted[..taken]
+                .iter()
+                .enumerate()
+                .partition(|(i, _)| unsendable.events.iter().any(|(u, _)| u == i));
+            let sent: Vec<Accepted> = sent.into_iter().map(|(_, e)| e.clone()).collect();
+            let skipped: Vec<Accepted> = skipped.into_iter().map(|(_, e)| e.clone()).collect();
+            report::accepted(&sent);
+            report::refused(&skipped, &"Kafka can never take it");
             report::refused(&accepted[taken..], &error);
             if taken > 0 && !acked {
                 metrics::partial_admission();
             }
             Err(Error::Unavailable {
-                accepted: taken,
+                accepted: sent.len(),
                 source: error,
             })
         }

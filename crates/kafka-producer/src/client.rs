@@ -171,15 +171,27 @@ pub(crate) fn take_back(
     metrics: &ProducerMetrics,
     producer: ThreadedProducer<Callbacks>,
 ) -> ThreadedProducer<Callbacks> {
+    take_back_within(metrics, producer, RETIRE_PATIENCE)
+}
+
+/// [`take_back`], waiting at most `patience` for the reports (a shutdown's bound).
+pub(crate) fn take_back_within(
+    metrics: &ProducerMetrics,
+    producer: ThreadedProducer<Callbacks>,
+    patience: Duration,
+) -> ThreadedProducer<Callbacks> {
     producer.purge(PurgeConfig::default().queue().inflight());
-    let deadline = Instant::now() + RETIRE_PATIENCE;
+    let deadline = Instant::now() + patience;
     // The producer's polling thread serves the reports; the count includes unserved ones.
     while producer.in_flight_count() > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
     let left = u64::try_from(producer.in_flight_count()).unwrap_or(0);
     if left > 0 {
-        metrics.lose_unknown(left, &"the producer being closed did not report them within 30 s");
+        metrics.lose_unknown(
+            left,
+            &format!("the producer being closed did not report them within {patience:?}"),
+        );
     }
     producer
 }

@@ -156,7 +156,11 @@ impl ProducerConfig {
             // Keep a connection to every broker even when idle: librdkafka then reconnects by
             // itself after an outage, and `AllBrokersDown` means what it says (with sparse
             // connections an idle producer reports it after every metadata probe).
-            .set("enable.sparse.connections", "false");
+            .set("enable.sparse.connections", "false")
+            // After an outage the producer finds the broker within 2 s, not librdkafka's 10 s
+            // (`reconnect.backoff.max.ms`): the spool drains, and a degraded start ends, that
+            // much sooner. A fleet of replicas reconnecting is a few connections a second.
+            .set("reconnect.backoff.max.ms", "2000");
         self.kafka.apply(&mut config)?;
         Ok(config)
     }

@@ -38,6 +38,26 @@ pub(crate) struct Drainer {
     core: Arc<Core>,
     /// Segments partly acknowledged by an earlier attempt: a retry sends only the others.
     progress: Vec<(Segment, Vec<bool>)>,
+    /// Segments whose read failed, with how many times in a row.
+    read_failures: Vec<(std::path::PathBuf, u32)>,
+}
+
+/// Reads of one segment that may fail in a row (with a pause between) before it is set aside.
+const READ_ATTEMPTS: u32 = 3;
+
+/// True when a segment's read error means it will never be read: the file is gone, replaced
+/// (a directory), not permitted, or the read failed [`READ_ATTEMPTS`] times in a row.
+fn for_good(error: &spool::Error, failures: u32) -> bool {
+    use std::io::ErrorKind::*;
+    match error {
+        spool::Error::Io { source, .. } => {
+            matches!(
+                source.kind(),
+                NotFound | PermissionDenied | IsADirectory | InvalidData
+            ) || failures >= READ_ATTEMPTS
+        }
+        _ => failures >= READ_ATTEMPTS,
+    }
 }
 
 impl Drainer {
@@ -45,6 +65,7 @@ impl Drainer {
         Drainer {
             core,
             progress: Vec::new(),
+            read_failures: Vec::new(),
         }
     }
 
@@ -143,12 +164,48 @@ impl Drainer {
                 core.client
                     .enqueue(topic, &record.key, &record.value, headers_of(&record), delivery)
             {
-                tracing::warn!(%error, message_id = record.message_id, "a held record could not be enqueued: back to the spool writer");
-                unsent.push(record);
+                match error {
+                    // Kafka will never take it: the supervisor routes it (the DLQ, or lost
+                    // and counted), rather than round the writer again.
+                    Error::Enqueue { source, .. } if ErrorClass::of(&source) == ErrorClass::Permanent => {
+                        let failed = Failed {
+                            record,
+                            error: source,
+                            stage,
+                        };
+                        if !core.client.hand_over(failed) {
+                            tracing::error!(
+                                "the supervisor has stopped: a held record refused for good is dropped"
+                            );
+                        }
+                    }
+                    error => {
+                        tracing::warn!(%error, message_id = record.message_id, "a held record could not be enqueued: back to the spool writer");
+                        unsent.push(record);
+                    }
+                }
             }
         }
         if !unsent.is_empty() {
             writer.append_detached(unsent);
+        }
+    }
+
+    /// Counts a failed read of `segment`; the failures in a row so far.
+    fn read_failure(&mut self, segment: &Segment) -> u32 {
+        match self
+            .read_failures
+            .iter_mut()
+            .find(|(path, _)| path == segment.path())
+        {
+            Some((_, n)) => {
+                *n += 1;
+                *n
+            }
+            None => {
+                self.read_failures.push((segment.path().to_path_buf(), 1));
+                1
+            }
         }
     }
 
@@ -185,10 +242,19 @@ impl Drainer {
         let mut batches = Vec::with_capacity(segments.len());
         for segment in segments {
             let records = match segment.read() {
-                Ok(records) => records,
+                Ok(records) => {
+                    self.read_failures.retain(|(path, _)| path != segment.path());
+                    records
+                }
+                Err(error) if !for_good(&error, self.read_failure(&segment)) => {
+                    // Perhaps passing (out of file descriptors, memory): tried again.
+                    return Err(error.into());
+                }
                 Err(error) => {
-                    // Unreadable (permissions, I/O error, the file gone): moved aside so that
-                    // the segments after it drain, its records counted lost.
+                    // Unreadable (permissions, the file gone or replaced, or failing over and
+                    // over): moved aside so that the segments after it drain, its records
+                    // counted lost.
+                    self.read_failures.retain(|(path, _)| path != segment.path());
                     if let Some(aside) = spool.set_aside(&segment, &error) {
                         core.metrics().segment_set_aside(&aside, Some(segment.records()));
                     }

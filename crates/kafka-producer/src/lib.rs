@@ -40,7 +40,7 @@ pub use health::{Event, Health, Step, Why};
 pub use outcome::{Ack, Closed, Refused, Unsendable};
 pub use producer::EventProducer;
 pub use readiness::{NotReady, SpoolCondition, Status};
-pub use route::{route, Conditions, Destination, ErrorClass, Stage};
+pub use route::{reroute, route, Conditions, Destination, ErrorClass, Stage};
 pub use settings::{owned_property, KafkaSettings, Oidc, SaslMechanism, Secret, SecurityProtocol};
 pub use spool;
 pub use watch::{log_client_error, ConnectFailure, ConnectionWatch, WatchedContext};

@@ -73,8 +73,11 @@ pub struct Unsendable {
 /// A request's events were not all taken.
 #[derive(Debug)]
 pub struct Refused {
-    /// How many, from the first, were taken (and must not be counted as refused).
+    /// How many, from the first, were taken (and must not be counted as refused), less the
+    /// [`Refused::unsendable`] ones among them.
     pub taken: usize,
     /// Why the rest were not.
     pub error: Error,
+    /// Events among the first `taken` that Kafka can never take, skipped: not taken either.
+    pub unsendable: Unsendable,
 }

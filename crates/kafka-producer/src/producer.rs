@@ -13,7 +13,7 @@ use spool::Spool;
 use tokio::sync::oneshot;
 
 use crate::callbacks::Delivery;
-use crate::client::{take_back, Client};
+use crate::client::{take_back_within, Client};
 use crate::core::Core;
 use crate::drainer::Drainer;
 use crate::health::{Event, Health, HealthCell, Why};
@@ -208,7 +208,11 @@ impl EventProducer {
         source_id: &str,
         acked: bool,
     ) -> Result<Unsendable, Refused> {
-        let refused = |taken, error| Refused { taken, error };
+        let refused = |taken, error| Refused {
+            taken,
+            error,
+            unsendable: Unsendable::default(),
+        };
         if self.core.health.get() == Health::Closed {
             return Err(refused(0, Error::Unavailable));
         }
@@ -252,14 +256,29 @@ impl EventProducer {
                             tracing::warn!(%error, spooled = events.len() - taken, "enqueue failed, spooling the rest of the request");
                             (taken, appended)
                         }
-                        None => return Err(refused(taken, error)),
+                        None => {
+                            return Err(Refused {
+                                unsendable,
+                                ..refused(taken, error)
+                            })
+                        }
                     }
                 }
-                Err((taken, error)) => return Err(refused(taken, error)),
+                Err((taken, error)) => {
+                    return Err(Refused {
+                        unsendable,
+                        ..refused(taken, error)
+                    })
+                }
             },
         };
         drop(gate);
-        appended.await.map_err(|error| refused(taken, error))?;
+        if let Err(error) = appended.await {
+            return Err(Refused {
+                unsendable,
+                ..refused(taken, error)
+            });
+        }
         Ok(unsendable)
     }
 
@@ -318,7 +337,14 @@ impl EventProducer {
         unsendable.events.sort_by_key(|(i, _)| *i);
         match failure {
             None => Ok(unsendable),
-            Some((taken, error)) => Err(Refused { taken, error }),
+            Some((taken, error)) => {
+                unsendable.events.retain(|(i, _)| *i < taken);
+                Err(Refused {
+                    taken,
+                    error,
+                    unsendable,
+                })
+            }
         }
     }
 
@@ -508,7 +534,7 @@ impl EventProducer {
         let producer = core.client.replace(None);
         drop(gate);
         if let Some(producer) = producer {
-            let producer = take_back(core.metrics(), producer);
+            let producer = take_back_within(core.metrics(), producer, CLOSE_PATIENCE);
             // Destroying a producer can wait on a hung broker's connections.
             if !run_within("kafka-retire", CLOSE_PATIENCE, move || drop(producer)) {
                 tracing::warn!("the closed producer is still being destroyed (a hung broker?): left behind");

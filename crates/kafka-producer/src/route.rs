@@ -123,11 +123,50 @@ pub fn route(class: ErrorClass, stage: Stage, c: Conditions) -> Destination {
     }
 }
 
+/// Where a record goes when writing it to `to` failed with `class`: routed again with that
+/// write's stage ([`Destination::stage`]); the same destination again (a purged enqueue to a
+/// producer that failed, say, which could fail the same way for ever) ends on the rescue path
+/// instead (spool or lost). Every chain of re-routes ends in a few steps (tested).
+pub fn reroute(class: ErrorClass, to: Destination, c: Conditions) -> Destination {
+    match route(class, to.stage(), c) {
+        same if same == to => route(class, Stage::Rescue, c),
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Destination::*;
     use super::ErrorClass::*;
     use super::*;
+
+    /// Whatever fails how often, a record's re-routes end in the spool or lost within three
+    /// writes: no loop drainer → producer → spool, no unbounded recursion.
+    #[test]
+    fn every_chain_of_reroutes_ends() {
+        for spool in [false, true] {
+            for delivering in [false, true] {
+                for closing in [false, true] {
+                    let c = Conditions {
+                        spool,
+                        delivering,
+                        closing,
+                    };
+                    for class in [Permanent, Purged, Transient] {
+                        for stage in [Stage::Ingest, Stage::Rescue, Stage::Dlq] {
+                            let mut to = route(class, stage, c);
+                            let mut writes = 0;
+                            while !matches!(to, Spool | Lost) {
+                                writes += 1;
+                                assert!(writes <= 3, "{class:?} at {stage:?} with {c:?} does not end");
+                                to = reroute(class, to, c);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn every_case() {

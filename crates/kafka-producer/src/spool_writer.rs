@@ -70,6 +70,8 @@ struct Shared {
     queue: Mutex<mpsc::Receiver<Work>>,
     /// Key and value bytes of the requests' appends queued and not yet taken by the writer.
     queued_bytes: AtomicU64,
+    /// The writer thread has stopped (or was abandoned): nothing handed over now is appended.
+    stopped: std::sync::atomic::AtomicBool,
     /// Set by [`SpoolWriter::stop`]: rescued records are handed over without blocking.
     closing: std::sync::atomic::AtomicBool,
     /// Rescued records the spool refused (read-only, failing), waiting in memory for the spool
@@ -101,6 +103,7 @@ impl SpoolWriter {
             condition: Mutex::new(SpoolCondition::Writable),
             queue: Mutex::new(queue),
             queued_bytes: AtomicU64::new(0),
+            stopped: std::sync::atomic::AtomicBool::new(false),
             closing: std::sync::atomic::AtomicBool::new(false),
             held: Mutex::new((std::collections::VecDeque::new(), 0)),
         });
@@ -150,6 +153,7 @@ impl SpoolWriter {
             from: From::Request,
             reply: Some((tx, state.clone())),
         };
+        let room = room && !shared.stopped.load(Ordering::Acquire);
         let queued = match room.then(|| self.work.try_send(work)) {
             None => Err(Error::SpoolTimeout(self.timeout)),
             Some(Ok(())) => Ok(()),
@@ -191,6 +195,16 @@ impl SpoolWriter {
             from: From::Rescue,
             reply: None,
         };
+        if self.shared.stopped.load(Ordering::Acquire) {
+            if let Work::Append { records, .. } = work {
+                for record in records {
+                    self.shared
+                        .metrics
+                        .lose(&record.message_id, &"the spool writer has stopped");
+                }
+            }
+            return;
+        }
         let refused = match self.shared.closing.load(Ordering::Acquire) {
             false => self
                 .work
@@ -274,6 +288,9 @@ impl SpoolWriter {
         if let Some(thread) = thread.take() {
             let _ = thread.join();
         }
+        self.shared.stopped.store(true, Ordering::Release);
+        // Handed over after the writer took its Stop: refused (requests) or lost (rescues).
+        self.shared.refuse_queued(false);
         self.shared.lose_held();
         let spool = self.shared.spool.clone();
         let synced = crate::patience::run_within("spool-sync", patience, move || {
@@ -296,13 +313,34 @@ impl Shared {
     /// The writer did not finish within the stop's patience (its disk does not answer): counts
     /// what it holds as lost, naming each queued record.
     fn abandon(&self) {
+        self.stopped.store(true, Ordering::Release);
+        let queued = self.refuse_queued(true);
+        // After the queue: the writer cannot start another append meanwhile (it needs the
+        // queue's lock to take one, and `stopped` is set).
         let busy = std::mem::take(&mut *self.busy_ids.lock().unwrap_or_else(|e| e.into_inner()));
         for message_id in &busy {
             self.metrics.lose(message_id, &"in a spool append under way when the spool's disk stopped answering at shutdown (it may yet reach the spool)");
         }
-        let busy = busy.len();
-        // The writer takes the queue's lock only to wait for work (at most CHECK_EVERY).
-        let deadline = Instant::now() + CHECK_EVERY + Duration::from_millis(500);
+        let held = self.lose_held();
+        tracing::error!(
+            under_way = busy.len(),
+            queued,
+            held,
+            "the spool's disk did not answer at shutdown: what it held is counted lost"
+        );
+    }
+
+    /// Empties the work queue once the writer will not take more: a request's append not
+    /// started is cancelled and answered `Unavailable` (a 503 that took nothing); rescued
+    /// records are counted lost, named. `wait`: the writer may still hold the queue's lock
+    /// (waiting for work, at most [`CHECK_EVERY`]). Returns the rescued records lost.
+    fn refuse_queued(&self, wait: bool) -> usize {
+        let deadline = Instant::now()
+            + if wait {
+                CHECK_EVERY + Duration::from_millis(500)
+            } else {
+                Duration::ZERO
+            };
         let queue = loop {
             match self.queue.try_lock() {
                 Ok(queue) => break Some(queue),
@@ -310,26 +348,34 @@ impl Shared {
                 Err(_) => break None,
             }
         };
-        let mut queued = 0;
+        let mut lost = 0;
         while let Some(Ok(work)) = queue.as_ref().map(|q| q.try_recv()) {
-            if let Work::Append { records, reply, .. } = work {
-                queued += records.len();
-                for record in &records {
-                    self.metrics
-                        .lose(&record.message_id, &"the spool's disk did not answer at shutdown");
+            match work {
+                Work::Append {
+                    reply: Some((reply, state)),
+                    ..
+                } => {
+                    let cancel =
+                        state.compare_exchange(QUEUED, CANCELLED, Ordering::AcqRel, Ordering::Acquire);
+                    if cancel.is_ok() {
+                        let _ = reply.send(Err(Error::Unavailable));
+                    }
                 }
-                if let Some((reply, _)) = reply {
-                    let _ = reply.send(Err(Error::Unavailable));
+                Work::Append {
+                    records, reply: None, ..
+                } => {
+                    lost += records.len();
+                    for record in &records {
+                        self.metrics.lose(
+                            &record.message_id,
+                            &"the spool's writer stopped before appending it",
+                        );
+                    }
                 }
+                Work::Barrier(_) | Work::Stop => {}
             }
         }
-        let held = self.lose_held();
-        tracing::error!(
-            under_way = busy,
-            queued,
-            held,
-            "the spool's disk did not answer at shutdown: what it held is counted lost"
-        );
+        lost
     }
 
     /// At shutdown: the held records are counted lost, named. Returns how many.
@@ -354,6 +400,24 @@ impl Shared {
                 .unwrap_or_else(|e| e.into_inner())
                 .recv_timeout(CHECK_EVERY);
             match next {
+                Ok(Work::Append {
+                    records,
+                    from: _,
+                    reply,
+                }) if self.stopped.load(Ordering::Acquire) => {
+                    // Abandoned meanwhile: `refuse_queued` answers or counts such work.
+                    match reply {
+                        Some((reply, _)) => drop(reply.send(Err(Error::Unavailable))),
+                        None => {
+                            for record in &records {
+                                self.metrics.lose(
+                                    &record.message_id,
+                                    &"the spool's writer stopped before appending it",
+                                );
+                            }
+                        }
+                    }
+                }
                 Ok(Work::Append { records, from, reply }) => {
                     if let Some((_, state)) = &reply {
                         let start =
@@ -365,6 +429,9 @@ impl Shared {
                             .fetch_sub(record_bytes(&records), Ordering::AcqRel);
                     }
                     let result = self.append(&records, from);
+                    if result.is_ok() && !self.held.lock().unwrap_or_else(|e| e.into_inner()).0.is_empty() {
+                        self.retry_held();
+                    }
                     match reply {
                         Some((reply, _)) => drop(reply.send(result.map_err(|(_, e)| e))),
                         None => {
@@ -375,7 +442,13 @@ impl Shared {
                     }
                 }
                 Ok(Work::Barrier(done)) => drop(done.send(())),
-                Ok(Work::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                Ok(Work::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // A last chance for what is held, before `stop` counts it lost.
+                    if self.current() == SpoolCondition::Writable {
+                        self.retry_held();
+                    }
+                    return;
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => self.check(),
             }
         }
@@ -383,20 +456,27 @@ impl Shared {
 
     /// A spool directory deleted or replaced since the last look: what it held is counted
     /// lost, and appends go on in the re-created one.
-    fn check_dir(&self) {
+    fn check_dir(&self) -> Result<(), spool::Error> {
         match self.spool.check_dir() {
-            Ok(None) => {}
+            Ok(None) => Ok(()),
             Ok(Some(lost)) => {
                 self.metrics
                     .lose_unknown(lost, &"the spool directory was deleted or replaced");
+                Ok(())
             }
-            Err(error) => tracing::error!(%error, "the spool directory is gone and cannot be re-created"),
+            Err(error) => {
+                tracing::error!(%error, "the spool directory is gone and cannot be re-created");
+                Err(error)
+            }
         }
     }
 
     /// Appends `records` in order; on failure, how many were appended and the error.
     fn append(&self, records: &[spool::Record], from: From) -> Result<(), (usize, Error)> {
-        self.check_dir();
+        if let Err(error) = self.check_dir() {
+            self.set(SpoolCondition::Failing(error.to_string()));
+            return Err((0, Error::Spool(error)));
+        }
         let started = self.start.elapsed().as_millis() as u64 + 1;
         *self.busy_ids.lock().unwrap_or_else(|e| e.into_inner()) =
             records.iter().map(|r| r.message_id.clone()).collect();
@@ -477,7 +557,7 @@ impl Shared {
 
     /// While idle: is the file system writable, and (after a failure) does a probe write pass?
     fn check(&self) {
-        self.check_dir();
+        let _ = self.check_dir();
         let current = self.current();
         let probe = matches!(current, SpoolCondition::Failing(_));
         let condition = match self.spool.check_writable(probe) {

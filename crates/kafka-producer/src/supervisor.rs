@@ -22,7 +22,7 @@ use crate::client::take_back;
 use crate::core::Core;
 use crate::health::{Event, Health, Why};
 use crate::record::{dlq_copy, ingest_copy, retry_copy, Outgoing};
-use crate::route::{route, Destination, ErrorClass, Stage};
+use crate::route::{reroute, route, Destination, ErrorClass, Stage};
 
 /// How often the counters are looked at.
 const TICK: Duration = Duration::from_millis(100);
@@ -137,7 +137,14 @@ impl Supervisor {
         // librdkafka holds them and sends them in order once their leader is back; replacing
         // the producer would only move the healthy partitions' records to the spool too.
         let silent = self.acked_at.elapsed() > config.ack_window;
-        if let Some(age) = counters.unacked.oldest_age().filter(|_| settled && silent) {
+        // Unless the failed partition's records crowd the queue: then the healthy ones would
+        // be refused for want of room, and the spool takes everything instead.
+        let crowded = counters.unacked.count() * 10 >= config.queue_max_messages as usize * 9;
+        if let Some(age) = counters
+            .unacked
+            .oldest_age()
+            .filter(|_| settled && (silent || crowded))
+        {
             if age > config.ack_window {
                 self.event(Event::Stalled, jobs);
             }
@@ -289,7 +296,7 @@ impl Supervisor {
                     crate::Error::Enqueue { source, .. } => ErrorClass::of(source),
                     _ => ErrorClass::Transient,
                 };
-                let again = route(class, to.stage(), core.conditions());
+                let again = reroute(class, to, core.conditions());
                 let failed = Failed {
                     error: match error {
                         crate::Error::Enqueue { source, .. } => source,

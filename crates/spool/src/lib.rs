@@ -516,6 +516,8 @@ impl Spool {
             let path = path.to_path_buf();
             move |source| Error::Io { path, source }
         };
+        // Whatever happens next, no append goes to the old directory's unlinked file.
+        self.lock().active = None;
         std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         let lock_path = self.dir.join("lock");
         let lock = OpenOptions::new()

@@ -134,6 +134,26 @@ impl Client {
         })
     }
 
+    /// The configured topics the cluster says do not exist (or have no partition); empty
+    /// also when the metadata request fails.
+    pub(crate) fn missing_topics(&self, timeout: Duration) -> Vec<String> {
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+        let Some(Ok(metadata)) = current.as_ref().map(|p| p.client().fetch_metadata(None, timeout)) else {
+            return Vec::new();
+        };
+        let topics = &self.config.topics;
+        [&topics.ingest, &topics.dlq, &topics.retry]
+            .into_iter()
+            .filter(|topic| {
+                !metadata
+                    .topics()
+                    .iter()
+                    .any(|t| t.name() == topic.as_str() && t.error().is_none() && !t.partitions().is_empty())
+            })
+            .cloned()
+            .collect()
+    }
+
     /// The fatal error the current producer raised, if it did.
     pub(crate) fn fatal_error(&self) -> Option<String> {
         let current = self.current.read().unwrap_or_else(|e| e.into_inner());

@@ -54,6 +54,10 @@ impl Core {
                 Health::Delivering if self.degraded_start.swap(false, Ordering::Relaxed) => {
                     self.metrics().degraded_start.set(0.0);
                     tracing::info!(from = ?before, "Kafka is delivering: the degraded start is over");
+                    // The start-up check the degraded start skipped (S3).
+                    for topic in self.client.missing_topics(std::time::Duration::from_secs(2)) {
+                        tracing::error!(topic, "a configured topic does not exist on the cluster: records bound for it fail (create it, or fix the --topic-* flags)");
+                    }
                 }
                 Health::Delivering => tracing::info!(from = ?before, "Kafka is delivering"),
                 Health::Closed => tracing::info!("producer closed"),

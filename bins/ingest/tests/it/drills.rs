@@ -1429,3 +1429,41 @@ async fn records_the_spool_refuses_wait_in_memory_for_kafka() {
     );
     ingest.terminate();
 }
+
+/// A degraded start skips the start-up topic check (the cluster did not answer): once Kafka
+/// answers, the check runs, and a configured topic that does not exist is named in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_degraded_start_checks_the_topics_once_kafka_answers() {
+    let (mut broker, topics) = own_broker().await;
+    broker.kill();
+    let topics = Topics {
+        retry: "drill.no-such-retry".into(),
+        ..topics
+    };
+    let spool = Arc::new(tempfile::tempdir().unwrap());
+    let env = [("CDP_KAFKA_ALLOW_DEGRADED_START", "true")];
+    let ingest = ingest_on(&broker, &topics, &spool, &env).await;
+    broker.restart().await;
+    wait_readyz(&ingest.url, "delivering", Duration::from_secs(30), |s, b| {
+        s == 200 && b["kafka_state"] == "delivering"
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let named = log_lines(&ingest.log_so_far(), "a configured topic does not exist")
+            .iter()
+            .any(|l| l["fields"]["topic"] == "drill.no-such-retry");
+        if named {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the missing topic was not named:\n{}",
+            ingest.log_so_far()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let others = log_lines(&ingest.log_so_far(), "a configured topic does not exist").len();
+    assert_eq!(others, 1, "only the missing topic is named");
+    ingest.terminate();
+}

@@ -169,6 +169,7 @@ pub(crate) fn readiness(state: &State) -> Response<Full<Bytes>> {
         degraded_start: status.degraded_start,
         recovering: status.recovering,
         kafka_failing_partitions: status.failing_partitions,
+        kafka_dlq_failing: status.dlq_failing,
         spool,
     };
     let code = match not_ready {
@@ -203,6 +204,8 @@ struct Readiness {
     /// Partitions without a reachable leader, `topic/partition`: their events wait, the
     /// others deliver.
     kafka_failing_partitions: Vec<String>,
+    /// The DLQ topic does not acknowledge: rejected events' envelopes go to the spool.
+    kafka_dlq_failing: bool,
     spool: Option<SpoolFill>,
 }
 

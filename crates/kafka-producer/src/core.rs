@@ -13,6 +13,9 @@ use crate::readiness::Status;
 use crate::route::Conditions;
 use crate::spool_writer::SpoolWriter;
 
+/// How long envelopes skip a DLQ topic that did not acknowledge before a request tries it again.
+pub(crate) const DLQ_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The producer's shared state.
 pub(crate) struct Core {
     pub client: Client,
@@ -31,6 +34,9 @@ pub(crate) struct Core {
     pub recovering: AtomicBool,
     /// From a degraded start ([`crate::EventProducer::connect`]) until Kafka first delivers.
     pub degraded_start: AtomicBool,
+    /// When the DLQ topic last failed to acknowledge envelopes while Kafka delivered (ms since
+    /// the counters' start, +1), 0 when it acknowledges ([`Core::dlq_failing`]).
+    pub dlq_failing_at: std::sync::atomic::AtomicU64,
     /// Set at close: the drainer stops.
     pub stopping: AtomicBool,
 }
@@ -67,6 +73,36 @@ impl Core {
         step
     }
 
+    /// True while the DLQ topic does not acknowledge (its leader down, the topic deleted):
+    /// buffered-mode envelopes go straight to the spool instead of making their request wait
+    /// out the DLQ timeout. Every [`DLQ_RETRY_AFTER`] one request tries the topic again.
+    pub(crate) fn dlq_failing(&self) -> bool {
+        let at = self.dlq_failing_at.load(Ordering::Relaxed);
+        let now = self.client.counters.start.elapsed().as_millis() as u64 + 1;
+        at != 0 && now.saturating_sub(at) < DLQ_RETRY_AFTER.as_millis() as u64
+    }
+
+    /// Records whether the DLQ topic acknowledged the envelopes a request waited for.
+    pub(crate) fn dlq_outcome(&self, acknowledged: bool) {
+        let now = self.client.counters.start.elapsed().as_millis() as u64 + 1;
+        let before = self
+            .dlq_failing_at
+            .swap(if acknowledged { 0 } else { now }, Ordering::Relaxed);
+        match (before != 0, acknowledged) {
+            (false, false) => {
+                tracing::warn!(topic = self.client.config.topics.dlq, retry_after = ?DLQ_RETRY_AFTER, "the DLQ topic does not acknowledge: rejected events' envelopes go to the spool");
+            }
+            (true, true) => tracing::info!(
+                topic = self.client.config.topics.dlq,
+                "the DLQ topic acknowledges again"
+            ),
+            _ => {}
+        }
+        self.metrics()
+            .dlq_failing
+            .set(if acknowledged { 0.0 } else { 1.0 });
+    }
+
     /// What routing needs to know.
     pub(crate) fn conditions(&self) -> Conditions {
         let health = self.health.get();
@@ -86,6 +122,7 @@ impl Core {
             backlog: self.backlog.load(Ordering::Acquire),
             recovering: self.recovering.load(Ordering::Relaxed),
             degraded_start: self.degraded_start.load(Ordering::Relaxed),
+            dlq_failing: self.dlq_failing_at.load(Ordering::Relaxed) != 0,
             authentication_failure: self.client.watch.authentication_failure(),
             failing_partitions: self
                 .client

@@ -22,6 +22,8 @@ pub(crate) struct ProducerMetrics {
     lost: Counter,
     /// Failed records waiting for the rescue thread.
     pub rescue_pending: Gauge,
+    /// 1 while the DLQ topic does not acknowledge envelopes (they go to the spool), else 0.
+    pub dlq_failing: Gauge,
     /// 1 from a degraded start (the cluster did not answer at start-up) until Kafka first
     /// delivers, else 0.
     pub degraded_start: Gauge,
@@ -74,6 +76,7 @@ impl ProducerMetrics {
             lost: counter!(format!("{prefix}_kafka_records_lost_total")),
             rescue_pending: gauge!(format!("{prefix}_kafka_rescue_pending_records")),
             degraded_start: gauge!(format!("{prefix}_kafka_degraded_start")),
+            dlq_failing: gauge!(format!("{prefix}_kafka_dlq_failing")),
             health: ["delivering", "unreachable", "rebuilding", "closed"]
                 .map(|state| (state, gauge!(format!("{prefix}_kafka_state"), "state" => state))),
             rebuilds: counter!(format!("{prefix}_kafka_producer_rebuilds_total")),

@@ -125,6 +125,7 @@ impl EventProducer {
             gate: tokio::sync::RwLock::new(()),
             recovering: AtomicBool::new(leftover),
             degraded_start: AtomicBool::new(degraded),
+            dlq_failing_at: std::sync::atomic::AtomicU64::new(0),
             stopping: AtomicBool::new(false),
         });
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
@@ -397,7 +398,10 @@ impl EventProducer {
         Ok(ack)
     }
 
-    /// Lands a request's DLQ envelopes in buffered mode (S8): `Ok` once every one is durable,
+    /// Lands a request's DLQ envelopes in buffered mode (S8). A DLQ topic that did not
+    /// acknowledge the last request's envelopes (its leader down, the topic deleted) is skipped
+    /// for 10 s at a time: envelopes are spooled at once, their request not held up for the
+    /// DLQ timeout (`/readyz` `kafka_dlq_failing`, `<prefix>_kafka_dlq_failing`). `Ok` once every one is durable,
     /// that is acknowledged by the DLQ topic or appended to the spool bound for the DLQ (the
     /// drainer sends it there once Kafka delivers), the same durability a valid event's 200
     /// gets. While Kafka is not delivering they go to the spool at once, so that an outage
@@ -432,7 +436,7 @@ impl EventProducer {
         }
         let mut acked = vec![false; envelopes.len()];
         let mut refused = None;
-        if core.health.get().is_delivering() {
+        if core.health.get().is_delivering() && !core.dlq_failing() {
             let acks: Vec<_> = envelopes.iter().map(|e| self.send_dlq(e)).collect();
             let all_acked = async {
                 for (slot, ack) in acked.iter_mut().zip(acks) {
@@ -451,9 +455,12 @@ impl EventProducer {
                     }
                 }
             };
-            tokio::select! {
-                () = all_acked => {}
-                () = core.health.until_not_delivering() => {}
+            let waited = tokio::select! {
+                () = all_acked => true,
+                () = core.health.until_not_delivering() => false,
+            };
+            if waited && refused.is_none() {
+                core.dlq_outcome(acked.iter().all(|&a| a));
             }
         }
         // The DLQ refuses them for good (not authorised, say): spooling would not help.

@@ -37,6 +37,8 @@ pub struct Status {
     pub recovering: bool,
     /// Started degraded ([`crate::EventProducer::connect`]) and Kafka has not delivered yet.
     pub degraded_start: bool,
+    /// The DLQ topic does not acknowledge: envelopes go to the spool (shown, not a cause).
+    pub dlq_failing: bool,
     /// The brokers refuse our credentials or certificates.
     pub authentication_failure: Option<ConnectFailure>,
     /// Partitions without a reachable leader, as `topic/partition` (shown, not a cause: the
@@ -138,6 +140,7 @@ mod tests {
             backlog: false,
             recovering: false,
             degraded_start: false,
+            dlq_failing: false,
             authentication_failure: None,
             failing_partitions: Vec::new(),
         }

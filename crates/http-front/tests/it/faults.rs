@@ -243,3 +243,60 @@ async fn an_event_kafka_can_never_take_is_rejected_alone_and_the_rest_land() {
         server.stop().await.unwrap();
     }
 }
+
+/// The DLQ topic without its leader (two brokers: broker 1 leads the DLQ and retry topics,
+/// broker 2 the ingest topic) while the ingest topic delivers: the first batch with an invalid
+/// event waits out the DLQ timeout and spools its envelope; the next ones are answered without
+/// waiting (their envelopes spooled at once), `/readyz` says the DLQ is failing and stays 200;
+/// once the leader is back every envelope is on the DLQ and every valid event on the ingest
+/// topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dlq_topic_that_does_not_acknowledge_holds_up_one_request_not_every_one() {
+    let topics = test_support::Topics {
+        ingest: "dlqdown.ingest".into(),
+        dlq: "dlqdown.dlq".into(),
+        retry: "dlqdown.retry".into(),
+    };
+    let mock = Mock::start_with_brokers(&topics, 2);
+    let server = Server::start_with(&mock.bootstrap, topics.clone(), |c| {
+        c.dlq_timeout = Duration::from_secs(3)
+    })
+    .await;
+    mock.inject(Fault::BrokerDown(1));
+    let mut answers = Vec::new();
+    for i in 0..4 {
+        let batch = json!({"batch": [
+            {"type":"track","anonymousId":"a","event":"e","messageId":format!("ok-{i}")},
+            {"type":"track","anonymousId":"a","messageId":format!("bad-{i}")},
+        ]});
+        let asked = std::time::Instant::now();
+        let (status, reply) = status_json(server.post("/v1/batch", &batch).await).await;
+        answers.push((status, reply["accepted"].clone(), asked.elapsed()));
+    }
+    eprintln!("{answers:?}");
+    for (status, accepted, _) in &answers {
+        assert_eq!((*status, accepted.as_u64()), (400, Some(1)), "{answers:?}");
+    }
+    for (_, _, took) in &answers[1..] {
+        assert!(
+            *took < Duration::from_secs(2),
+            "a later batch waited on the DLQ topic: {answers:?}"
+        );
+    }
+    let (status, body) = status_json(server.client.get(server.url("/readyz")).send().await.unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["kafka_dlq_failing"], true, "{body}");
+    mock.inject(Fault::BrokerUp(1));
+    // The first batch's envelope may be there twice (acknowledged after it was spooled).
+    let dlq = consume_from(&mock.bootstrap, &topics.dlq, 5, Duration::from_secs(8)).await;
+    let mut ids: Vec<String> = dlq
+        .iter()
+        .map(|r| r.json()["message_id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids, ["bad-0", "bad-1", "bad-2", "bad-3"]);
+    let ingest = consume_from(&mock.bootstrap, &topics.ingest, 4, WAIT).await;
+    assert_eq!(ingest.len(), 4);
+    server.stop().await.unwrap();
+}

@@ -124,7 +124,6 @@ async fn ingest(
     };
     let Validated {
         accepted,
-        accepted_at,
         mut rejected,
         dlq_bytes,
     } = validated;
@@ -140,10 +139,11 @@ async fn ingest(
     let taken = accepted.len() - unsendable.events.len();
     if !unsendable.events.is_empty() {
         // Kafka can never take these: each is rejected alone, the rest stay taken.
+        let at = request_indices(accepted.len(), rejected.iter().map(|r| r.index));
         let late: Vec<RejectedEvent> = unsendable
             .events
             .iter()
-            .map(|(i, error)| unsendable_rejection(&accepted[*i], accepted_at[*i], error))
+            .map(|(i, error)| unsendable_rejection(&accepted[*i], at[*i], error))
             .collect();
         // The rest are taken, so a refused DLQ write cannot make this a 503 (a retry would
         // repeat them): the client still learns these are rejected, and the failed writes are
@@ -163,6 +163,22 @@ async fn ingest(
             .map(|r| RejectedItem::new(r.index, &r.message_id, &r.rejection))
             .collect(),
     })
+}
+
+/// Each accepted event's index in the request: the indices the rejected ones (sorted by index,
+/// as validation produces them) leave free, in order.
+fn request_indices(accepted: usize, rejected: impl Iterator<Item = usize>) -> Vec<usize> {
+    let mut taken = rejected.peekable();
+    (0..)
+        .filter(|i| {
+            let rejected = taken.peek() == Some(i);
+            if rejected {
+                taken.next();
+            }
+            !rejected
+        })
+        .take(accepted)
+        .collect()
 }
 
 /// Bytes of an unsendable event's record kept in its DLQ envelope: the record is too large
@@ -289,8 +305,6 @@ fn rate_limit(source: &Source, events: usize) -> Result<(), Error> {
 /// A request's events, validated.
 struct Validated {
     accepted: Vec<Accepted>,
-    /// Each accepted event's index in the request.
-    accepted_at: Vec<usize>,
     rejected: Vec<RejectedEvent>,
     /// The bytes of the rejected events' DLQ copies.
     dlq_bytes: usize,
@@ -316,7 +330,6 @@ fn validate(
         Endpoint::Batch => None,
     };
     let mut accepted = Vec::with_capacity(parsed.items.len());
-    let mut accepted_at = Vec::with_capacity(parsed.items.len());
     let mut rejected = Vec::new();
     // What the request becomes, counted as it grows: over the budget, it stops here.
     let (mut output, mut dlq_bytes) = (0usize, 0usize);
@@ -325,7 +338,6 @@ fn validate(
             Ok(event) => {
                 output += event.value.len() + event.key.len();
                 accepted.push(event);
-                accepted_at.push(index);
             }
             Err(rejection) => {
                 let raw = simd_json::to_string(&item.value).unwrap_or_default();
@@ -350,7 +362,6 @@ fn validate(
     }
     Ok(Validated {
         accepted,
-        accepted_at,
         rejected,
         dlq_bytes,
     })
@@ -470,5 +481,29 @@ fn type_of(item: &BorrowedValue<'_>) -> Option<EventType> {
             _ => None,
         },
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::request_indices;
+
+    #[test]
+    fn accepted_events_take_the_indices_the_rejected_leave() {
+        let table: &[(usize, &[usize], &[usize])] = &[
+            // accepted, rejected indices, accepted indices
+            (3, &[], &[0, 1, 2]),
+            (2, &[1], &[0, 2]),
+            (2, &[0, 1], &[2, 3]),
+            (1, &[0, 2, 3], &[1]),
+            (0, &[0], &[]),
+        ];
+        for &(accepted, rejected, expected) in table {
+            assert_eq!(
+                request_indices(accepted, rejected.iter().copied()),
+                expected,
+                "{rejected:?}"
+            );
+        }
     }
 }

@@ -174,6 +174,36 @@ pub struct SetAside {
     pub error: String,
 }
 
+/// Creates `dir` if needed and takes its lock file (exclusively: one process per directory).
+/// A holder that is going away (a process exiting, or in this process the fsync thread
+/// finishing its last sync of a dropped spool) releases the lock within moments: it is waited
+/// for up to `wait` before the directory counts as taken ([`Error::Locked`]).
+fn take_dir(dir: &Path, wait: Duration) -> Result<File, Error> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let lock_path = dir.join("lock");
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io(&lock_path))?;
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match lock.try_lock() {
+            Ok(()) => return Ok(lock),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Locked(dir.to_path_buf())),
+            Err(std::fs::TryLockError::Error(source)) => return Err(io(&lock_path)(source)),
+        }
+    }
+}
+
 /// The directory's (device, inode), `None` when it does not exist.
 fn dir_identity(dir: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
@@ -208,28 +238,7 @@ impl Spool {
             let path = path.to_path_buf();
             move |source| Error::Io { path, source }
         };
-        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let lock_path = dir.join("lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io(&lock_path))?;
-        // A holder that is going away (a process exiting, or in this process the fsync thread
-        // finishing its last sync of a dropped spool) releases the lock within moments: wait
-        // that long before calling the directory taken.
-        let deadline = std::time::Instant::now() + LOCK_WAIT;
-        loop {
-            match lock.try_lock() {
-                Ok(()) => break,
-                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Locked(dir)),
-                Err(std::fs::TryLockError::Error(source)) => return Err(io(&lock_path)(source)),
-            }
-        }
+        let lock = take_dir(&dir, LOCK_WAIT)?;
         let mut found = Vec::new();
         for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
             let path = entry.map_err(io(&dir))?.path();
@@ -512,25 +521,9 @@ impl Spool {
         if now.is_some() && now == *identity {
             return Ok(None);
         }
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| Error::Io { path, source }
-        };
         // Whatever happens next, no append goes to the old directory's unlinked file.
         self.lock().active = None;
-        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
-        let lock_path = self.dir.join("lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io(&lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Locked(self.dir.clone())),
-            Err(std::fs::TryLockError::Error(source)) => return Err(io(&lock_path)(source)),
-        }
+        let lock = take_dir(&self.dir, Duration::ZERO)?;
         *self.lock.lock().unwrap_or_else(|e| e.into_inner()) = lock;
         *identity = dir_identity(&self.dir);
         let mut state = self.lock();

@@ -104,6 +104,19 @@ async fn wait_readyz(
     }
 }
 
+/// Kills `broker` and waits until `url`'s `/readyz` says Kafka is unreachable while the spool
+/// takes events (200): the start of every outage drill.
+async fn kill_and_wait_spooling(broker: &mut OwnBroker, url: &str) {
+    broker.kill();
+    wait_readyz(
+        url,
+        "Kafka unreachable, spooling",
+        Duration::from_secs(15),
+        |s, b| s == 200 && b["kafka_state"] == "unreachable",
+    )
+    .await;
+}
+
 /// The sum of a metric's samples (every label set) in the metrics text; 0 when absent.
 async fn metric(metrics_url: &str, name: &str) -> f64 {
     let text = client(Duration::from_secs(2))
@@ -530,14 +543,7 @@ async fn readiness_is_false_while_the_spool_cannot_be_written_and_true_again_aft
     // A spool cap below the file system's size, so that "full" is the file system's.
     let env = [("CDP_SPOOL_MAX_BYTES", "1048576")];
     let ingest = ingest_on(&broker, &topics, &spool, &env).await;
-    broker.kill();
-    wait_readyz(
-        &ingest.url,
-        "Kafka unreachable, spooling",
-        Duration::from_secs(15),
-        |s, b| s == 200 && b["kafka_reachable"] == false,
-    )
-    .await;
+    kill_and_wait_spooling(&mut broker, &ingest.url).await;
     let client = client(Duration::from_secs(5));
     assert_eq!(post(&client, &ingest.url, "fs", "fs-before").await.unwrap(), 200);
     wait_readyz(
@@ -627,14 +633,7 @@ async fn a_stalled_spool_disk_never_stalls_the_process() {
     let (mut broker, topics) = own_broker().await;
     let env = [("CDP_SPOOL_TIMEOUT", "1s"), ("CDP_SPOOL_MAX_BYTES", "8388608")];
     let ingest = ingest_on(&broker, &topics, &spool, &env).await;
-    broker.kill();
-    wait_readyz(
-        &ingest.url,
-        "Kafka unreachable, spooling",
-        Duration::from_secs(15),
-        |s, b| s == 200 && b["kafka_reachable"] == false,
-    )
-    .await;
+    kill_and_wait_spooling(&mut broker, &ingest.url).await;
     let slow = client(Duration::from_secs(5));
     assert_eq!(post(&slow, &ingest.url, "ice", "ice-before").await.unwrap(), 200);
 
@@ -1053,14 +1052,7 @@ async fn a_replica_restarted_during_an_outage_serves_at_once_and_drains_when_kaf
     let first = ingest_on(&broker, &topics, &spool, &[]).await;
     let load = Steady::start(&first.url, "restart");
     load.wait_more(20, WAIT).await;
-    broker.kill();
-    wait_readyz(
-        &first.url,
-        "Kafka unreachable",
-        Duration::from_secs(15),
-        |s, b| s == 200 && b["kafka_state"] == "unreachable",
-    )
-    .await;
+    kill_and_wait_spooling(&mut broker, &first.url).await;
     load.wait_more(50, WAIT).await; // spooled
     first.terminate();
     let (exited_ok, log) = tokio::task::spawn_blocking(move || first.wait()).await.unwrap();
@@ -1135,14 +1127,7 @@ async fn an_unreadable_spool_segment_is_set_aside_and_the_rest_drains() {
     let env = [("CDP_SPOOL_MAX_BYTES", "1048576")];
     let ingest = ingest_on(&broker, &topics, &spool, &env).await;
     let load = Steady::start(&ingest.url, "aside");
-    broker.kill();
-    wait_readyz(
-        &ingest.url,
-        "Kafka unreachable",
-        Duration::from_secs(15),
-        |s, b| s == 200 && b["kafka_state"] == "unreachable",
-    )
-    .await;
+    kill_and_wait_spooling(&mut broker, &ingest.url).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while segment_files(spool.path()).len() < 4 {
         assert!(Instant::now() < deadline, "the spool never reached 4 segments");
@@ -1325,14 +1310,7 @@ async fn a_spool_directory_deleted_in_an_outage_is_recreated_and_its_loss_counte
     let spool = Arc::new(tempfile::tempdir().unwrap());
     let ingest = ingest_on(&broker, &topics, &spool, &[]).await;
     let load = Steady::start(&ingest.url, "gone");
-    broker.kill();
-    wait_readyz(
-        &ingest.url,
-        "Kafka unreachable",
-        Duration::from_secs(15),
-        |s, b| s == 200 && b["kafka_state"] == "unreachable",
-    )
-    .await;
+    kill_and_wait_spooling(&mut broker, &ingest.url).await;
     load.wait_more(50, WAIT).await; // spooled
     std::fs::remove_dir_all(spool.path()).unwrap();
     let deleted_at = Instant::now();

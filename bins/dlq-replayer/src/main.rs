@@ -13,6 +13,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(ops::serve_metrics(
         metrics,
         metrics_handle,
+        "dlq_replayer",
         std::future::pending(),
     ));
     let summary = replayer::run(config, ops::shutdown_signal())

@@ -19,6 +19,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(ops::serve_metrics(
         metrics,
         metrics_handle,
+        "ingest",
         std::future::pending(),
     ));
     http_front::run(config, listener, ops::shutdown_signal())

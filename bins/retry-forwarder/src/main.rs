@@ -13,6 +13,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(ops::serve_metrics(
         metrics,
         metrics_handle,
+        "retry_forwarder",
         std::future::pending(),
     ));
     forwarder::run(config, ops::shutdown_signal())

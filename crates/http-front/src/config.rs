@@ -54,16 +54,28 @@ pub struct Config {
     /// Events a source may send at once, unless the sources file sets its `rate_burst`.
     #[arg(long, env = "CDP_DEFAULT_RATE_BURST", default_value_t = 20_000)]
     pub default_rate_burst: u32,
-    /// Most open client connections; more are closed at once (a few answered 503 first, see
-    /// the README). Lowered at start, with a warning, to the open-file limit less a reserve.
+    /// Most open client connections. At the cap a new connection evicts the oldest idle one
+    /// (no request in progress); only when every held connection is busy is it refused (a
+    /// few answered 503 first, see the README). Lowered at start, with a warning, to what the
+    /// open-file limit leaves beside the descriptors ingest needs for everything else.
     #[arg(long, env = "CDP_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
     /// Largest request head (request line and headers), in bytes; over it: 431.
     #[arg(long, env = "CDP_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
     pub max_header_bytes: usize,
-    /// Time allowed for a client to send the request headers.
+    /// Time allowed from connecting until the first request's headers are read.
     #[arg(long, env = "CDP_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
+    /// Time a connection may stay idle between a response and the next request's headers
+    /// (HTTP keep-alive). Above the idle timeout of the load balancers in front (AWS ALB: 60 s),
+    /// so that they, not ingest, close their pooled connections.
+    #[arg(long, env = "CDP_KEEP_ALIVE_TIMEOUT", default_value = "75s", value_parser = parse_duration)]
+    pub keep_alive_timeout: Duration,
+    /// The header-read and keep-alive timeouts while more than half of --max-connections is
+    /// idle (someone holding sockets): idle connections are closed after this, until at most a
+    /// quarter is idle again.
+    #[arg(long, env = "CDP_IDLE_TIMEOUT_UNDER_PRESSURE", default_value = "1s", value_parser = parse_duration)]
+    pub idle_timeout_under_pressure: Duration,
     /// Time allowed for a client to send the request body.
     #[arg(long, env = "CDP_BODY_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub body_read_timeout: Duration,
@@ -180,6 +192,15 @@ impl Config {
             self.max_request_bytes
                 .saturating_mul(OUTPUT_BYTES_PER_REQUEST_BYTE),
         )
+    }
+
+    /// The client connections' idle timeouts from the flags.
+    pub fn idle_timeouts(&self) -> ops::connections::Timeouts {
+        ops::connections::Timeouts {
+            header_read: self.header_read_timeout,
+            keep_alive: self.keep_alive_timeout,
+            under_pressure: self.idle_timeout_under_pressure,
+        }
     }
 
     /// The spool settings from the flags.

@@ -96,9 +96,37 @@ pub(crate) fn connection_closed() {
     gauge!("cdp_ingest_open_connections").decrement(1.0);
 }
 
-/// `cdp_ingest_connections_refused_total`: connections closed at once, over `--max-connections`.
-pub(crate) fn connection_refused() {
-    counter!("cdp_ingest_connections_refused_total").increment(1);
+/// `cdp_ingest_connections_closed_total{cause}`: connections the events listener closed
+/// itself ([`ops::connections::Cause`]): `evicted_idle` (the oldest idle one, at
+/// `--max-connections`, for a new one), `refused_busy` (a new one, at the cap with every held
+/// one busy), `idle_timeout`. Evictions and refusals are also logged (rate-limited per cause).
+pub(crate) fn connection_closed_by(cause: ops::connections::Cause) {
+    use ops::connections::Cause;
+    counter!("cdp_ingest_connections_closed_total", "cause" => cause.as_str()).increment(1);
+    match cause {
+        Cause::EvictedIdle if crate::logs::allow("connection_evicted_idle") => {
+            tracing::info!(
+                cause = cause.as_str(),
+                "connection closed at the cap: the oldest idle one, for a new one"
+            );
+        }
+        Cause::RefusedBusy if crate::logs::allow("connection_refused_busy") => {
+            tracing::warn!(
+                cause = cause.as_str(),
+                "connection refused: every held connection is busy (--max-connections)"
+            );
+        }
+        _ => {}
+    }
+}
+
+/// `cdp_ingest_connections_idle` (held connections with no request in progress) and
+/// `cdp_ingest_connections_under_pressure` (1 while the idle timeouts are at their floor),
+/// refreshed every second.
+pub(crate) fn connections(connections: &ops::connections::Connections) {
+    gauge!("cdp_ingest_connections_idle").set(connections.idle() as f64);
+    let pressure = if connections.under_pressure() { 1.0 } else { 0.0 };
+    gauge!("cdp_ingest_connections_under_pressure").set(pressure);
 }
 
 /// `cdp_ingest_rate_limited_events_total`: events refused with 429.
@@ -140,18 +168,25 @@ pub(crate) fn sources_reloaded_none() {
 }
 
 /// `cdp_ingest_accept_errors_total`: failed `accept` calls on the events listener (out of file
-/// descriptors, say); each is followed by a pause before the next accept.
+/// descriptors, say); each is followed by a pause before the next accept (one log line per
+/// pause, `ops::connections::Acceptor`).
 pub(crate) fn accept_error() {
     counter!("cdp_ingest_accept_errors_total").increment(1);
 }
 
 /// At start: `cdp_ingest_open_files_limit{kind}` (`soft`, `hard`: `RLIMIT_NOFILE` after raising
-/// the soft limit) and `cdp_ingest_max_connections` (the connection cap in force).
-pub(crate) fn limits(soft: u64, hard: u64, max_connections: usize) {
+/// the soft limit), `cdp_ingest_open_files_reserved` (descriptors kept beside client
+/// connections, `server::reserved_files`), `cdp_ingest_max_connections` (the connection cap in
+/// force), and the accept-error and closed-connection counters at 0.
+pub(crate) fn limits(soft: u64, hard: u64, reserved: u64, max_connections: usize) {
     gauge!("cdp_ingest_open_files_limit", "kind" => "soft").set(soft as f64);
     gauge!("cdp_ingest_open_files_limit", "kind" => "hard").set(hard as f64);
+    gauge!("cdp_ingest_open_files_reserved").set(reserved as f64);
     gauge!("cdp_ingest_max_connections").set(max_connections as f64);
     counter!("cdp_ingest_accept_errors_total").increment(0);
+    for cause in ops::connections::Cause::ALL {
+        counter!("cdp_ingest_connections_closed_total", "cause" => cause.as_str()).increment(0);
+    }
 }
 
 /// `cdp_ingest_output_budget_exceeded_total`: requests refused with 413 because their events,

@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use kafka_producer::spool::Spool;
 use kafka_producer::EventProducer;
+use ops::connections::{self, Acceptor, Connections};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
@@ -39,7 +40,6 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    config.max_connections = open_files(config.max_connections);
     let default_rate = RateLimit {
         per_second: config.default_rate_limit,
         burst: config.default_rate_burst,
@@ -65,6 +65,9 @@ pub async fn run(
             "started degraded: serving into the spool while Kafka does not answer"
         ),
     }
+
+    // Counted once the producer is connected: its descriptors are among those open now.
+    config.max_connections = open_files(config.max_connections);
 
     let state = Arc::new(State {
         producer,
@@ -118,18 +121,57 @@ pub async fn run(
     Ok(())
 }
 
-/// File descriptors kept for everything but client connections: librdkafka's sockets and
-/// wake-up pipes, the spool's files, the metrics listener and its scrapes, the over-cap lane
-/// ([`OVER_CAP_CONNECTIONS`]).
-pub const RESERVED_FILES: u64 = 256;
+/// Descriptors ingest may open beyond those open once the producer is connected, beside
+/// client connections: librdkafka's socket and wake-up pipe per broker (3 descriptors) for the
+/// producer and the one replacing it during a rebuild, with room for 16 brokers.
+pub const KAFKA_FILES: u64 = 3 * 2 * 16;
 
-/// Connections over the cap served at once, each for one request (probes answered, events
-/// refused with 503); more are closed at once.
+/// Descriptors the spool may open beyond those open at start: the segment being written, the
+/// one being drained, one set aside or re-created, the directory and its lock.
+pub const SPOOL_FILES: u64 = 8;
+
+/// Descriptors for what else opens files now and then: a sources-file reload, DNS lookups,
+/// the metrics text's `/proc` reads.
+pub const MARGIN_FILES: u64 = 32;
+
+/// Connections answered while every held one is busy, each for one request (probes answered,
+/// events refused with 503); more are closed at once.
 const OVER_CAP_CONNECTIONS: usize = 32;
 
+/// The descriptors kept for everything but held client connections, given those open now
+/// (`open_now`, counted once the producer is connected): what is open, what Kafka, the spool,
+/// the metrics listener ([`ops::METRICS_MAX_CONNECTIONS`]) and the over-cap lane may add, and
+/// [`MARGIN_FILES`].
+pub fn reserved_files(open_now: u64) -> u64 {
+    open_now
+        + KAFKA_FILES
+        + SPOOL_FILES
+        + ops::METRICS_MAX_CONNECTIONS as u64
+        + OVER_CAP_CONNECTIONS as u64
+        + MARGIN_FILES
+}
+
+/// The connection cap that fits in `soft` open files beside `reserved` ones: `max_connections`,
+/// or less (at least 1) when they do not fit. The held connections' sockets never exceed the
+/// cap ([`ops::connections`]), so `accept` cannot run out of descriptors while the reserve
+/// holds.
+pub fn connection_cap(max_connections: usize, soft: u64, reserved: u64) -> usize {
+    let fits = usize::try_from(soft.saturating_sub(reserved)).unwrap_or(usize::MAX);
+    max_connections.min(fits).max(1)
+}
+
+/// Descriptors open in this process now (Linux: `/proc/self/fd`); 64 where it cannot be read.
+fn open_files_now() -> u64 {
+    match std::fs::read_dir("/proc/self/fd") {
+        // Less the one reading the directory.
+        Ok(entries) => (entries.count() as u64).saturating_sub(1),
+        Err(_) => 64,
+    }
+}
+
 /// Raises the soft open-file limit (`RLIMIT_NOFILE`) to the hard one and logs both; returns
-/// the connection cap that fits in it: `max_connections`, or lowered with a warning to the
-/// limit less [`RESERVED_FILES`], so that `accept` never runs out of descriptors.
+/// the connection cap that fits in it beside the reserve ([`reserved_files`],
+/// [`connection_cap`]), with a warning when that is below `max_connections`.
 fn open_files(max_connections: usize) -> usize {
     use rlimit::Resource;
     let (soft, hard) = match Resource::NOFILE.get() {
@@ -150,22 +192,20 @@ fn open_files(max_connections: usize) -> usize {
     } else {
         soft
     };
-    tracing::info!(soft, hard, "open-file limit (RLIMIT_NOFILE)");
-    let fits = usize::try_from(soft.saturating_sub(RESERVED_FILES)).unwrap_or(usize::MAX);
-    let cap = if max_connections > fits {
-        let cap = fits.max(1);
+    let open_now = open_files_now();
+    let reserved = reserved_files(open_now);
+    tracing::info!(soft, hard, open_now, reserved, "open-file limit (RLIMIT_NOFILE)");
+    let cap = connection_cap(max_connections, soft, reserved);
+    if cap < max_connections {
         tracing::warn!(
             max_connections,
             lowered_to = cap,
             open_files = soft,
-            reserved = RESERVED_FILES,
+            reserved,
             "--max-connections plus the reserve exceed the open-file limit: lowering the connection cap (raise the hard limit, e.g. `ulimit -Hn`, to keep it)"
         );
-        cap
-    } else {
-        max_connections
-    };
-    metrics::limits(soft, hard, cap);
+    }
+    metrics::limits(soft, hard, reserved, cap);
     cap
 }
 
@@ -181,7 +221,9 @@ async fn serve(
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
+        // No header_read_timeout here: hyper's would also cut keep-alive at the header-read
+        // timeout; the idle timeouts (header-read, keep-alive, under pressure) are
+        // `ops::connections`'.
         .keep_alive(true)
         // A head over --max-header-bytes is answered 431 by the handler, with a JSON body
         // (`head_too_large`); hyper answers 431 without a body only past twice the limit,
@@ -196,13 +238,24 @@ async fn serve(
         .keep_alive(false)
         .max_buf_size(8192);
     let graceful = GracefulShutdown::new();
-    let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+    let connections = Connections::new(
+        "events",
+        config.max_connections,
+        config.idle_timeouts(),
+        metrics::connection_closed_by,
+    );
+    metrics::connections(&connections);
+    let mut acceptor = Acceptor::new(listener, "events", metrics::accept_error);
     let over_cap = Arc::new(tokio::sync::Semaphore::new(OVER_CAP_CONNECTIONS));
-    let log_summaries = tokio::spawn(async {
-        let mut every_second = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            every_second.tick().await;
-            logs::flush(false);
+    let log_summaries = tokio::spawn({
+        let connections = connections.clone();
+        async move {
+            let mut every_second = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                every_second.tick().await;
+                logs::flush(false);
+                metrics::connections(&connections);
+            }
         }
     });
     let tasks = TaskTracker::new();
@@ -223,25 +276,17 @@ async fn serve(
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(error) => {
-                    // Out of file descriptors and the like: back off (without spinning), keep
-                    // serving the connections there are.
-                    metrics::accept_error();
-                    if logs::allow("accept_error") {
-                        tracing::warn!(%error, "accept failed");
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+            accepted = acceptor.accept() => accepted,
             () = &mut shutdown => break,
         };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            // Over the connection cap: a few are answered one request (probes 200, events
+        // At the cap this evicts the oldest idle connection and waits for its socket to close.
+        let admitted = tokio::select! {
+            admitted = connections.admit() => admitted,
+            () = &mut shutdown => break,
+        };
+        let Ok(mut conn) = admitted else {
+            // Every held connection busy: a few are answered one request (probes 200, events
             // 503) and closed; the rest are closed at once rather than queued without bound.
-            metrics::connection_refused();
             if let Ok(permit) = over_cap.clone().try_acquire_owned() {
                 let state = state.clone();
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -256,28 +301,42 @@ async fn serve(
             }
             continue;
         };
-        let (state, tasks) = (state.clone(), tasks.clone());
+        let (state, tasks, tracker) = (state.clone(), tasks.clone(), conn.tracker());
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            // The connection going away cannot cancel a request (S6): see `Carried`.
-            let handler = Carried::new(handler::handle(state.clone(), req, peer), tasks.clone());
-            async move { Ok::<_, Infallible>(handler.await) }
-        });
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            let _permit = permit;
-            metrics::connection_opened();
-            let result = conn.await;
-            metrics::connection_closed();
-            if let Err(error) = result {
-                tracing::debug!(%error, %peer, "connection ended with an error");
+            // Busy from here until the response body is sent: never evicted meanwhile.
+            let busy = tracker.request();
+            let (state, tasks) = (state.clone(), tasks.clone());
+            async move {
+                let response = match busy {
+                    // The connection going away cannot cancel a request (S6): see `Carried`.
+                    Some(_) => Carried::new(handler::handle(state, req, peer), tasks).await,
+                    // Evicted or timed out as the head arrived: closing, nothing taken.
+                    None => handler::over_cap(state, req).await,
+                };
+                Ok::<_, Infallible>(connections::track(response, busy))
             }
+        });
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            metrics::connection_opened();
+            tokio::select! {
+                result = connection => {
+                    if let Err(error) = result {
+                        tracing::debug!(%error, %peer, "connection ended with an error");
+                    }
+                }
+                // Evicted or idle past its timeout: the socket is dropped here, then its place.
+                () = conn.closing() => {}
+            }
+            metrics::connection_closed();
+            drop(conn);
         });
     }
 
     state.shutting_down.store(true, Ordering::Relaxed);
     log_summaries.abort();
     logs::flush(true);
-    drop(listener);
+    drop(acceptor);
     tracing::info!("shutting down: listener closed, draining in-flight requests");
     // Connections first, then the requests whose client went away (they run on, S6).
     tasks.close();
@@ -289,4 +348,41 @@ async fn serve(
         tracing::warn!(timeout = ?config.drain_timeout, running = tasks.len(), "requests still running after the drain timeout: they will get 503");
     }
     state.closed.store(true, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_cap_is_what_the_open_file_limit_leaves_beside_the_reserve() {
+        // (--max-connections, soft limit, reserved) → cap
+        let table = [
+            ((10_000, 1 << 20, 300), 10_000),
+            ((10_000, 1024, 300), 724),
+            ((100, 1024, 300), 100),
+            ((724, 1024, 300), 724),
+            // Nothing left: one connection still, with the warning.
+            ((10_000, 200, 300), 1),
+            ((10_000, 300, 300), 1),
+        ];
+        for ((max, soft, reserved), expected) in table {
+            assert_eq!(
+                connection_cap(max, soft, reserved),
+                expected,
+                "max {max}, soft {soft}, reserved {reserved}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_reserve_is_what_is_open_plus_what_kafka_the_spool_the_listeners_and_a_margin_may_add() {
+        let added = KAFKA_FILES
+            + SPOOL_FILES
+            + ops::METRICS_MAX_CONNECTIONS as u64
+            + OVER_CAP_CONNECTIONS as u64
+            + MARGIN_FILES;
+        assert_eq!(added, 96 + 8 + 64 + 32 + 32);
+        assert_eq!(reserved_files(40), 40 + added);
+    }
 }

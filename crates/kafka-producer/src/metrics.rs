@@ -159,6 +159,11 @@ impl ProducerMetrics {
     /// Records lost whose message ids are not known any more (a producer that did not report
     /// them, unreadable spool frames): counted and logged once.
     pub(crate) fn lose_unknown(&self, records: u64, why: &dyn std::fmt::Display) {
+        if records == 0 {
+            // Nothing to count (an empty spool directory deleted, say): the cause's own line
+            // says what happened.
+            return;
+        }
         self.lost.increment(records);
         self.lost_records.fetch_add(records, Ordering::Relaxed);
         tracing::error!(records, %why, "records lost");

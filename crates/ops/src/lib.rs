@@ -14,6 +14,8 @@ use std::path::PathBuf;
 
 use clap::builder::TypedValueParser as _;
 
+pub mod connections;
+
 use kafka_producer::{KafkaSettings, Oidc, SaslMechanism, Secret, SecurityProtocol, Topics};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
@@ -271,25 +273,57 @@ pub fn build_info(binary: &str) {
     metrics::gauge!(format!("cdp_{binary}_build_info"), "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
-/// Serves `GET /metrics` (Prometheus text format) on `listener` until `shutdown` resolves.
+/// Most connections the metrics listener holds: a few Prometheus servers and probes. At the
+/// cap a new connection evicts the oldest idle one ([`connections`]), so a scrape always gets
+/// through unless this many scrapes are being answered at once.
+pub const METRICS_MAX_CONNECTIONS: usize = 64;
+
+/// The metrics listener's idle timeouts: a scraper keeps its connection between scrapes
+/// (Prometheus' default interval is 1 min); under pressure 1 s.
+pub const METRICS_TIMEOUTS: connections::Timeouts = connections::Timeouts {
+    header_read: Duration::from_secs(10),
+    keep_alive: Duration::from_secs(90),
+    under_pressure: Duration::from_secs(1),
+};
+
+/// Serves `GET /metrics` (Prometheus text format) on `listener` until `shutdown` resolves,
+/// holding at most [`METRICS_MAX_CONNECTIONS`]. `binary` (with underscores, as for
+/// [`build_info`]) names its counters: `cdp_<binary>_metrics_connections_closed_total{cause}`
+/// (what the listener closed itself, [`connections::Cause`]) and
+/// `cdp_<binary>_metrics_accept_errors_total`.
 pub async fn serve_metrics(
     listener: TcpListener,
     handle: PrometheusHandle,
+    binary: &'static str,
     shutdown: impl Future<Output = ()>,
 ) {
+    let closed_name = format!("cdp_{binary}_metrics_connections_closed_total");
+    for cause in connections::Cause::ALL {
+        metrics::counter!(closed_name.clone(), "cause" => cause.as_str()).increment(0);
+    }
+    let accept_errors = metrics::counter!(format!("cdp_{binary}_metrics_accept_errors_total"));
+    accept_errors.increment(0);
+    let connections = connections::Connections::new(
+        "metrics",
+        METRICS_MAX_CONNECTIONS,
+        METRICS_TIMEOUTS,
+        move |cause| {
+            metrics::counter!(closed_name.clone(), "cause" => cause.as_str()).increment(1);
+        },
+    );
+    let mut acceptor = connections::Acceptor::new(listener, "metrics", move || accept_errors.increment(1));
     let accept = async {
         loop {
-            let (stream, _) = match listener.accept().await {
-                Ok(conn) => conn,
-                Err(error) => {
-                    tracing::warn!(%error, "metrics listener accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
+            let (stream, _) = acceptor.accept().await;
+            // Refused (every held connection answering a scrape): dropped, counted.
+            let Ok(mut conn) = connections.admit().await else {
+                continue;
             };
             let handle = handle.clone();
+            let tracker = conn.tracker();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let busy = tracker.request();
                     let response = match (req.method(), req.uri().path()) {
                         (&Method::GET, "/metrics") => Response::builder()
                             .header("content-type", "text/plain; version=0.0.4")
@@ -298,13 +332,15 @@ pub async fn serve_metrics(
                             .status(StatusCode::NOT_FOUND)
                             .body(Full::new(Bytes::from_static(b"not found; try /metrics\n"))),
                     };
-                    std::future::ready(response)
+                    std::future::ready(response.map(|r| connections::track(r, busy)))
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
+                let connection = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::select! {
+                    _ = connection => {}
+                    () = conn.closing() => {}
+                }
             });
         }
     };

@@ -3,6 +3,7 @@
 //! (segment-analytics-python), analytics.js 2.0 in Chromium, and the Node server SDKs.
 
 mod browser;
+mod connections;
 mod drills;
 mod hostile;
 mod kafka_security;
@@ -163,7 +164,12 @@ impl Ingest {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("ingest did not become ready");
+        let mut ingest = ingest;
+        let exited = ingest.child.try_wait().ok().flatten();
+        panic!(
+            "ingest did not become ready within 10 s (exited: {exited:?}); its log:\n{}",
+            ingest.log_so_far()
+        );
     }
 
     /// Peak and current resident memory of the process, in bytes (`VmHWM`, `VmRSS`).

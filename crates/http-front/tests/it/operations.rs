@@ -72,7 +72,12 @@ async fn metrics_count_requests_events_and_dlq_writes() {
     let handle = ::ops::install_metrics();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics_url = format!("http://{}/metrics", listener.local_addr().unwrap());
-    tokio::spawn(::ops::serve_metrics(listener, handle, std::future::pending()));
+    tokio::spawn(::ops::serve_metrics(
+        listener,
+        handle,
+        "ingest",
+        std::future::pending(),
+    ));
     let server = Server::start().await;
     for _ in 0..3 {
         assert_eq!(

@@ -158,6 +158,8 @@ struct Table {
     idle: BTreeMap<u64, u64>,
     /// Entries told to close whose socket is still open.
     closing: usize,
+    /// A pressure change to log once the lock is released.
+    pressure_change: Option<(bool, usize)>,
     next: u64,
     pressure: bool,
 }
@@ -216,6 +218,7 @@ impl Connections {
                     Decision::EvictOldestIdle => {
                         if let Some((_, victim)) = table.idle.pop_first() {
                             shared.close(&mut table, victim);
+                            drop(table);
                             (shared.on_close)(Cause::EvictedIdle);
                         }
                     }
@@ -258,8 +261,12 @@ impl Connections {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    /// The table, locked; a pressure change made meanwhile is logged once the lock is released.
+    fn lock(&self) -> TableGuard<'_> {
+        TableGuard {
+            shared: self,
+            guard: Some(self.table.lock().unwrap_or_else(|e| e.into_inner())),
+        }
     }
 
     /// Enters a new idle connection.
@@ -302,12 +309,21 @@ impl Shared {
         self.update_pressure(table);
     }
 
+    /// Turns the pressure on or off by [`under_pressure`] (waking every connection waiting on
+    /// [`Conn::closing`]); the log line waits for the lock's release ([`TableGuard`]).
     fn update_pressure(&self, table: &mut Table) {
         let idle = table.idle.len();
         let now = under_pressure(idle, self.cap, table.pressure);
         if now != table.pressure {
             table.pressure = now;
             self.pressure.send_replace(now);
+            table.pressure_change = Some((now, idle));
+        }
+    }
+
+    /// The log line of a pressure change `(on, idle connections then)`.
+    fn log_pressure(&self, (now, idle): (bool, usize)) {
+        {
             let floor_ms = self.timeouts.under_pressure.as_millis() as u64;
             if now {
                 tracing::warn!(listener = self.what, idle, cap = self.cap, floor_ms, "connection pressure: more than half the cap idle, idle connections closed after the floor");
@@ -319,6 +335,37 @@ impl Shared {
                     "connection pressure over: idle timeouts back to normal"
                 );
             }
+        }
+    }
+}
+
+/// The locked table: derefs to it; on drop releases the lock, then logs a pressure change made
+/// meanwhile (no log line is written under the lock every request takes).
+struct TableGuard<'a> {
+    shared: &'a Shared,
+    guard: Option<MutexGuard<'a, Table>>,
+}
+
+impl std::ops::Deref for TableGuard<'_> {
+    type Target = Table;
+
+    fn deref(&self) -> &Table {
+        self.guard.as_ref().expect("held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for TableGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Table {
+        self.guard.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for TableGuard<'_> {
+    fn drop(&mut self) {
+        let change = self.guard.as_mut().and_then(|t| t.pressure_change.take());
+        self.guard = None;
+        if let Some(change) = change {
+            self.shared.log_pressure(change);
         }
     }
 }
@@ -374,12 +421,8 @@ impl Conn {
             };
             tokio::select! {
                 () = self.evicted.notified() => return,
-                changed = self.pressure.changed() => {
-                    if changed.is_err() {
-                        // The table is gone with its listener.
-                        return;
-                    }
-                }
+                // The sender lives in `Shared`, which this connection holds: never an error.
+                _ = self.pressure.changed() => {}
                 () = tokio::time::sleep_until(deadline) => {}
             }
         }
@@ -733,18 +776,29 @@ mod tests {
         drop(quiet);
         assert_eq!((connections.held(), connections.closing()), (0, 0));
 
-        // Three idle of four: pressure, every idle connection's limit drops to the floor.
+        // `a` waits on its 10 s deadline; 3 s later three of four are idle: pressure, and the
+        // waiting `a` is woken to find itself past the 1 s floor.
         let mut a = connections.admit().await.unwrap();
         let started = Instant::now();
+        let waiting = tokio::spawn(async move {
+            a.closing().await;
+            a
+        });
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let _b = connections.admit().await.unwrap();
-        let _c = connections.admit().await.unwrap();
+        assert!(!waiting.is_finished());
+        let b = connections.admit().await.unwrap();
+        let mut c = connections.admit().await.unwrap();
         assert!(connections.under_pressure());
-        // Idle for 3 s already: past the floor at once.
-        a.closing().await;
+        let a = waiting.await.unwrap();
         assert_eq!(started.elapsed(), Duration::from_secs(3));
+        drop(a);
         // Two of four idle: still under pressure (off only at a quarter).
         assert!(connections.under_pressure());
+        // One of four: off, and the floor no longer applies: `c`, held at 3 s, lasts its 10 s.
+        drop(b);
+        assert!(!connections.under_pressure());
+        c.closing().await;
+        assert_eq!(started.elapsed(), Duration::from_secs(13));
     }
 
     #[tokio::test(start_paused = true)]

@@ -336,6 +336,9 @@ pub async fn serve_metrics(
                 });
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
+                    // Off (hyper's default is 30 s, also between requests): the idle
+                    // timeouts are `connections`'.
+                    .header_read_timeout(None)
                     .serve_connection(TokioIo::new(stream), service);
                 tokio::select! {
                     _ = connection => {}

@@ -224,9 +224,9 @@ async fn five_times_the_cap_of_idle_connections_are_evicted_and_the_canary_gets_
 
     let (evicted, timed_out) = (closed(&text, "evicted_idle"), closed(&text, "idle_timeout"));
     eprintln!("evicted {evicted}, timed out {timed_out}");
-    // 500 opened over a cap of 100 (the canary holds one): at least 401 evicted; the rest
-    // closed after the 1 s floor (pressure: more than half the cap idle).
-    assert!(evicted >= 401.0, "{evicted} evicted");
+    // 500 opened over a cap of 100 (the canary holds one): evicted while they were opened,
+    // or closed after the 1 s floor (more than half the cap idle) if opening them took longer.
+    assert!(evicted >= 100.0, "{evicted} evicted");
     assert!(
         evicted + timed_out >= 500.0,
         "{evicted} evicted, {timed_out} timed out"
@@ -237,6 +237,8 @@ async fn five_times_the_cap_of_idle_connections_are_evicted_and_the_canary_gets_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_an_open_file_limit_of_1024_twelve_hundred_idle_connections_never_fail_accept() {
+    // This process holds the 1 200 client sockets.
+    rlimit::increase_nofile_limit(4096).unwrap();
     let ingest = Ingest::start_limited(1024, &[]).await;
     let text = ingest.metrics_text().await;
     let cap = metric(&text, "cdp_ingest_max_connections");
@@ -378,4 +380,106 @@ async fn a_slowloris_and_a_keep_alive_flood_are_evicted_and_the_canary_is_untouc
         "{evicted} evicted, {timed_out} timed out"
     );
     assert_eq!(closed(&text, "refused_busy"), 0.0);
+}
+
+/// Sends a request head announcing a 100-byte body and the body's first byte: the request is in
+/// progress (its connection busy) until [`finish_body`].
+async fn start_slow_body(port: u16, i: usize) -> TcpStream {
+    use base64::Engine;
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{WRITE_KEY}:"));
+    let head = format!(
+        "POST /v1/track HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\nContent-Type: application/json\r\nContent-Length: 100\r\nConnection: close\r\nX-Busy: {i}\r\n\r\n{{"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+/// Sends the rest of [`start_slow_body`]'s body (a valid event padded to 100 bytes) and
+/// returns the answer's status.
+async fn finish_body(mut stream: TcpStream, i: usize) -> u16 {
+    let event = format!("\"anonymousId\":\"busy-{i}\",\"event\":\"e\",\"messageId\":\"busy-{i}\"}}");
+    let rest = format!("{event:<99}");
+    stream.write_all(rest.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer)
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_cap_with_every_connection_busy_a_new_one_is_refused_and_no_busy_one_is_evicted() {
+    let ingest = Ingest::start_with(&[("CDP_MAX_CONNECTIONS", "10"), ("CDP_BODY_READ_TIMEOUT", "60s")]).await;
+    let mut busy = Vec::new();
+    for i in 0..10 {
+        busy.push(start_slow_body(ingest.port, i).await);
+    }
+    // Wait until ingest counts all ten busy (the gauges are refreshed every second).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = ingest.metrics_text().await;
+        let (open, idle) = (
+            metric(&text, "cdp_ingest_open_connections"),
+            metric(&text, "cdp_ingest_connections_idle"),
+        );
+        if open == 10.0 && idle == 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "open {open}, idle {idle}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Every held connection has a request in progress: a new one is refused, answered one
+    // request (probes as usual, events 503).
+    let (status, _) = super::hostile::raw(ingest.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(status, 200, "a probe over the cap");
+    let event = br#"{"anonymousId":"over","event":"e"}"#;
+    let (status, body) =
+        super::hostile::raw(ingest.port, &super::hostile::post("/v1/track", "", event)).await;
+    assert_eq!(status, 503, "an event over the cap: {body}");
+    assert!(body.contains("too_many_connections"), "{body}");
+    let text = ingest.metrics_text().await;
+    assert!(closed(&text, "refused_busy") >= 2.0, "{text}");
+    assert_eq!(
+        closed(&text, "evicted_idle"),
+        0.0,
+        "a busy connection was evicted"
+    );
+
+    // The busy requests were never evicted: each finishes and is taken.
+    for (i, stream) in busy.into_iter().enumerate() {
+        assert_eq!(finish_body(stream, i).await, 200, "busy request {i}");
+    }
+    assert_eq!(landed(&ingest, 10, "busy-").await, 10);
+}
+
+/// hyper's own header-read timeout (30 s by default, also between keep-alive requests) is off:
+/// a keep-alive connection idle for 31 s, under `--keep-alive-timeout`, still serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_idle_for_31_s_is_still_served() {
+    let ingest = Ingest::start().await;
+    let (status, mut stream) = one_request_then_idle(ingest.port, 0).await;
+    assert_eq!(status, 200);
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(31), stream.read(&mut byte)).await;
+    assert!(
+        read.is_err(),
+        "ingest closed the keep-alive connection within 31 s: {read:?}"
+    );
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
+        "{answer:?}"
+    );
+    let text = ingest.metrics_text().await;
+    assert_eq!(closed(&text, "idle_timeout"), 0.0, "{text}");
 }

@@ -20,7 +20,7 @@ fn basic(key: &str) -> String {
 }
 
 /// Sends raw bytes and returns the response's status (0: the connection closed without one).
-async fn raw(port: u16, request: &[u8]) -> (u16, String) {
+pub(super) async fn raw(port: u16, request: &[u8]) -> (u16, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let _ = stream.write_all(request).await;
     let mut response = Vec::new();
@@ -30,7 +30,7 @@ async fn raw(port: u16, request: &[u8]) -> (u16, String) {
     (status, text)
 }
 
-fn post(path: &str, headers: &str, body: &[u8]) -> Vec<u8> {
+pub(super) fn post(path: &str, headers: &str, body: &[u8]) -> Vec<u8> {
     let mut request = format!(
         "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Basic {}\r\n{headers}Content-Length: {}\r\n\r\n",
         basic(WRITE_KEY),

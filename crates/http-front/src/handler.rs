@@ -170,6 +170,7 @@ pub(crate) fn readiness(state: &State) -> Response<Full<Bytes>> {
         recovering: status.recovering,
         kafka_failing_partitions: status.failing_partitions,
         kafka_dlq_failing: status.dlq_failing,
+        kafka_missing_topics: status.missing_topics,
         spool,
     };
     let code = match not_ready {
@@ -206,6 +207,9 @@ struct Readiness {
     kafka_failing_partitions: Vec<String>,
     /// The DLQ topic does not acknowledge: rejected events' envelopes go to the spool.
     kafka_dlq_failing: bool,
+    /// Configured topics the cluster says do not exist: their records fail and are routed
+    /// (retry topic, spool) until they are created.
+    kafka_missing_topics: Vec<String>,
     spool: Option<SpoolFill>,
 }
 

@@ -134,12 +134,12 @@ impl Client {
         })
     }
 
-    /// The configured topics the cluster says do not exist (or have no partition); empty
-    /// also when the metadata request fails.
-    pub(crate) fn missing_topics(&self, timeout: Duration) -> Vec<String> {
+    /// The configured topics the cluster says do not exist (or have no partition); `None`
+    /// when the metadata request fails (nothing is known).
+    pub(crate) fn missing_topics(&self, timeout: Duration) -> Option<Vec<String>> {
         let current = self.current.read().unwrap_or_else(|e| e.into_inner());
         let Some(Ok(metadata)) = current.as_ref().map(|p| p.client().fetch_metadata(None, timeout)) else {
-            return Vec::new();
+            return None;
         };
         let topics = &self.config.topics;
         [&topics.ingest, &topics.dlq, &topics.retry]
@@ -151,7 +151,8 @@ impl Client {
                     .any(|t| t.name() == topic.as_str() && t.error().is_none() && !t.partitions().is_empty())
             })
             .cloned()
-            .collect()
+            .collect::<Vec<_>>()
+            .into()
     }
 
     /// The fatal error the current producer raised, if it did.

@@ -39,6 +39,11 @@ pub(crate) struct Core {
     pub dlq_failing_at: std::sync::atomic::AtomicU64,
     /// Set at close: the drainer stops.
     pub stopping: AtomicBool,
+    /// The configured topics the cluster last said do not exist: only through
+    /// [`Core::set_missing_topics`]. Non-empty only after a start allowed to be degraded (a
+    /// first start exits instead, S3) or a topic deleted later; re-checked by the supervisor
+    /// every [`crate::supervisor::TOPIC_RECHECK`].
+    pub missing_topics: std::sync::Mutex<Vec<String>>,
 }
 
 impl Core {
@@ -61,8 +66,8 @@ impl Core {
                     self.metrics().degraded_start.set(0.0);
                     tracing::info!(from = ?before, "Kafka is delivering: the degraded start is over");
                     // The start-up check the degraded start skipped (S3).
-                    for topic in self.client.missing_topics(std::time::Duration::from_secs(2)) {
-                        tracing::error!(topic, "a configured topic does not exist on the cluster: records bound for it fail (create it, or fix the --topic-* flags)");
+                    if let Some(missing) = self.client.missing_topics(std::time::Duration::from_secs(2)) {
+                        self.set_missing_topics(missing);
                     }
                 }
                 Health::Delivering => tracing::info!(from = ?before, "Kafka is delivering"),
@@ -71,6 +76,20 @@ impl Core {
             }
         }
         step
+    }
+
+    /// Records the configured topics the cluster says do not exist: a line per topic that goes
+    /// missing (error) or comes back (info), and `<prefix>_kafka_topic_missing{topic}`.
+    pub(crate) fn set_missing_topics(&self, now: Vec<String>) {
+        let mut missing = self.missing_topics.lock().unwrap_or_else(|e| e.into_inner());
+        for topic in now.iter().filter(|t| !missing.contains(t)) {
+            tracing::error!(topic, "a configured topic does not exist on the cluster: records bound for it fail (create it, or fix the --topic-* flags)");
+        }
+        for topic in missing.iter().filter(|t| !now.contains(t)) {
+            tracing::info!(topic, "a configured topic that was missing exists again");
+        }
+        self.metrics().topics_missing(&now);
+        *missing = now;
     }
 
     /// True while the DLQ topic does not acknowledge (its leader down, the topic deleted):
@@ -124,6 +143,11 @@ impl Core {
             degraded_start: self.degraded_start.load(Ordering::Relaxed),
             dlq_failing: self.dlq_failing_at.load(Ordering::Relaxed) != 0,
             authentication_failure: self.client.watch.authentication_failure(),
+            missing_topics: self
+                .missing_topics
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
             failing_partitions: self
                 .client
                 .counters

@@ -62,6 +62,8 @@ pub(crate) struct TopicMetrics {
     pub failed: Counter,
     /// Its partitions without a reachable leader.
     partitions_failing: Gauge,
+    /// 1 while the cluster says the topic does not exist.
+    missing: Gauge,
 }
 
 impl ProducerMetrics {
@@ -102,6 +104,15 @@ impl ProducerMetrics {
             delivered: counter!(format!("{prefix}_kafka_delivered_total"), "topic" => topic.to_string()),
             failed: counter!(format!("{prefix}_kafka_delivery_failures_total"), "topic" => topic.to_string()),
             partitions_failing: gauge!(format!("{prefix}_kafka_partitions_failing"), "topic" => topic.to_string()),
+            missing: gauge!(format!("{prefix}_kafka_topic_missing"), "topic" => topic.to_string()),
+        }
+    }
+
+    /// Publishes which configured topics the cluster says do not exist.
+    pub(crate) fn topics_missing(&self, missing: &[String]) {
+        for topic in &self.per_topic {
+            let is = missing.contains(&topic.topic);
+            topic.missing.set(if is { 1.0 } else { 0.0 });
         }
     }
 

@@ -33,6 +33,14 @@ pub struct EventProducer {
     closed: AtomicBool,
 }
 
+/// Why a start may be degraded (the log's `why`).
+fn degraded_why(leftover: bool) -> &'static str {
+    match leftover {
+        true => "the spool holds a previous process's records",
+        false => "--kafka-allow-degraded-start is set",
+    }
+}
+
 impl EventProducer {
     /// Creates the producer and pings the cluster (S3): fails when the cluster does not answer
     /// metadata within the ping timeout, or when one of the three topics does not exist; fails
@@ -50,7 +58,12 @@ impl EventProducer {
     /// waits at most [`defaults::DEGRADED_START_PING_TIMEOUT`]. A replica
     /// restarted during an outage then serves instead of crash-looping with its spool stranded.
     /// [`Status::degraded_start`] and `<prefix>_kafka_degraded_start` say so until Kafka first
-    /// delivers. A topic the cluster says does not exist still fails the start.
+    /// delivers. A configured topic the cluster says does not exist fails a start that may
+    /// not be degraded; one that may be starts anyway, names the topic (log,
+    /// [`Status::missing_topics`], `<prefix>_kafka_topic_missing{topic}`) and checks again
+    /// every [`crate::supervisor::TOPIC_RECHECK`]: records bound for it fail and are routed as
+    /// any failed record is (the retry topic, the spool), so a replica restarted after a topic
+    /// was deleted does not crash-loop with its spool stranded.
     pub fn connect(config: ProducerConfig, spool: Option<Arc<Spool>>) -> Result<Self, Error> {
         let topics = [
             config.topics.ingest.clone(),
@@ -79,25 +92,31 @@ impl EventProducer {
                 .min(defaults::duration(defaults::DEGRADED_START_PING_TIMEOUT)),
             false => client.config.ping_timeout,
         };
+        let mut missing = Vec::new();
         let health = match client.watch.ping(producer.client(), ping_timeout) {
             Ok(metadata) => {
-                for topic in topics {
-                    let found = metadata
-                        .topics()
-                        .iter()
-                        .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
-                    if !found {
-                        return Err(Error::MissingTopic(topic));
-                    }
+                missing = topics
+                    .into_iter()
+                    .filter(|topic| {
+                        !metadata
+                            .topics()
+                            .iter()
+                            .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+                    })
+                    .collect();
+                match missing.first() {
+                    Some(topic) if !may_start_degraded => return Err(Error::MissingTopic(topic.clone())),
+                    Some(_) => tracing::warn!(
+                        ?missing,
+                        why = degraded_why(leftover),
+                        "starting with configured topics missing: records bound for them fail and are routed as failed records are, until the topics exist"
+                    ),
+                    None => {}
                 }
                 Health::Delivering
             }
             Err(error @ (Error::Unreachable { .. } | Error::Connect { .. })) if may_start_degraded => {
-                let why = match leftover {
-                    true => "the spool holds a previous process's records",
-                    false => "--kafka-allow-degraded-start is set",
-                };
-                tracing::warn!(%error, why, "starting degraded: events go to the spool until Kafka answers");
+                tracing::warn!(%error, why = degraded_why(leftover), "starting degraded: events go to the spool until Kafka answers");
                 Health::Unreachable(Why::BrokersDown)
             }
             Err(error) => return Err(error),
@@ -127,7 +146,9 @@ impl EventProducer {
             degraded_start: AtomicBool::new(degraded),
             dlq_failing_at: std::sync::atomic::AtomicU64::new(0),
             stopping: AtomicBool::new(false),
+            missing_topics: std::sync::Mutex::new(Vec::new()),
         });
+        core.set_missing_topics(missing);
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
                 .name(name.into())

@@ -44,6 +44,9 @@ pub struct Status {
     /// Partitions without a reachable leader, as `topic/partition` (shown, not a cause: the
     /// events bound for them wait in librdkafka, the others deliver).
     pub failing_partitions: Vec<String>,
+    /// Configured topics the cluster says do not exist (shown, not a cause: the records bound
+    /// for them fail and are routed as any failed record is).
+    pub missing_topics: Vec<String>,
 }
 
 /// Why an event sent now would not be taken.
@@ -143,6 +146,7 @@ mod tests {
             dlq_failing: false,
             authentication_failure: None,
             failing_partitions: Vec::new(),
+            missing_topics: Vec::new(),
         }
     }
 
@@ -199,6 +203,9 @@ mod tests {
             // One partition failing: the others deliver.
             (Status { failing_partitions: vec!["in/2".into()], ..status(Delivering, Some(Writable)) }, true, None),
             (Status { failing_partitions: vec!["in/2".into()], ..status(Delivering, None) }, false, None),
+            // A missing topic is shown, not a cause: its records fail and are routed.
+            (Status { missing_topics: vec!["dlq".into()], ..status(Delivering, Some(Writable)) }, true, None),
+            (Status { missing_topics: vec!["in".into()], ..status(Delivering, None) }, false, None),
         ];
         for (status, spooling, expected) in table {
             assert_eq!(

@@ -26,6 +26,9 @@ use crate::route::{reroute, route, Destination, ErrorClass, Stage};
 
 /// How often the counters are looked at.
 const TICK: Duration = Duration::from_millis(100);
+/// How often the configured topics are checked again while one of them is missing
+/// ([`crate::core::Core::set_missing_topics`]).
+pub(crate) const TOPIC_RECHECK: Duration = Duration::from_secs(5);
 /// How often an unreachable cluster is probed, and how long a probe may take.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
@@ -34,6 +37,8 @@ pub(crate) struct Supervisor {
     core: Arc<Core>,
     last_tick: Instant,
     last_probe: Instant,
+    /// When the missing topics were last checked again.
+    last_topic_check: Instant,
     acked: u64,
     /// When the acknowledged count last grew (or the supervisor started).
     acked_at: Instant,
@@ -60,6 +65,7 @@ impl Supervisor {
             core,
             last_tick: Instant::now(),
             last_probe: Instant::now(),
+            last_topic_check: Instant::now(),
             failing_since: None,
             last_rebuild: None,
             stop: false,
@@ -153,6 +159,17 @@ impl Supervisor {
             self.last_probe = Instant::now();
             if core.client.probe(PROBE_EVERY) {
                 self.event(Event::ProbeOk, jobs);
+            }
+        }
+        let missing = !core
+            .missing_topics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty();
+        if missing && self.last_topic_check.elapsed() >= TOPIC_RECHECK {
+            self.last_topic_check = Instant::now();
+            if let Some(now) = core.client.missing_topics(PROBE_EVERY) {
+                core.set_missing_topics(now);
             }
         }
         let pending = core.client.counters.pending.load(Ordering::Relaxed);

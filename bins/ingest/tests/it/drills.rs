@@ -1445,3 +1445,66 @@ async fn a_degraded_start_checks_the_topics_once_kafka_answers() {
     assert_eq!(others, 1, "only the missing topic is named");
     ingest.terminate();
 }
+
+/// A replica restarted on a spool that holds records, with a configured topic missing (a DLQ
+/// topic deleted meanwhile; here, one never created): it serves instead of exiting, names the
+/// topic in `/readyz`, the log and `cdp_ingest_kafka_topic_missing`, drains its spool to the
+/// topics that exist, and stops naming the topic once it is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_a_spool_and_a_topic_missing_serves_drains_and_names_the_topic() {
+    let (mut broker, topics) = own_broker().await;
+    let spool = Arc::new(tempfile::tempdir().unwrap());
+    let first = ingest_on(&broker, &topics, &spool, &[]).await;
+    let load = Steady::start(&first.url, "missing");
+    load.wait_more(20, WAIT).await;
+    kill_and_wait_spooling(&mut broker, &first.url).await;
+    load.wait_more(30, WAIT).await; // spooled
+    first.terminate();
+    let (exited_ok, log) = tokio::task::spawn_blocking(move || first.wait()).await.unwrap();
+    assert!(exited_ok, "the SIGTERM during the outage:\n{log}");
+    let (accepted, _) = load.finish().await;
+    broker.restart().await;
+
+    let deleted = "drill.deleted-dlq";
+    let without_dlq = Topics {
+        dlq: deleted.into(),
+        ..topics.clone()
+    };
+    let second = ingest_on(&broker, &without_dlq, &spool, &[]).await;
+    let series = format!("cdp_ingest_kafka_topic_missing{{topic=\"{deleted}\"}}");
+    assert_eq!(metric(&second.metrics_url, &series).await, 1.0);
+    let (_, body) = wait_readyz(
+        &second.url,
+        "the spool drained",
+        Duration::from_secs(30),
+        |s, b| s == 200 && b["spool"]["records"] == 0 && b["kafka_state"] == "delivering",
+    )
+    .await;
+    assert_eq!(body["kafka_missing_topics"], json!([deleted]), "{body}");
+    let ids: Vec<String> = accepted.into_iter().map(|(id, _)| id).collect();
+    let landed = assert_nothing_lost(&broker.address(), &topics, &ids, Duration::from_secs(60)).await;
+    eprintln!(
+        "{} accepted before the restart, {} duplicates",
+        ids.len(),
+        landed.duplicates()
+    );
+
+    kafka_producer::ensure_topics(broker.address(), &[(deleted, 1)])
+        .await
+        .unwrap();
+    let (_, body) = wait_readyz(
+        &second.url,
+        "the topic no longer missing",
+        Duration::from_secs(20),
+        |s, b| s == 200 && b["kafka_missing_topics"] == json!([]),
+    )
+    .await;
+    eprintln!("after the topic was created: {body}");
+    assert_eq!(metric(&second.metrics_url, &series).await, 0.0);
+    let back = log_lines(
+        &second.log_so_far(),
+        "a configured topic that was missing exists again",
+    );
+    assert_eq!(back.len(), 1, "{}", second.log_so_far());
+    second.terminate();
+}

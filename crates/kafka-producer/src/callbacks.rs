@@ -111,6 +111,8 @@ pub(crate) struct Callbacks {
     pub watch: ConnectionWatch,
     pub counters: Arc<Counters>,
     pub jobs: mpsc::Sender<Job>,
+    /// A broker silent on pending requests this long is hung ([`crate::partitions::answering`]).
+    pub ack_window: std::time::Duration,
 }
 
 impl Callbacks {
@@ -142,7 +144,7 @@ impl ClientContext for Callbacks {
         self.metrics.broker_rtt_p99.set(rtt as f64 / 1e6);
         self.metrics.queue_latency_p99.set(queued as f64 / 1e6);
         self.watch.stats(&stats);
-        let failing = crate::partitions::failing_in(&stats, &self.metrics.topics());
+        let failing = crate::partitions::failing_in(&stats, &self.metrics.topics(), self.ack_window);
         let mut known = self
             .counters
             .failing_partitions
@@ -154,7 +156,7 @@ impl ClientContext for Callbacks {
             match failing.is_empty() {
                 true => tracing::info!("every partition has a reachable leader again"),
                 false => {
-                    tracing::warn!(partitions = ?named, "partitions without a reachable leader: their records wait, the others deliver")
+                    tracing::warn!(partitions = ?named, "partitions without a reachable leader (down, unknown or not answering): their records wait, the others deliver")
                 }
             }
             *known = failing;

@@ -13,6 +13,17 @@ use crate::metrics::ProducerMetrics;
 use crate::watch::ConnectionWatch;
 use crate::{Error, ProducerConfig};
 
+/// What a metadata probe of the ingest topic found ([`Client::probe`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Probe {
+    /// The cluster answered, the ingest topic has partitions: Kafka can take events.
+    Answered,
+    /// The cluster answered without the ingest topic: nothing can take events until it exists.
+    IngestTopicMissing,
+    /// No answer within the timeout.
+    NoAnswer,
+}
+
 /// The producer in use; `None` before the first and after close.
 pub(crate) struct Client {
     pub config: ProducerConfig,
@@ -50,6 +61,7 @@ impl Client {
             watch: self.watch.clone(),
             counters: self.counters.clone(),
             jobs: self.jobs.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            ack_window: self.config.ack_window,
         };
         self.config
             .client_config()?
@@ -124,14 +136,25 @@ impl Client {
             .send(Job::Stop);
     }
 
-    /// True when the cluster answers a metadata request for the ingest topic within `timeout`.
-    pub(crate) fn probe(&self, timeout: Duration) -> bool {
+    /// Asks the cluster for the ingest topic's metadata, waiting up to `timeout`.
+    pub(crate) fn probe(&self, timeout: Duration) -> Probe {
         let current = self.current.read().unwrap_or_else(|e| e.into_inner());
-        current.as_ref().is_some_and(|p| {
-            p.client()
-                .fetch_metadata(Some(&self.config.topics.ingest), timeout)
-                .is_ok()
-        })
+        let ingest = &self.config.topics.ingest;
+        match current
+            .as_ref()
+            .map(|p| p.client().fetch_metadata(Some(ingest), timeout))
+        {
+            Some(Ok(metadata)) => {
+                let found = metadata.topics().iter().any(|t| {
+                    t.name() == ingest.as_str() && t.error().is_none() && !t.partitions().is_empty()
+                });
+                match found {
+                    true => Probe::Answered,
+                    false => Probe::IngestTopicMissing,
+                }
+            }
+            _ => Probe::NoAnswer,
+        }
     }
 
     /// The configured topics the cluster says do not exist (or have no partition); `None`

@@ -92,6 +92,12 @@ impl Core {
         *missing = now;
     }
 
+    /// Whether the ingest topic is among the missing ones.
+    pub(crate) fn ingest_topic_missing(&self) -> bool {
+        let missing = self.missing_topics.lock().unwrap_or_else(|e| e.into_inner());
+        missing.contains(&self.client.config.topics.ingest)
+    }
+
     /// True while the DLQ topic does not acknowledge (its leader down, the topic deleted):
     /// buffered-mode envelopes go straight to the spool instead of making their request wait
     /// out the DLQ timeout. Every [`DLQ_RETRY_AFTER`] one request tries the topic again.

@@ -61,9 +61,11 @@ impl EventProducer {
     /// delivers. A configured topic the cluster says does not exist fails a start that may
     /// not be degraded; one that may be starts anyway, names the topic (log,
     /// [`Status::missing_topics`], `<prefix>_kafka_topic_missing{topic}`) and checks again
-    /// every [`crate::supervisor::TOPIC_RECHECK`]: records bound for it fail and are routed as
-    /// any failed record is (the retry topic, the spool), so a replica restarted after a topic
-    /// was deleted does not crash-loop with its spool stranded.
+    /// every [`crate::supervisor::TOPIC_RECHECK`]: records bound for a missing DLQ or retry
+    /// topic fail and are routed as any failed record is; with the ingest topic missing the
+    /// producer stays unreachable after the first stall (the probe needs the ingest topic) and
+    /// events wait in the spool until it exists. A replica restarted after a topic was deleted
+    /// does not crash-loop with its spool stranded.
     pub fn connect(config: ProducerConfig, spool: Option<Arc<Spool>>) -> Result<Self, Error> {
         let topics = [
             config.topics.ingest.clone(),

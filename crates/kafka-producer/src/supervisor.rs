@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::RwLockWriteGuard;
 
 use crate::callbacks::{Delivery, Failed, Job};
-use crate::client::take_back;
+use crate::client::{take_back, Probe};
 use crate::core::Core;
 use crate::health::{Event, Health, Why};
 use crate::record::{dlq_copy, ingest_copy, retry_copy, Outgoing};
@@ -126,7 +126,11 @@ impl Supervisor {
         if acked > self.acked {
             self.acked_at = Instant::now();
             self.failing_since = None;
-            self.event(Event::Acknowledged, jobs);
+            // The DLQ or retry topic acknowledging says nothing of events while the ingest
+            // topic is missing: only a probe that finds it ends that.
+            if !core.ingest_topic_missing() {
+                self.event(Event::Acknowledged, jobs);
+            }
         } else if failed > self.failed {
             let since = *self.failing_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= config.failing_rebuild_after {
@@ -156,10 +160,7 @@ impl Supervisor {
             }
         }
         if matches!(core.health.get(), Health::Unreachable(_)) && self.last_probe.elapsed() >= PROBE_EVERY {
-            self.last_probe = Instant::now();
-            if core.client.probe(PROBE_EVERY) {
-                self.event(Event::ProbeOk, jobs);
-            }
+            self.probe(jobs);
         }
         let missing = !core
             .missing_topics
@@ -246,9 +247,30 @@ impl Supervisor {
         self.last_rebuild = Some(Instant::now());
         self.acked = core.client.counters.acked.load(Ordering::Relaxed);
         core.apply(Event::Rebuilt { reachable: false });
+        self.probe(jobs);
+    }
+
+    /// Probes the cluster for the ingest topic: answered, Kafka is delivering again; answered
+    /// without the topic, it stays unreachable (events go to the spool, the drainer waits: no
+    /// stall, no rebuild) and the topic is named missing.
+    fn probe(&mut self, jobs: &mpsc::Receiver<Job>) {
         self.last_probe = Instant::now();
-        if core.client.probe(PROBE_EVERY) {
-            self.event(Event::ProbeOk, jobs);
+        let core = self.core.clone();
+        match core.client.probe(PROBE_EVERY) {
+            Probe::Answered => {
+                if core.ingest_topic_missing() {
+                    if let Some(missing) = core.client.missing_topics(PROBE_EVERY) {
+                        core.set_missing_topics(missing);
+                    }
+                }
+                self.event(Event::ProbeOk, jobs);
+            }
+            Probe::IngestTopicMissing if !core.ingest_topic_missing() => {
+                if let Some(missing) = core.client.missing_topics(PROBE_EVERY) {
+                    core.set_missing_topics(missing);
+                }
+            }
+            Probe::IngestTopicMissing | Probe::NoAnswer => {}
         }
     }
 

@@ -106,6 +106,30 @@ pub struct Record {
 }
 
 impl Record {
+    /// A consumed message as a record.
+    fn of(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+        Record {
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp_ms: m.timestamp().to_millis(),
+            key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            headers: m
+                .headers()
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_string(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            value: m.payload().unwrap_or_default().to_vec(),
+        }
+    }
+
     /// The value parsed as JSON.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.value).expect("record value is JSON")
@@ -178,26 +202,7 @@ fn consume_blocking(kafka: &KafkaSettings, topic: &str, count: usize, timeout: D
     let mut records = Vec::new();
     while records.len() < count && Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => records.push(Record {
-                partition: m.partition(),
-                offset: m.offset(),
-                timestamp_ms: m.timestamp().to_millis(),
-                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                headers: m
-                    .headers()
-                    .map(|hs| {
-                        hs.iter()
-                            .map(|h| {
-                                (
-                                    h.key.to_string(),
-                                    String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                value: m.payload().unwrap_or_default().to_vec(),
-            }),
+            Some(Ok(m)) => records.push(Record::of(&m)),
             // Transport errors (a broker a test took down) are transient: keep polling.
             Some(Err(e)) => eprintln!("consuming {topic}: {e}"),
             None => {}
@@ -205,6 +210,60 @@ fn consume_blocking(kafka: &KafkaSettings, topic: &str, count: usize, timeout: D
     }
     records.sort_by_key(|r| (r.partition, r.offset));
     records
+}
+
+/// A consumer of every partition of a topic from the beginning, on a thread of its own,
+/// recording when each record arrived: a delay from request to topic is its arrival less the
+/// request's time. Stops when dropped.
+pub struct Arrivals {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(Record, Instant)>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Arrivals {
+    /// Starts consuming `topic` on `kafka`.
+    pub fn start(kafka: impl Into<KafkaSettings>, topic: &str) -> Arrivals {
+        let (kafka, topic) = (kafka.into(), topic.to_string());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let (seen, stop) = (seen.clone(), stop.clone());
+            move || {
+                let (consumer, _) = consumer_from_start(&kafka, &[&topic]);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // An error (a broker a test took down) is transient: keep polling.
+                    if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                        seen.lock().unwrap().push((Record::of(&m), Instant::now()));
+                    }
+                }
+            }
+        });
+        Arrivals {
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The records seen so far, with when each arrived, in arrival order.
+    pub fn seen(&self) -> Vec<(Record, Instant)> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// How many records have arrived.
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+impl Drop for Arrivals {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Where the events that got a 2xx ended up: the oracle of the fault tests.

@@ -1446,6 +1446,28 @@ async fn a_degraded_start_checks_the_topics_once_kafka_answers() {
     ingest.terminate();
 }
 
+/// Runs ingest on `broker` and `spool` with a steady load of `visitor`'s events, kills the
+/// broker, lets the spool take events, SIGTERMs ingest and restarts the broker: the spool then
+/// holds records a next start must drain. Returns the ids answered 200.
+async fn spool_in_an_outage(
+    broker: &mut OwnBroker,
+    topics: &Topics,
+    spool: &Arc<tempfile::TempDir>,
+    visitor: &str,
+) -> Vec<(String, Instant)> {
+    let first = ingest_on(broker, topics, spool, &[]).await;
+    let load = Steady::start(&first.url, visitor);
+    load.wait_more(20, WAIT).await;
+    kill_and_wait_spooling(broker, &first.url).await;
+    load.wait_more(30, WAIT).await; // spooled
+    first.terminate();
+    let (exited_ok, log) = tokio::task::spawn_blocking(move || first.wait()).await.unwrap();
+    assert!(exited_ok, "the SIGTERM during the outage:\n{log}");
+    let (accepted, _) = load.finish().await;
+    broker.restart().await;
+    accepted
+}
+
 /// A replica restarted on a spool that holds records, with a configured topic missing (a DLQ
 /// topic deleted meanwhile; here, one never created): it serves instead of exiting, names the
 /// topic in `/readyz`, the log and `cdp_ingest_kafka_topic_missing`, drains its spool to the
@@ -1454,16 +1476,7 @@ async fn a_degraded_start_checks_the_topics_once_kafka_answers() {
 async fn a_restart_with_a_spool_and_a_topic_missing_serves_drains_and_names_the_topic() {
     let (mut broker, topics) = own_broker().await;
     let spool = Arc::new(tempfile::tempdir().unwrap());
-    let first = ingest_on(&broker, &topics, &spool, &[]).await;
-    let load = Steady::start(&first.url, "missing");
-    load.wait_more(20, WAIT).await;
-    kill_and_wait_spooling(&mut broker, &first.url).await;
-    load.wait_more(30, WAIT).await; // spooled
-    first.terminate();
-    let (exited_ok, log) = tokio::task::spawn_blocking(move || first.wait()).await.unwrap();
-    assert!(exited_ok, "the SIGTERM during the outage:\n{log}");
-    let (accepted, _) = load.finish().await;
-    broker.restart().await;
+    let accepted = spool_in_an_outage(&mut broker, &topics, &spool, "missing").await;
 
     let deleted = "drill.deleted-dlq";
     let without_dlq = Topics {
@@ -1506,5 +1519,71 @@ async fn a_restart_with_a_spool_and_a_topic_missing_serves_drains_and_names_the_
         "a configured topic that was missing exists again",
     );
     assert_eq!(back.len(), 1, "{}", second.log_so_far());
+    second.terminate();
+}
+
+/// The same with the ingest topic missing: Kafka answers, but nothing can take events. The
+/// restart serves into the spool (no stall loop: at most one producer rebuild), names the
+/// topic, and once the topic is created delivers everything, the previous process's records
+/// first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_a_spool_and_the_ingest_topic_missing_spools_until_it_exists() {
+    let (mut broker, topics) = own_broker().await;
+    let spool = Arc::new(tempfile::tempdir().unwrap());
+    let accepted = spool_in_an_outage(&mut broker, &topics, &spool, "no-ingest").await;
+
+    let deleted = "drill.deleted-ingest";
+    let without_ingest = Topics {
+        ingest: deleted.into(),
+        ..topics.clone()
+    };
+    let second = ingest_on(&broker, &without_ingest, &spool, &[]).await;
+    let load = Steady::start(&second.url, "no-ingest-2");
+    // Well past the ack window: a stall loop would rebuild the producer every few seconds.
+    load.wait_more(600, Duration::from_secs(40)).await;
+    let (status, body) = readyz(&client(Duration::from_secs(2)), &second.url)
+        .await
+        .unwrap();
+    eprintln!("with the ingest topic missing: {body}");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["kafka_missing_topics"], json!([deleted]), "{body}");
+    assert_eq!(body["kafka_state"], "unreachable", "{body}");
+    let rebuilds = metric(&second.metrics_url, "cdp_ingest_kafka_producer_rebuilds_total").await;
+    assert!(rebuilds <= 1.0, "{rebuilds} rebuilds");
+
+    kafka_producer::ensure_topics(broker.address(), &[(deleted, 3)])
+        .await
+        .unwrap();
+    wait_readyz(
+        &second.url,
+        "delivering, the spool drained, no topic missing",
+        Duration::from_secs(30),
+        |s, b| {
+            s == 200
+                && b["kafka_state"] == "delivering"
+                && b["spool"]["records"] == 0
+                && b["kafka_missing_topics"] == json!([])
+        },
+    )
+    .await;
+    let (more, statuses) = load.finish().await;
+    eprintln!("second process: {statuses:?}");
+    // The first process delivered its first events to the old topic before the outage; the
+    // rest, spooled, and all of the second's are on the new one.
+    let first: Vec<String> = accepted.into_iter().map(|(id, _)| id).collect();
+    let before = landed(&broker.address(), &topics, &first, Duration::from_secs(5)).await;
+    assert!(
+        before.counts.len() >= 20,
+        "{} delivered before the outage",
+        before.counts.len()
+    );
+    let mut ids = before.missing;
+    ids.extend(more.into_iter().map(|(id, _)| id));
+    let after = assert_nothing_lost(&broker.address(), &without_ingest, &ids, Duration::from_secs(60)).await;
+    eprintln!(
+        "{} accepted after the outage began, {} duplicates",
+        ids.len(),
+        after.duplicates()
+    );
     second.terminate();
 }

@@ -31,6 +31,20 @@ const TICK: Duration = Duration::from_millis(100);
 pub(crate) const TOPIC_RECHECK: Duration = Duration::from_secs(5);
 /// How often an unreachable cluster is probed, and how long a probe may take.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// The longest wait before replacing a producer that keeps raising fatal errors.
+pub(crate) const FATAL_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// How long to wait before replacing a producer after its fatal error, given how many fatal
+/// replacements came before it with nothing acknowledged since (`in_a_row`): the first at
+/// once (a one-off, such as a sequence error), then 1 s, doubling up to [`FATAL_BACKOFF_MAX`],
+/// so that a fault every new producer hits (an authorisation the cluster refuses to
+/// idempotent producers, say) does not become a rebuild loop.
+pub(crate) fn fatal_backoff(in_a_row: u32) -> Duration {
+    match in_a_row {
+        0 => Duration::ZERO,
+        n => Duration::from_secs(1u64 << (n - 1).min(5)).min(FATAL_BACKOFF_MAX),
+    }
+}
 
 /// The supervisor thread's state.
 pub(crate) struct Supervisor {
@@ -53,6 +67,11 @@ pub(crate) struct Supervisor {
     /// The last rebuild: the retired producer's records count as unacknowledged until they
     /// are reported, so a stall is not looked for during the next ack window.
     last_rebuild: Option<Instant>,
+    /// Fatal replacements with nothing acknowledged since ([`fatal_backoff`]).
+    fatal_in_a_row: u32,
+    /// A fatal replacement waiting out its backoff: when it is due (the state is
+    /// `Rebuilding(Fatal)` meanwhile: events go to the spool, readiness says so).
+    fatal_rebuild_due: Option<Instant>,
 }
 
 impl Supervisor {
@@ -68,6 +87,8 @@ impl Supervisor {
             last_topic_check: Instant::now(),
             failing_since: None,
             last_rebuild: None,
+            fatal_in_a_row: 0,
+            fatal_rebuild_due: None,
             stop: false,
             spool_batch: std::cell::RefCell::new(Vec::new()),
         }
@@ -126,6 +147,7 @@ impl Supervisor {
         if acked > self.acked {
             self.acked_at = Instant::now();
             self.failing_since = None;
+            self.fatal_in_a_row = 0;
             // The DLQ or retry topic acknowledging says nothing of events while the ingest
             // topic is missing: only a probe that finds it ends that.
             if !core.ingest_topic_missing() {
@@ -178,6 +200,15 @@ impl Supervisor {
     }
 
     fn check_fatal(&mut self, jobs: &mpsc::Receiver<Job>) {
+        if let Some(due) = self.fatal_rebuild_due {
+            if Instant::now() >= due {
+                self.fatal_rebuild_due = None;
+                let core = self.core.clone();
+                let gate = core.gate.blocking_write();
+                self.rebuild(Why::Fatal, jobs, gate);
+            }
+            return;
+        }
         if let Some(fatal) = self.core.client.fatal_error() {
             if self.core.health.get() != Health::Rebuilding(Why::Fatal) {
                 tracing::error!(error = fatal, "the producer raised a fatal error");
@@ -194,6 +225,19 @@ impl Supervisor {
         let gate = rebuilds.then(|| core.gate.blocking_write());
         let step = core.apply(event);
         if let (true, Health::Rebuilding(why) | Health::Unreachable(why)) = (step.rebuild, step.health) {
+            if why == Why::Fatal {
+                let wait = fatal_backoff(self.fatal_in_a_row);
+                self.fatal_in_a_row += 1;
+                if !wait.is_zero() {
+                    tracing::warn!(
+                        wait_ms = wait.as_millis() as u64,
+                        in_a_row = self.fatal_in_a_row,
+                        "fatal errors again and again: waiting before replacing the producer (events go to the spool meanwhile)"
+                    );
+                    self.fatal_rebuild_due = Some(Instant::now() + wait);
+                    return;
+                }
+            }
             let gate = gate.unwrap_or_else(|| core.gate.blocking_write());
             self.rebuild(why, jobs, gate);
         }
@@ -345,6 +389,31 @@ impl Supervisor {
                 };
                 self.send(failed, again);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fatal_replacements_back_off_after_the_first() {
+        let s = Duration::from_secs;
+        // fatal replacements before, with nothing acknowledged since → wait
+        let table = [
+            (0, s(0)),
+            (1, s(1)),
+            (2, s(2)),
+            (3, s(4)),
+            (4, s(8)),
+            (5, s(16)),
+            (6, s(30)),
+            (7, s(30)),
+            (60, s(30)),
+        ];
+        for (in_a_row, expected) in table {
+            assert_eq!(fatal_backoff(in_a_row), expected, "{in_a_row} in a row");
         }
     }
 }

@@ -11,6 +11,51 @@ use test_support::mock::{Fault, ONE_IN_FLIGHT};
 
 use super::{ids, Harness, Spooled, WAIT};
 
+/// A fatal error that every new producer hits (a sequence error on every produce request for
+/// 10 s) does not become a rebuild loop: the first replacement at once, then 1 s, 2 s, 4 s, 8 s
+/// apart; events go to the spool meanwhile (taken, readiness 503 while replacing), and once the
+/// fault is gone every event lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fatal_errors_again_and_again_back_off_instead_of_looping() {
+    let h = Harness::start("fatal_loop", Spooled::Yes, |_| {}).await;
+    h.mock.inject(Fault::ProduceErrorsN(
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+        100_000,
+    ));
+    let started = Instant::now();
+    let mut sent = Vec::new();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_secs(10) {
+        let batch = ids(&format!("loop-{n:03}"), 2);
+        h.send(&batch, false)
+            .await
+            .unwrap_or_else(|refused| panic!("refused: {refused:?}"));
+        sent.extend(batch);
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await; // the load's pace
+    }
+    let rebuilds = h.rebuilds();
+    eprintln!(
+        "{rebuilds} rebuilds in {:?} of a fatal error every producer hits",
+        started.elapsed()
+    );
+    // Due at 0, 1, 3, 7 s (then 15 s): four in ten seconds; a loop would be dozens.
+    assert!(
+        (2.0..=5.0).contains(&rebuilds),
+        "{rebuilds} rebuilds; {}",
+        h.describe()
+    );
+    h.mock.inject(Fault::ClearProduceErrors);
+    h.until("delivering again", Duration::from_secs(30), || {
+        h.producer.health() == Health::Delivering
+    })
+    .await;
+    h.until("the spool drained", WAIT, || h.spool().is_empty()).await;
+    h.settled().await;
+    h.assert_on_ingest_or_retry(&sent).await;
+    assert_eq!(h.lost(), 0.0, "{}", h.describe());
+}
+
 /// A fatal error (a sequence error on one produce request makes the idempotent producer
 /// fatal): the producer is rebuilt once, and every record, those it held included, is
 /// delivered to the ingest topic (no spool: they are sent again on the new producer).

@@ -7,7 +7,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
 use crate::broker::Broker;
@@ -312,7 +311,8 @@ where
 
 /// An instant query: the result vector as (metric labels, value).
 async fn query(port: u16, promql: &str) -> Result<Vec<(serde_json::Value, f64)>> {
-    let path = format!("/api/v1/query?query={}", percent_encode(promql));
+    let query: String = form_urlencoded::byte_serialize(promql.as_bytes()).collect();
+    let path = format!("/api/v1/query?query={query}");
     let (status, body) = http(port, "GET", &path, &[], "").await?;
     ensure!(status == 200, "Prometheus query {promql}: {status} {body}");
     let json: serde_json::Value = serde_json::from_str(&body)?;
@@ -331,7 +331,8 @@ async fn query(port: u16, promql: &str) -> Result<Vec<(serde_json::Value, f64)>>
         .collect())
 }
 
-/// One HTTP/1.1 request on a new connection to 127.0.0.1; returns status and body.
+/// One HTTP request to `127.0.0.1:port` (`path` with its query string); returns the status
+/// and the body (decoded: Prometheus answers chunked past about 2 KiB).
 pub async fn http(
     port: u16,
     method: &str,
@@ -339,34 +340,19 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Result<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let method = reqwest::Method::from_bytes(method.as_bytes())?;
+    let mut request = client
+        .request(method, format!("http://127.0.0.1:{port}{path}"))
+        .body(body.to_string());
     for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
+        request = request.header(*name, *value);
     }
-    request.push_str("\r\n");
-    request.push_str(body);
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let status = response
-        .get(9..12)
-        .and_then(|s| s.parse().ok())
-        .context("not an HTTP response")?;
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
-    Ok((status, body))
-}
-
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    Ok((status, response.text().await?))
 }
 
 /// Runs cargo in the workspace.

@@ -140,14 +140,16 @@ const OVER_CAP_CONNECTIONS: usize = 32;
 
 /// The descriptors kept for everything but held client connections, given those open now
 /// (`open_now`, counted once the producer is connected): what is open, what Kafka, the spool,
-/// the metrics listener ([`ops::METRICS_MAX_CONNECTIONS`]) and the over-cap lane may add, and
-/// [`MARGIN_FILES`].
+/// the metrics listener ([`ops::METRICS_MAX_CONNECTIONS`]), the over-cap lane and connections
+/// finishing a request that raced their eviction ([`ops::connections::FINISHING_SPARE`]) may
+/// add, and [`MARGIN_FILES`].
 pub fn reserved_files(open_now: u64) -> u64 {
     open_now
         + KAFKA_FILES
         + SPOOL_FILES
         + ops::METRICS_MAX_CONNECTIONS as u64
         + OVER_CAP_CONNECTIONS as u64
+        + ops::connections::FINISHING_SPARE as u64
         + MARGIN_FILES
 }
 
@@ -308,28 +310,36 @@ async fn serve(
             let busy = tracker.request();
             let (state, tasks) = (state.clone(), tasks.clone());
             async move {
-                let response = match busy {
-                    // The connection going away cannot cancel a request (S6): see `Carried`.
-                    Some(_) => Carried::new(handler::handle(state, req, peer), tasks).await,
-                    // Evicted or timed out as the head arrived: closing, nothing taken.
-                    None => handler::over_cap(state, req).await,
-                };
+                // The connection going away cannot cancel a request (S6): see `Carried`.
+                let response = Carried::new(handler::handle(state, req, peer), tasks).await;
                 Ok::<_, Infallible>(connections::track(response, busy))
             }
         });
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             metrics::connection_opened();
-            tokio::select! {
-                result = connection => {
-                    if let Err(error) = result {
-                        tracing::debug!(%error, %peer, "connection ended with an error");
-                    }
-                }
-                // Evicted or idle past its timeout: the socket is dropped here, then its place.
-                () = conn.closing() => {}
+            tokio::pin!(connection);
+            let ended = tokio::select! {
+                // The connection first: a head that arrived with the eviction is read and served.
+                biased;
+                result = &mut connection => Some(result),
+                // Evicted or idle past its timeout.
+                () = conn.closing() => None,
+            };
+            let result = match ended {
+                Some(result) => Some(result),
+                // A request whose head raced the close is answered (`Connection: close`)
+                // before the socket is dropped.
+                None if conn.finishing() => tokio::time::timeout(connections::FINISH_PATIENCE, connection)
+                    .await
+                    .ok(),
+                None => None,
+            };
+            if let Some(Err(error)) = result {
+                tracing::debug!(%error, %peer, "connection ended with an error");
             }
             metrics::connection_closed();
+            // The socket is dropped above, then its place here.
             drop(conn);
         });
     }

@@ -5,10 +5,12 @@
 //! A connection is **idle** while no request is in progress on it: from `accept` until its
 //! first request's head has been read (a slowloris sending one header byte a second is idle),
 //! and between the end of a response and the next request's head (keep-alive). It is **busy**
-//! from the moment hyper hands a request to the service ([`Tracker::request`]) until the
-//! response body has been handed to the socket ([`Busy`] dropped with the body, see
-//! [`track`]). A busy connection is never evicted nor timed out here (the body read timeout
-//! and the handler bound a request).
+//! from the moment hyper hands a request to the service ([`Tracker::request`]) until hyper has
+//! taken the response body's last frame ([`Busy`] dropped with the body, see [`track`]); hyper
+//! writes and flushes the response in the same poll, so only a client that does not read its
+//! socket (a full send buffer) can lose an answer to an eviction. A busy connection is never
+//! evicted nor timed out here (the body read timeout and the handler bound a request). After a
+//! first request, the next request's head is bounded by the keep-alive timeout.
 //!
 //! The rules, each a pure function tested as a table:
 //! - [`decide`]: below the cap a connection is held; at the cap the oldest idle one is evicted
@@ -22,12 +24,21 @@
 //!
 //! One owner: the table behind one mutex holds every connection's state; each connection's
 //! task waits on [`Conn::closing`], which resolves when the table evicted it or its idle time
-//! ran out (woken by the eviction, by a pressure change, or by its own deadline; no polling).
+//! ran out (woken by the eviction, by a pressure change, or by its own deadline: an idle
+//! connection wakes at its deadline, a busy one once per idle limit to look again).
 //!
 //! The cap counts descriptors, not bookkeeping: a connection told to close (evicted, timed
 //! out) keeps its place until its task has dropped the socket ([`Conn`] dropped), and a new
-//! connection is held only once the count is below the cap. So the sockets open never exceed
-//! the cap, whatever the rate of arrivals, and an open-file budget computed from it holds.
+//! connection is held only once the count is below the cap. So the held sockets never exceed
+//! the cap (plus the one just accepted, waiting for its place, and the finishing spare
+//! below), whatever the rate of arrivals, and an open-file budget computed from it holds.
+//!
+//! A request whose head arrives just as its connection is told to close (the eviction and
+//! the head race) is still served to the end, answered with `Connection: close`
+//! ([`Busy::closing`], [`Conn::finishing`], up to [`FINISH_PATIENCE`]); up to
+//! [`FINISHING_SPARE`] such connections hold their place beside the cap without delaying new
+//! ones. Nothing is refused for having lost that race. Callbacks and log lines run after the
+//! table's lock is released.
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
@@ -90,9 +101,23 @@ pub enum Decision {
     Refuse,
 }
 
+/// Closing connections (told to close) that are finishing a request whose head arrived as
+/// they were told, which may hold their place beside the cap without making new connections
+/// wait for them: within `server::MARGIN_FILES`' share of the descriptor reserve.
+pub const FINISHING_SPARE: usize = 16;
+
+/// How long a connection told to close may take to finish a request whose head arrived as it
+/// was told (answered with `Connection: close`), before its socket is dropped anyway.
+pub const FINISH_PATIENCE: Duration = Duration::from_secs(10);
+
 /// The admission rule for a new connection, given the connections `held` (every socket still
-/// open, `closing` ones included), the `idle` ones among them, those `closing` and the `cap`.
-pub fn decide(held: usize, idle: usize, closing: usize, cap: usize) -> Decision {
+/// open, `closing` ones included), the `idle` ones among them, those `closing`, the closing
+/// ones `finishing` a request, and the `cap`. Up to [`FINISHING_SPARE`] finishing ones count
+/// neither as held nor as closing: a request that raced its connection's eviction delays
+/// nobody.
+pub fn decide(held: usize, idle: usize, closing: usize, finishing: usize, cap: usize) -> Decision {
+    let spare = finishing.min(FINISHING_SPARE).min(closing);
+    let (held, closing) = (held - spare.min(held), closing - spare);
     if held < cap {
         Decision::Hold
     } else if closing > 0 {
@@ -158,6 +183,8 @@ struct Table {
     idle: BTreeMap<u64, u64>,
     /// Entries told to close whose socket is still open.
     closing: usize,
+    /// Of those, the ones finishing a request that arrived as they were told.
+    finishing: usize,
     /// A pressure change to log once the lock is released.
     pressure_change: Option<(bool, usize)>,
     next: u64,
@@ -212,7 +239,7 @@ impl Connections {
             {
                 let mut table = shared.lock();
                 let held = table.entries.len();
-                match decide(held, table.idle.len(), table.closing, shared.cap) {
+                match decide(held, table.idle.len(), table.closing, table.finishing, shared.cap) {
                     Decision::Hold => return Ok(shared.hold(&mut table)),
                     Decision::WaitForClose => {}
                     Decision::EvictOldestIdle => {
@@ -390,6 +417,15 @@ pub struct Tracker {
 pub struct Busy {
     shared: Arc<Shared>,
     id: u64,
+    closing: bool,
+}
+
+impl Busy {
+    /// The connection was told to close as this request arrived: answer it with
+    /// `Connection: close` (the socket closes after the answer).
+    pub fn closing(&self) -> bool {
+        self.closing
+    }
 }
 
 /// Where a connection stands, for [`Conn::closing`].
@@ -428,6 +464,14 @@ impl Conn {
         }
     }
 
+    /// Whether a request is in progress on it (one that raced its eviction, once
+    /// [`Conn::closing`] resolved): then poll the connection on, up to [`FINISH_PATIENCE`],
+    /// so that the answer (with `Connection: close`) reaches the client.
+    pub fn finishing(&self) -> bool {
+        let table = self.tracker.shared.lock();
+        table.entries.get(&self.tracker.id).is_some_and(|e| e.busy > 0)
+    }
+
     /// Checks the connection's idle time, closing it (counted) if it ran out.
     fn standing(&self) -> Standing {
         let shared = &self.tracker.shared;
@@ -462,6 +506,9 @@ impl Drop for Conn {
             }
             if entry.closing {
                 table.closing -= 1;
+                if entry.busy > 0 {
+                    table.finishing -= 1;
+                }
                 shared.closed.notify_one();
             }
             shared.update_pressure(&mut table);
@@ -470,22 +517,31 @@ impl Drop for Conn {
 }
 
 impl Tracker {
-    /// Marks the connection busy for a request whose head has just been read. `None` if it was
-    /// evicted or timed out a moment ago (its task is closing it): answer without taking the
-    /// request.
+    /// Marks the connection busy for a request whose head has just been read. On a connection
+    /// told to close a moment ago (its head raced the eviction or timeout) the request is still
+    /// served, to the end ([`Conn::finish`]): [`Busy::closing`] says to answer with
+    /// `Connection: close`. `None` only once the connection is gone.
     pub fn request(&self) -> Option<Busy> {
         let shared = &self.shared;
         let mut table = shared.lock();
-        let entry = table.entries.get_mut(&self.id).filter(|e| !e.closing)?;
+        let entry = table.entries.get_mut(&self.id)?;
         entry.busy += 1;
         entry.served = true;
+        let closing = entry.closing;
+        let first_on_closing = closing && entry.busy == 1;
         if let Some((key, _)) = entry.idle.take() {
             table.idle.remove(&key);
             shared.update_pressure(&mut table);
         }
+        if first_on_closing {
+            // No longer a close to wait for: an admission waiting on it decides again.
+            table.finishing += 1;
+            shared.closed.notify_one();
+        }
         Some(Busy {
             shared: shared.clone(),
             id: self.id,
+            closing,
         })
     }
 }
@@ -495,10 +551,16 @@ impl Drop for Busy {
         let shared = &self.shared;
         let mut table = shared.lock();
         let key = table.next;
-        let Some(entry) = table.entries.get_mut(&self.id).filter(|e| !e.closing) else {
+        let Some(entry) = table.entries.get_mut(&self.id) else {
             return;
         };
         entry.busy = entry.busy.saturating_sub(1);
+        if entry.closing {
+            if entry.busy == 0 {
+                table.finishing -= 1;
+            }
+            return;
+        }
         if entry.busy == 0 && entry.idle.is_none() {
             entry.idle = Some((key, Instant::now()));
             table.next += 1;
@@ -515,8 +577,15 @@ pub struct Tracked<B> {
     _busy: Option<Busy>,
 }
 
-/// Wraps `response`'s body so that the connection stays busy until the body has been sent.
-pub fn track<B>(response: hyper::Response<B>, busy: Option<Busy>) -> hyper::Response<Tracked<B>> {
+/// Wraps `response`'s body so that the connection stays busy until the body has been sent; on
+/// a connection told to close ([`Busy::closing`]), adds `Connection: close`.
+pub fn track<B>(mut response: hyper::Response<B>, busy: Option<Busy>) -> hyper::Response<Tracked<B>> {
+    if busy.as_ref().is_some_and(Busy::closing) {
+        response.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+    }
     response.map(|body| Tracked { body, _busy: busy })
 }
 
@@ -620,27 +689,46 @@ mod tests {
 
     #[test]
     fn admission_holds_below_the_cap_evicts_idle_at_it_and_refuses_only_when_all_are_busy() {
-        // (held, idle, closing, cap) → decision
+        // (held, idle, closing, finishing, cap) → decision
         let table = [
-            ((0, 0, 0, 10), Decision::Hold),
-            ((9, 0, 0, 10), Decision::Hold),
-            ((9, 9, 0, 10), Decision::Hold),
-            ((9, 0, 3, 10), Decision::Hold),
-            ((10, 1, 0, 10), Decision::EvictOldestIdle),
-            ((10, 10, 0, 10), Decision::EvictOldestIdle),
+            ((0, 0, 0, 0, 10), Decision::Hold),
+            ((9, 0, 0, 0, 10), Decision::Hold),
+            ((9, 9, 0, 0, 10), Decision::Hold),
+            ((9, 0, 3, 0, 10), Decision::Hold),
+            ((10, 1, 0, 0, 10), Decision::EvictOldestIdle),
+            ((10, 10, 0, 0, 10), Decision::EvictOldestIdle),
             // One told to close is still open: wait for it rather than evict another.
-            ((10, 5, 1, 10), Decision::WaitForClose),
-            ((10, 0, 1, 10), Decision::WaitForClose),
-            ((10, 0, 0, 10), Decision::Refuse),
+            ((10, 5, 1, 0, 10), Decision::WaitForClose),
+            ((10, 0, 1, 0, 10), Decision::WaitForClose),
+            ((10, 0, 0, 0, 10), Decision::Refuse),
+            // One told to close finishes a request that raced it: it delays nobody.
+            ((10, 0, 1, 1, 10), Decision::Hold),
+            ((11, 3, 2, 1, 10), Decision::WaitForClose),
+            ((11, 3, 1, 1, 10), Decision::EvictOldestIdle),
+            // ... up to the spare.
+            (
+                (10 + FINISHING_SPARE, 0, FINISHING_SPARE, FINISHING_SPARE, 10),
+                Decision::Refuse,
+            ),
+            (
+                (
+                    10 + FINISHING_SPARE + 1,
+                    2,
+                    FINISHING_SPARE + 1,
+                    FINISHING_SPARE + 1,
+                    10,
+                ),
+                Decision::WaitForClose,
+            ),
             // A cap below what is held (never here, but the rule still holds).
-            ((12, 0, 0, 10), Decision::Refuse),
-            ((12, 3, 0, 10), Decision::EvictOldestIdle),
+            ((12, 0, 0, 0, 10), Decision::Refuse),
+            ((12, 3, 0, 0, 10), Decision::EvictOldestIdle),
         ];
-        for ((held, idle, closing, cap), expected) in table {
+        for ((held, idle, closing, finishing, cap), expected) in table {
             assert_eq!(
-                decide(held, idle, closing, cap),
+                decide(held, idle, closing, finishing, cap),
                 expected,
-                "held {held}, idle {idle}, closing {closing}, cap {cap}"
+                "held {held}, idle {idle}, closing {closing}, finishing {finishing}, cap {cap}"
             );
         }
     }
@@ -720,13 +808,38 @@ mod tests {
         tokio::time::timeout(Duration::from_millis(1), victim.closing())
             .await
             .expect("the victim is told to close");
-        assert!(
-            victim.tracker().request().is_none(),
-            "an evicted connection takes no request"
-        );
         assert_eq!(connections.closing(), 1);
+        assert!(
+            !admitting.is_finished(),
+            "held before the victim's socket is closed"
+        );
         drop(victim);
         admitting.await.unwrap().unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_races_its_eviction_is_served_with_connection_close_and_delays_nobody() {
+        let connections = Connections::new("test", 1, timeouts(), count);
+        let mut raced = connections.admit().await.unwrap();
+        let admitting = tokio::spawn({
+            let connections = connections.clone();
+            async move { connections.admit().await }
+        });
+        raced.closing().await;
+        // Its head arrived as it was evicted: served, answered `Connection: close`.
+        let busy = raced.tracker().request().expect("served");
+        assert!(busy.closing());
+        assert!(raced.finishing());
+        let response = track(hyper::Response::new(()), Some(busy));
+        assert_eq!(response.headers()[hyper::header::CONNECTION], "close");
+        // The new connection is held meanwhile: one socket over the cap, within the spare.
+        let new = admitting.await.unwrap().unwrap();
+        assert_eq!(connections.held(), 2);
+        drop(response);
+        assert!(!raced.finishing());
+        drop(raced);
+        assert_eq!((connections.held(), connections.closing()), (1, 0));
+        drop(new);
     }
 
     #[tokio::test(start_paused = true)]

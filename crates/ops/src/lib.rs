@@ -340,9 +340,15 @@ pub async fn serve_metrics(
                     // timeouts are `connections`'.
                     .header_read_timeout(None)
                     .serve_connection(TokioIo::new(stream), service);
-                tokio::select! {
-                    _ = connection => {}
-                    () = conn.closing() => {}
+                tokio::pin!(connection);
+                let ended = tokio::select! {
+                    biased;
+                    _ = &mut connection => true,
+                    () = conn.closing() => false,
+                };
+                // A scrape whose head raced the close is answered (`Connection: close`) first.
+                if !ended && conn.finishing() {
+                    let _ = tokio::time::timeout(connections::FINISH_PATIENCE, connection).await;
                 }
             });
         }

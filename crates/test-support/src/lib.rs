@@ -25,6 +25,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub mod browser;
+pub mod metrics;
 pub mod mock;
 mod own_broker;
 mod secure_broker;

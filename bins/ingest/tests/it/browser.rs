@@ -203,15 +203,15 @@ async fn visit(ingest: &Ingest, name: &str, query: &str, expected: usize) -> Vis
 
 /// ingest's request, event and delivery counters in its metrics `text`, for a failure message.
 fn ingest_counters(text: &str) -> String {
-    text.lines()
-        .filter(|l| {
-            l.starts_with("cdp_ingest_http_requests_total")
-                || l.starts_with("cdp_ingest_events_total")
-                || l.starts_with("cdp_ingest_kafka_delivered_total")
-                || l.starts_with("cdp_ingest_kafka_delivery_failures_total")
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    test_support::metrics::lines_of(
+        text,
+        &[
+            "cdp_ingest_http_requests_total",
+            "cdp_ingest_events_total",
+            "cdp_ingest_kafka_delivered_total",
+            "cdp_ingest_kafka_delivery_failures_total",
+        ],
+    )
 }
 
 /// Asserts that each visitor's events are POSTed to ingest only at `paths` (path and query,

@@ -117,27 +117,13 @@ async fn kill_and_wait_spooling(broker: &mut OwnBroker, url: &str) {
     .await;
 }
 
-/// The sum of a metric's samples (every label set) in the metrics text; 0 when absent.
+/// The sum of a metric's samples (every label set, or the one series named with its labels)
+/// on `metrics_url`.
 async fn metric(metrics_url: &str, name: &str) -> f64 {
-    let text = client(Duration::from_secs(2))
-        .get(metrics_url)
-        .send()
+    let text = test_support::metrics::scrape(metrics_url)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    sum_samples(&text, name)
-}
-
-fn sum_samples(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .unwrap_or_else(|| panic!("{metrics_url} does not answer"));
+    test_support::metrics::sum(&text, name)
 }
 
 /// One client posting single events of one visitor, one every [`PACE`], recording when each

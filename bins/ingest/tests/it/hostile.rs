@@ -298,12 +298,7 @@ async fn a_flooding_source_gets_429_while_another_is_unaffected_and_guessed_keys
     assert!(peak < RSS_BOUND, "peak RSS {} MiB", peak >> 20);
 }
 
-/// The value of a metric line (with its labels) in the text exposition.
-pub(super) fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{series} missing from:\n{text}"))
-}
+pub(super) use test_support::metrics::expect as metric;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_brute_force_of_a_thousand_keys_writes_few_log_lines_and_counts_every_one() {

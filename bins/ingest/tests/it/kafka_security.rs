@@ -69,9 +69,8 @@ const SASL_FAILURES: &str = "cdp_ingest_kafka_authentication_failures_total{caus
 
 /// The value of `series` (with its labels) on `ingest`'s metrics endpoint, if it is there.
 async fn metric(ingest: &Ingest, series: &str) -> Option<f64> {
-    let text = reqwest::get(&ingest.metrics_url).await.ok()?.text().await.ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    let text = test_support::metrics::scrape(&ingest.metrics_url).await?;
+    test_support::metrics::value(&text, series)
 }
 
 /// Credentials rotated away from a running ingest (its password file is read at start): the

@@ -172,12 +172,7 @@ async fn node_libraries_send_a_batch_with_an_invalid_event_once() {
         // rudder-sdk-node sends its first event at once, alone: the rest is one batch. Each
         // event reached the edge once, and the batch with the invalid one was not resent.
         let metrics = ingest.metrics_text().await;
-        let value = |series: &str| {
-            metrics
-                .lines()
-                .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
+        let value = |series: &str| test_support::metrics::value(&metrics, series).unwrap_or(0.0);
         assert_eq!(
             (
                 value("cdp_ingest_http_requests_total{route=\"batch\",status=\"400\"}"),

@@ -105,9 +105,7 @@ async fn run_library(
 
 /// The value of one series in the Prometheus text, 0 when absent.
 fn series(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
+    test_support::metrics::value(text, name).unwrap_or(0.0)
 }
 
 /// The Python libraries (issue 26) each send a batch with one event the edge refuses: the

@@ -10,12 +10,7 @@ use test_support::{consume, consume_from};
 
 use super::{status_json, Server, WAIT};
 
-/// The value of a metric line (with its labels) in the text exposition.
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{series} missing from:\n{text}"))
-}
+use test_support::metrics::expect as metric;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_keys_without_a_write_key_are_refused_by_the_scan_before_parsing() {

@@ -44,12 +44,7 @@ async fn wait_ready_body(server: &Server, what: &str, check: impl Fn(&Value) -> 
     panic!("/readyz never showed {what}: {last}");
 }
 
-/// The value of an unlabelled metric in the text exposition.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
-}
+use test_support::metrics::expect as metric;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_longer_than_the_message_timeout_is_spooled_then_drained() {

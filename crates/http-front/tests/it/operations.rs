@@ -98,16 +98,7 @@ async fn metrics_count_requests_events_and_dlq_writes() {
     assert_eq!(consume(&server.topics.ingest, 3, WAIT).await.len(), 3);
 
     let text = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
-    let value = |prefix: &str| -> f64 {
-        text.lines()
-            .find(|l| l.starts_with(prefix))
-            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
-            .rsplit(' ')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let value = |series: &str| test_support::metrics::expect(&text, series);
     // At least: other tests in this process (under plain `cargo test`) may add to them.
     assert!(value(r#"cdp_ingest_http_requests_total{route="track",status="200"}"#) >= 3.0);
     assert!(value(r#"cdp_ingest_http_requests_total{route="track",status="400"}"#) >= 1.0);

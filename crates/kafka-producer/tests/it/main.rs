@@ -147,11 +147,7 @@ impl Harness {
     /// The value of this producer's metric `<prefix>_<name>` (`name` may end in labels,
     /// `{to="dlq"}`); 0 when it was never registered.
     fn metric(&self, name: &str) -> f64 {
-        let full = format!("{}_{name}", self.prefix);
-        self.render()
-            .lines()
-            .find_map(|l| l.strip_prefix(&full)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0)
+        test_support::metrics::value(&self.render(), &format!("{}_{name}", self.prefix)).unwrap_or(0.0)
     }
 
     /// Records counted lost.

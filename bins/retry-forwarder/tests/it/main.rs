@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
-use test_support::{brokers, consume, fresh_topics, produce, Topics};
+use test_support::{brokers, committed, consume, fresh_topics, produce, Topics};
 
 /// A running forwarder process.
 struct Forwarder {
@@ -52,14 +52,16 @@ impl Forwarder {
         self.child.wait().unwrap().success()
     }
 
-    async fn metric(&self, name: &str) -> f64 {
-        let Ok(response) = reqwest::get(&self.metrics_url).await else {
-            return 0.0;
-        };
-        let text = response.text().await.unwrap_or_default();
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .map_or(0.0, |l| l.rsplit(' ').next().unwrap().parse().unwrap())
+    /// A series' value (with its labels, or a bare name); `None` when absent or the process
+    /// does not answer.
+    async fn series(&self, series: &str) -> Option<f64> {
+        let text = test_support::metrics::scrape(&self.metrics_url).await?;
+        test_support::metrics::value(&text, series)
+    }
+
+    /// [`Forwarder::series`], 0 when absent.
+    async fn metric(&self, series: &str) -> f64 {
+        self.series(series).await.unwrap_or(0.0)
     }
 
     /// Waits until the instance has retry partitions assigned.
@@ -159,11 +161,24 @@ async fn sigterm_commits_what_was_forwarded_so_a_restart_repeats_nothing() {
     assert_eq!(ids, expected);
     first.signal("-TERM");
     assert!(first.wait(), "forwarder did not exit cleanly on SIGTERM");
+    // What it forwarded is committed: the group's offset is the retry topic's end.
+    assert_eq!(committed(&group, &topics.retry).await, [(0, Some(50))]);
 
     let second = Forwarder::start(&topics, &group);
     second.wait_assigned().await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let records = consume(&topics.ingest, usize::MAX, Duration::from_secs(3)).await;
+    // The second instance starts at the committed offset: its lag is known and 0, and it
+    // forwards nothing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while second
+        .series("cdp_retry_forwarder_consumer_lag_records{partition=\"0\"}")
+        .await
+        != Some(0.0)
+    {
+        assert!(Instant::now() < deadline, "no lag of 0 reported within 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(second.metric("cdp_retry_forwarder_forwarded_total").await, 0.0);
+    let records = consume(&topics.ingest, 51, Duration::from_secs(3)).await;
     assert_eq!(
         records.len(),
         50,

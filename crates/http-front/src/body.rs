@@ -28,26 +28,45 @@ pub(crate) struct BodyLimits {
     pub timeout: Duration,
 }
 
+/// Most bytes of an oversized body read and discarded before its 413 is sent, and the time
+/// allowed for it: a client still sending when the server closes a connection with unread
+/// data gets a reset (TCP RST) instead of its answer. Past either, the 413 goes out and the
+/// connection closes (a lingering close, as nginx's `lingering_close`).
+const DRAIN_MAX_BYTES: usize = 4 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
 /// Reads a request body, decompressed. Refuses unsupported encodings before reading, and
-/// anything over the limit without reading (or inflating) past it.
+/// anything over the limit without keeping (or inflating) past it; an oversized body is read
+/// on and discarded (up to [`DRAIN_MAX_BYTES`], [`DRAIN_TIME`]) so that its client gets the 413.
 pub(crate) async fn read(req: Request<Incoming>, limits: BodyLimits) -> Result<(Parts, Bytes), Error> {
-    let (parts, body) = req.into_parts();
+    let (parts, mut body) = req.into_parts();
     let gzip_layers = gzip_layers(&parts)?;
     let declared = parts
         .headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limits.max_bytes as u64) {
+        drain(&mut body).await;
         return Err(Error::BodyTooLarge(limits.max_bytes));
     }
-    let collected = tokio::time::timeout(limits.timeout, Limited::new(body, limits.max_bytes).collect())
-        .await
-        .map_err(|_| Error::BodyTimeout(limits.timeout))?
-        .map_err(|e| match e.downcast_ref::<LengthLimitError>() {
-            Some(_) => Error::BodyTooLarge(limits.max_bytes),
-            None => Error::BodyRead(e.to_string()),
-        })?
-        .to_bytes();
+    let read = tokio::time::timeout(
+        limits.timeout,
+        Limited::new(&mut body, limits.max_bytes).collect(),
+    )
+    .await
+    .map_err(|_| Error::BodyTimeout(limits.timeout))?
+    .map_err(|e| match e.downcast_ref::<LengthLimitError>() {
+        Some(_) => Error::BodyTooLarge(limits.max_bytes),
+        None => Error::BodyRead(e.to_string()),
+    });
+    let collected = match read {
+        Ok(collected) => collected.to_bytes(),
+        Err(error @ Error::BodyTooLarge(_)) => {
+            drain(&mut body).await;
+            return Err(error);
+        }
+        Err(error) => return Err(error),
+    };
     let mut body = collected;
     for _ in 0..gzip_layers {
         body = gunzip(&body, limits.max_bytes)?;
@@ -56,6 +75,21 @@ pub(crate) async fn read(req: Request<Incoming>, limits: BodyLimits) -> Result<(
         body = gunzip(&body, limits.max_bytes)?;
     }
     Ok((parts, body))
+}
+
+/// Reads and discards what is left of `body`, up to [`DRAIN_MAX_BYTES`] and [`DRAIN_TIME`].
+async fn drain(body: &mut Incoming) {
+    let mut left = DRAIN_MAX_BYTES;
+    let discard = async {
+        while let Some(Ok(frame)) = body.frame().await {
+            let read = frame.data_ref().map_or(0, Bytes::len);
+            if read >= left {
+                break;
+            }
+            left -= read;
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, discard).await;
 }
 
 /// The first two bytes of a gzip member (RFC 1952 §2.3.1).

@@ -121,7 +121,7 @@ impl Error {
                 rejected,
                 single_event: true,
                 ..
-            } if matches!(&rejected[..], [only] if only.reason == Reason::TooLarge.as_str()) => {
+            } if matches!(&rejected[..], [only] if only.reason == Reason::TooLarge) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             Error::PartlyRejected { .. } => StatusCode::BAD_REQUEST,
@@ -165,7 +165,7 @@ impl Error {
                 single_event: true,
                 ..
             } => match &rejected[..] {
-                [only] => only.reason,
+                [only] => only.reason.as_str(),
                 _ => "invalid_events",
             },
             Error::PartlyRejected { .. } => "invalid_events",
@@ -270,8 +270,9 @@ pub struct RejectedItem {
     pub index: usize,
     /// Its `messageId`, or the one generated for it.
     pub message_id: String,
-    /// The [`Reason`] name.
-    pub reason: &'static str,
+    /// Why, kept typed until the body is serialised (as its name, [`Reason::as_str`]).
+    #[serde(serialize_with = "reason_name")]
+    pub reason: Reason,
     /// The offending field, a JSON Pointer.
     pub field: String,
     /// What is wrong with it.
@@ -283,11 +284,16 @@ impl RejectedItem {
         RejectedItem {
             index,
             message_id: message_id.to_string(),
-            reason: rejection.reason.as_str(),
+            reason: rejection.reason,
             field: rejection.field.clone(),
             detail: rejection.detail.clone(),
         }
     }
+}
+
+/// Serialises a [`Reason`] as its stable name.
+fn reason_name<S: serde::Serializer>(reason: &Reason, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(reason.as_str())
 }
 
 /// A JSON response.

@@ -65,6 +65,23 @@ impl Load {
         }
     }
 
+    /// Waits (up to a minute) until `n` events in all got a 200.
+    async fn until_accepted(&self, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while self.accepted.lock().unwrap().len() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fewer than {n} accepted within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// How many events got a 200 so far.
+    fn count(&self) -> usize {
+        self.accepted.lock().unwrap().len()
+    }
+
     /// Stops the clients and returns the ids that got a 200.
     async fn finish(self) -> Vec<String> {
         self.stop.store(true, Ordering::Relaxed);
@@ -253,11 +270,37 @@ async fn the_broker_process_killed_and_restarted_during_load_loses_nothing() {
     .await;
     // Paced: tansu's SQLite storage, restarted after a SIGKILL, is slow to serve a large backlog.
     let load = Load::start(&ingest.url, 4, Duration::from_millis(2));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    load.until_accepted(500).await;
     broker.kill();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The kill was noticed under load: Kafka unreachable, what librdkafka held at the kill
+    // taken back to the spool, and the events that followed spooled.
+    wait_readyz(&ingest, "Kafka unreachable", |b| b["kafka_reachable"] == false).await;
+    load.until_accepted(load.count() + 200).await;
+    let text = test_support::metrics::scrape(&ingest.metrics_url).await.unwrap();
+    let spooled = |from: &str| {
+        test_support::metrics::value(
+            &text,
+            &format!("cdp_ingest_spool_appended_total{{from=\"{from}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    eprintln!(
+        "at the kill: {} taken back to the spool; {} spooled by requests since",
+        spooled("rescue"),
+        spooled("request")
+    );
+    // At 2 000 events/s librdkafka always holds a linger's worth (5 ms) unacknowledged.
+    assert!(
+        spooled("rescue") >= 1.0,
+        "no record was in flight at the kill: {text}"
+    );
+    assert!(spooled("request") >= 1.0, "{text}");
     broker.restart().await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_readyz(&ingest, "Kafka delivering again", |b| {
+        b["kafka_state"] == "delivering"
+    })
+    .await;
+    load.until_accepted(load.count() + 200).await;
     let (_log, accepted) = terminate_under_load(ingest, load).await;
     // What the flush grace could not deliver (the cluster was back only seconds before) is in
     // the spool: the next start sends it.

@@ -18,11 +18,11 @@ struct Forwarder {
 
 impl Forwarder {
     fn start(topics: &Topics, extra: &[&str]) -> Forwarder {
-        let group = format!("g-{}", topics.retry);
+        let (brokers, group) = (brokers(), format!("g-{}", topics.retry));
         let mut args = vec![
             "retry-forwarder",
             "--brokers",
-            &brokers_leak(),
+            &brokers,
             "--topic-ingest",
             &topics.ingest,
             "--topic-dlq",
@@ -30,9 +30,8 @@ impl Forwarder {
             "--topic-retry",
             &topics.retry,
             "--group-id",
+            &group,
         ];
-        let group: &'static str = Box::leak(group.into_boxed_str());
-        args.push(group);
         args.extend_from_slice(extra);
         let config = forwarder::Config::parse_from(args);
         let (stop, stopped) = oneshot::channel::<()>();
@@ -46,10 +45,6 @@ impl Forwarder {
         let _ = self.stop.send(());
         self.task.await.unwrap().unwrap();
     }
-}
-
-fn brokers_leak() -> &'static str {
-    Box::leak(brokers().into_boxed_str())
 }
 
 fn now_ms() -> i64 {

@@ -639,7 +639,8 @@ async fn every_error_answer_names_its_code_and_message() {
         ),
     ];
     for (request, status, code) in cases {
-        let (got, reply) = status_json(request.send().await.unwrap()).await;
+        let sent = request.send().await;
+        let (got, reply) = status_json(sent.unwrap_or_else(|e| panic!("the {code} case: {e:?}"))).await;
         assert_eq!((got, reply["code"].as_str()), (status, Some(code)), "{reply}");
     }
     // Past twice the head limit, hyper's own 431 (no body) is all a client gets: the

@@ -1035,16 +1035,7 @@ async fn an_outage_with_an_invalid_event_in_every_batch_answers_every_batch_400(
 async fn a_replica_restarted_during_an_outage_serves_at_once_and_drains_when_kafka_returns() {
     let (mut broker, topics) = own_broker().await;
     let spool = Arc::new(tempfile::tempdir().unwrap());
-    let first = ingest_on(&broker, &topics, &spool, &[]).await;
-    let load = Steady::start(&first.url, "restart");
-    load.wait_more(20, WAIT).await;
-    kill_and_wait_spooling(&mut broker, &first.url).await;
-    load.wait_more(50, WAIT).await; // spooled
-    first.terminate();
-    let (exited_ok, log) = tokio::task::spawn_blocking(move || first.wait()).await.unwrap();
-    assert!(exited_ok, "the SIGTERM during the outage:\n{log}");
-    let (mut accepted, statuses) = load.finish().await;
-    eprintln!("first process: {statuses:?}");
+    let mut accepted = spool_in_an_outage(&mut broker, &topics, &spool, "restart").await;
 
     let restarted_at = Instant::now();
     let second = ingest_on(&broker, &topics, &spool, &[]).await;
@@ -1433,8 +1424,8 @@ async fn a_degraded_start_checks_the_topics_once_kafka_answers() {
 }
 
 /// Runs ingest on `broker` and `spool` with a steady load of `visitor`'s events, kills the
-/// broker, lets the spool take events, SIGTERMs ingest and restarts the broker: the spool then
-/// holds records a next start must drain. Returns the ids answered 200.
+/// broker, lets the spool take events and SIGTERMs ingest (the broker stays down): the spool
+/// then holds records a next start must drain. Returns the ids answered 200.
 async fn spool_in_an_outage(
     broker: &mut OwnBroker,
     topics: &Topics,
@@ -1449,8 +1440,8 @@ async fn spool_in_an_outage(
     first.terminate();
     let (exited_ok, log) = tokio::task::spawn_blocking(move || first.wait()).await.unwrap();
     assert!(exited_ok, "the SIGTERM during the outage:\n{log}");
-    let (accepted, _) = load.finish().await;
-    broker.restart().await;
+    let (accepted, statuses) = load.finish().await;
+    eprintln!("the process SIGTERMed in the outage: {statuses:?}");
     accepted
 }
 
@@ -1463,6 +1454,7 @@ async fn a_restart_with_a_spool_and_a_topic_missing_serves_drains_and_names_the_
     let (mut broker, topics) = own_broker().await;
     let spool = Arc::new(tempfile::tempdir().unwrap());
     let accepted = spool_in_an_outage(&mut broker, &topics, &spool, "missing").await;
+    broker.restart().await;
 
     let deleted = "drill.deleted-dlq";
     let without_dlq = Topics {
@@ -1517,6 +1509,7 @@ async fn a_restart_with_a_spool_and_the_ingest_topic_missing_spools_until_it_exi
     let (mut broker, topics) = own_broker().await;
     let spool = Arc::new(tempfile::tempdir().unwrap());
     let accepted = spool_in_an_outage(&mut broker, &topics, &spool, "no-ingest").await;
+    broker.restart().await;
 
     let deleted = "drill.deleted-ingest";
     let without_ingest = Topics {
